@@ -1,0 +1,82 @@
+#include "core/thread_pool.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace tessera {
+
+ThreadPool::ThreadPool(int num_threads) {
+  if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { WorkerLoop(); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::WorkerLoop() {
+  uint64_t seen = 0;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && generation_ != seen && next_ < n_); });
+    if (stop_) return;
+    seen = generation_;
+    while (job_ != nullptr && next_ < n_) {
+      const size_t b = next_;
+      const size_t e = std::min(n_, b + chunk_);
+      next_ = e;
+      const auto* job = job_;
+      lock.unlock();
+      (*job)(b, e);
+      lock.lock();
+      if (--pending_ == 0) done_cv_.notify_all();
+    }
+  }
+}
+
+void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
+                             const std::function<void(size_t, size_t)>& fn) {
+  if (n == 0) return;
+  const size_t threads = workers_.size() + 1;
+  size_t chunk = std::max<size_t>(std::max<size_t>(min_chunk, 1), (n + threads * 4 - 1) / (threads * 4));
+  if (workers_.empty() || chunk >= n) {
+    fn(0, n);
+    return;
+  }
+  std::lock_guard<std::mutex> call_lock(call_mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  job_ = &fn;
+  n_ = n;
+  chunk_ = chunk;
+  next_ = 0;
+  pending_ = (n + chunk - 1) / chunk;
+  ++generation_;
+  cv_.notify_all();
+  while (next_ < n_) {
+    const size_t b = next_;
+    const size_t e = std::min(n_, b + chunk_);
+    next_ = e;
+    lock.unlock();
+    fn(b, e);
+    lock.lock();
+    --pending_;
+  }
+  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  job_ = nullptr;
+}
+
+ThreadPool& ThreadPool::Global() {
+  static ThreadPool* pool = [] {
+    int n = 0;
+    if (const char* env = std::getenv("TESSERA_THREADS")) n = std::atoi(env);
+    return new ThreadPool(n);
+  }();
+  return *pool;
+}
+
+}  // namespace tessera
