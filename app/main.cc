@@ -1,0 +1,423 @@
+// tessera: convert, quantize, run and verify language models on the CPU.
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "converter/hf_converter.h"
+#include "core/mapped_file.h"
+#include "core/npy.h"
+#include "core/progress.h"
+#include "core/status.h"
+#include "formats/package.h"
+#include "nlohmann/json.hpp"
+#include "quantizer/kernels/kernels.h"
+#include "quantizer/quantize.h"
+#include "runtime-lite/generate.h"
+#include "runtime-lite/model.h"
+#include "verify/perplexity.h"
+
+namespace fs = std::filesystem;
+using tessera::QType;
+
+namespace {
+
+std::string g_cmdline;
+
+int Fail(const absl::Status& s) {
+  std::string msg(s.message());
+  for (char& ch : msg)
+    if (ch == '\n') ch = ' ';
+  std::fprintf(stderr, "error: %s\n", msg.c_str());
+  return 1;
+}
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
+  std::vector<int32_t> ids;
+  for (absl::string_view p : absl::StrSplit(s, absl::ByAnyChar(", "), absl::SkipEmpty())) {
+    int32_t v;
+    if (!absl::SimpleAtoi(p, &v)) return absl::InvalidArgumentError(absl::StrCat("bad token id '", p, "'"));
+    ids.push_back(v);
+  }
+  return ids;
+}
+
+absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t vocab) {
+  for (int32_t id : ids)
+    if (id < 0 || id >= vocab)
+      return absl::InvalidArgumentError(absl::StrCat("token id ", id, " out of range [0, ", vocab, ")"));
+  return absl::OkStatus();
+}
+
+// ---- convert ----
+struct ConvertArgs {
+  std::string src, out;
+  bool force = false;
+};
+absl::Status RunConvert(const ConvertArgs& a) {
+  tessera::ConvertOptions o;
+  o.force = a.force;
+  o.cmdline = g_cmdline;
+  TESSERA_RETURN_IF_ERROR(tessera::ConvertHuggingFace(a.src, a.out, o));
+  std::fprintf(stderr, "wrote %s\n", a.out.c_str());
+  return absl::OkStatus();
+}
+
+// ---- quantize ----
+struct QuantizeArgs {
+  std::string src, out, type = "int4";
+  int group = 32;
+  bool asym = false, force = false;
+};
+absl::Status RunQuantize(const QuantizeArgs& a) {
+  tessera::QuantizeOptions o;
+  if (a.type == "int4") {
+    o.type = a.asym ? QType::kI4Asym : QType::kI4Sym;
+  } else if (a.type == "int8") {
+    o.type = QType::kI8;
+  } else if (a.type == "f16") {
+    o.type = QType::kF16;
+  } else if (a.type == "bf16") {
+    o.type = QType::kBF16;
+  } else if (a.type == "f32") {
+    o.type = QType::kF32;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown --type '", a.type, "' (int4, int8, f16, bf16, f32)"));
+  }
+  if (a.asym && a.type != "int4") return absl::InvalidArgumentError("--asym applies to --type int4 only");
+  o.group = static_cast<uint32_t>(a.group);
+  o.force = a.force;
+  o.cmdline = g_cmdline;
+  TESSERA_RETURN_IF_ERROR(tessera::QuantizePackage(a.src, a.out, o));
+  std::fprintf(stderr, "wrote %s (%s)\n", a.out.c_str(), tessera::RecipeName(o).c_str());
+  return absl::OkStatus();
+}
+
+// ---- run ----
+struct RunArgs {
+  std::string pkg, prompt;
+  int n = 256;
+  int64_t ctx = 0;
+  float temp = 0.8f, top_p = 0.95f, min_p = 0.05f, repeat_penalty = 1.0f;
+  int top_k = 40;
+  uint64_t seed = 0;
+  bool seed_set = false, no_bos = false, quiet = false;
+};
+absl::Status RunRun(const RunArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto model, tessera::Model::Load(a.pkg));
+  const auto& tok = model->tokenizer();
+  std::vector<int32_t> prompt = tok.Encode(a.prompt, !a.no_bos);
+  if (prompt.empty()) {
+    if (tok.bos_id() < 0) return absl::InvalidArgumentError("empty prompt and the tokenizer has no BOS token");
+    prompt.push_back(tok.bos_id());
+  }
+  tessera::GenerateOptions o;
+  o.max_new_tokens = a.n;
+  o.n_ctx = a.ctx;
+  o.sampling.temperature = a.temp;
+  o.sampling.top_k = a.top_k;
+  o.sampling.top_p = a.top_p;
+  o.sampling.min_p = a.min_p;
+  o.sampling.repeat_penalty = a.repeat_penalty;
+  o.sampling.seed = a.seed_set ? a.seed : static_cast<uint64_t>(std::random_device{}());
+  std::fputs(a.prompt.c_str(), stdout);
+  std::fflush(stdout);
+  tessera::StreamDecoder dec(tok, a.prompt.empty());
+  TESSERA_ASSIGN_OR_RETURN(auto res, tessera::Generate(*model, prompt, o, [&](int32_t id) {
+    std::string s = dec.Push(id);
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+    return true;
+  }));
+  std::string rest = dec.Flush();
+  std::fwrite(rest.data(), 1, rest.size(), stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+  if (!a.quiet) {
+    const size_t n = res.tokens.size();
+    std::fprintf(stderr, "\n[%zu prompt tokens in %.3fs (%.1f tok/s), %zu generated in %.3fs (%.1f tok/s)%s]\n",
+                 prompt.size(), res.prefill_seconds, prompt.size() / std::max(1e-9, res.prefill_seconds), n,
+                 res.decode_seconds, n / std::max(1e-9, res.decode_seconds), res.hit_eos ? ", stopped at EOS" : "");
+  }
+  return absl::OkStatus();
+}
+
+// ---- logits ----
+struct LogitsArgs {
+  std::string pkg, ids, out;
+};
+absl::Status RunLogits(const LogitsArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto model, tessera::Model::Load(a.pkg));
+  TESSERA_ASSIGN_OR_RETURN(auto ids, ParseIds(a.ids));
+  if (ids.empty()) return absl::InvalidArgumentError("--ids is empty");
+  TESSERA_RETURN_IF_ERROR(CheckIds(ids, model->vocab()));
+  tessera::KVCache cache(model->config(), std::max<int64_t>(static_cast<int64_t>(ids.size()), 1));
+  std::vector<float> logits(ids.size() * static_cast<size_t>(model->vocab()));
+  TESSERA_RETURN_IF_ERROR(model->Forward(cache, ids.data(), ids.size(), 0, logits.data(), true));
+  return tessera::WriteNpyF32(a.out, {static_cast<int64_t>(ids.size()), model->vocab()}, logits.data());
+}
+
+// ---- tokenize / detokenize ----
+struct TokenizeArgs {
+  std::string pkg, text, ids;
+  bool no_special = false, json = false, skip_special = false;
+};
+absl::Status RunTokenize(const TokenizeArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto tok, tessera::Tokenizer::Load((fs::path(a.pkg) / "tokenizer.txt").string()));
+  auto ids = tok.Encode(a.text, !a.no_special);
+  if (a.json) {
+    nlohmann::json j;
+    j["ids"] = ids;
+    std::vector<std::string> pieces;
+    for (int32_t id : ids) pieces.push_back(tok.TokenPiece(id));
+    j["tokens"] = pieces;
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::string s;
+    for (size_t i = 0; i < ids.size(); ++i) absl::StrAppend(&s, i ? "," : "", ids[i]);
+    std::cout << s << "\n";
+  }
+  return absl::OkStatus();
+}
+absl::Status RunDetokenize(const TokenizeArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto tok, tessera::Tokenizer::Load((fs::path(a.pkg) / "tokenizer.txt").string()));
+  TESSERA_ASSIGN_OR_RETURN(auto ids, ParseIds(a.ids));
+  TESSERA_RETURN_IF_ERROR(CheckIds(ids, tok.vocab_size()));
+  std::cout << tok.Decode(ids, a.skip_special) << "\n";
+  return absl::OkStatus();
+}
+
+// ---- verify ----
+struct VerifyArgs {
+  std::string pkg, text, base;
+  int64_t ctx = 512, chunks = 0;
+  bool json = false;
+};
+absl::Status RunVerify(const VerifyArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto model, tessera::Model::Load(a.pkg));
+  std::unique_ptr<tessera::Model> base;
+  if (!a.base.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(base, tessera::Model::Load(a.base));
+  }
+  TESSERA_ASSIGN_OR_RETURN(std::string text, tessera::ReadFileToString(a.text));
+  auto tokens = model->tokenizer().Encode(text, true);
+  tessera::PerplexityOptions o;
+  o.ctx = a.ctx;
+  o.max_chunks = a.chunks;
+  std::unique_ptr<tessera::Progress> bar;
+  o.on_chunk = [&](int64_t done, int64_t total, double) {
+    if (!bar) bar = std::make_unique<tessera::Progress>("perplexity", static_cast<size_t>(total));
+    bar->Update(static_cast<size_t>(done));
+  };
+  TESSERA_ASSIGN_OR_RETURN(auto r, tessera::Perplexity(*model, tokens, o, base.get()));
+  if (bar) bar->Finish();
+  const std::string recipe = model->package().manifest().contains("quant")
+                                 ? model->package().manifest()["quant"].value("recipe", "") : "";
+  if (a.json) {
+    nlohmann::ordered_json j{{"package", a.pkg}, {"recipe", recipe}, {"text", a.text}, {"ctx", r.ctx},
+                             {"n_tokens", r.n_tokens}, {"n_chunks", r.n_chunks}, {"n_scored", r.n_scored},
+                             {"nll_mean", r.nll_mean}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr}};
+    if (r.has_base) {
+      j["base"] = a.base;
+      j["base_ppl"] = r.base_ppl;
+      j["ppl_ratio"] = r.ppl_ratio;
+      j["ln_ppl_ratio"] = r.ln_ppl_ratio;
+      j["kld_mean"] = r.kld_mean;
+      j["kld_median"] = r.kld_median;
+      j["kld_p99"] = r.kld_p99;
+      j["kld_max"] = r.kld_max;
+      j["top1"] = r.top1;
+    }
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::printf("package     %s (%s)\n", a.pkg.c_str(), recipe.c_str());
+    std::printf("text        %s: %lld tokens, %lld chunks of %lld, %lld scored\n", a.text.c_str(),
+                static_cast<long long>(r.n_tokens), static_cast<long long>(r.n_chunks),
+                static_cast<long long>(r.ctx), static_cast<long long>(r.n_scored));
+    std::printf("perplexity  %.6f +/- %.5f\n", r.ppl, r.ppl_stderr);
+    if (r.has_base) {
+      std::printf("base ppl    %.6f   ratio %.6f   ln(ratio) %.6f\n", r.base_ppl, r.ppl_ratio, r.ln_ppl_ratio);
+      std::printf("KLD         mean %.6f  median %.6f  p99 %.6f  max %.6f\n", r.kld_mean, r.kld_median,
+                  r.kld_p99, r.kld_max);
+      std::printf("same top-1  %.3f %%\n", 100.0 * r.top1);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// ---- inspect ----
+struct InspectArgs {
+  std::string pkg;
+  bool json = false;
+};
+absl::Status RunInspect(const InspectArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto pkg, tessera::Package::Open(a.pkg));
+  nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
+  size_t total = 0;
+  for (const tessera::TensorPack* p : pkg->all_packs()) {
+    for (const auto& t : p->tensors()) {
+      tensors.push_back({{"file", fs::path(p->path()).filename().string()}, {"name", t.name},
+                         {"dtype", tessera::QTypeName(t.qtype)}, {"shape", t.shape}, {"group", t.group},
+                         {"bytes", t.total_bytes}, {"xxh3_64", absl::StrFormat("%016x", t.checksum)}});
+      total += t.total_bytes;
+    }
+  }
+  if (a.json) {
+    nlohmann::ordered_json j = pkg->manifest();
+    j["tensors"] = tensors;
+    std::cout << j.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+  const auto& m = pkg->manifest();
+  const auto& c = pkg->config();
+  std::printf("package   %s (format %d.%d)\n", a.pkg.c_str(), m["format_version"].value("major", 0),
+              m["format_version"].value("minor", 0));
+  std::printf("arch      %s: hidden %lld, layers %lld, heads %lld/%lld kv, head_dim %lld, ffn %lld, vocab %lld, "
+              "ctx %lld, rope %s theta %g, tied %s\n",
+              c.family.c_str(), (long long)c.hidden, (long long)c.layers, (long long)c.heads, (long long)c.kv_heads,
+              (long long)c.head_dim, (long long)c.ffn, (long long)c.vocab, (long long)c.max_ctx,
+              c.rope_convention.c_str(), c.rope_theta, c.tie_embeddings ? "yes" : "no");
+  if (m.contains("quant")) std::printf("quant     %s\n", m["quant"].dump().c_str());
+  std::printf("tokenizer %s, %d tokens, bos %d\n", pkg->tokenizer().type().c_str(), pkg->tokenizer().vocab_size(),
+              pkg->tokenizer().bos_id());
+  std::printf("files\n");
+  for (const auto& f : m["files"])
+    std::printf("  %-16s %-10s %12llu bytes  xxh3 %s\n", f.value("path", "").c_str(), f.value("role", "").c_str(),
+                (unsigned long long)f.value("bytes", uint64_t{0}), f.value("xxh3_64", "").c_str());
+  std::printf("tensors (%zu, %.2f MiB)\n", tensors.size(), total / 1048576.0);
+  for (const auto& t : tensors) {
+    std::string shape;
+    for (const auto& d : t["shape"]) absl::StrAppend(&shape, shape.empty() ? "" : "x", d.get<int64_t>());
+    std::printf("  %-12s %-14s %-9s %-12s g%-4u %10zu  %s\n", t["file"].get<std::string>().c_str(),
+                t["name"].get<std::string>().c_str(), t["dtype"].get<std::string>().c_str(), shape.c_str(),
+                t["group"].get<uint32_t>(), t["bytes"].get<size_t>(), t["xxh3_64"].get<std::string>().c_str());
+  }
+  std::printf("kernels   %s\n", tessera::kernels::ActiveTargetName());
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 0; i < argc; ++i) absl::StrAppend(&g_cmdline, i ? " " : "", argv[i]);
+  CLI::App app{"tessera: convert, quantize, run and verify language models on the CPU"};
+  app.footer(
+      "Examples:\n"
+      "  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32\n"
+      "  tessera quantize out/s260k-f32 -o out/s260k-q4 --type int4 --group 32\n"
+      "  tessera run out/s260k-q4 -p \"Once upon a time\" -n 64 --temp 0\n"
+      "  tessera verify out/s260k-q4 --text ../shared/fixtures/text/tinystories_valid_sample.txt --ctx 128 --base out/s260k-f32\n"
+      "Run 'tessera SUBCOMMAND --help' for the options of each subcommand.");
+  app.require_subcommand(1);
+  bool quiet = false;
+  app.add_flag("-q,--quiet", quiet, "No progress bars or statistics on stderr");
+
+  ConvertArgs ca;
+  auto* conv = app.add_subcommand("convert", "Convert a Hugging Face model directory into a Tessera package");
+  conv->add_option("src", ca.src, "Hugging Face directory (config.json, *.safetensors, tokenizer.json)")->required();
+  conv->add_option("-o,--out", ca.out, "Output package directory")->required();
+  conv->add_flag("--force", ca.force, "Replace OUT if it exists");
+  conv->footer("Example:\n  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32");
+
+  QuantizeArgs qa;
+  auto* quant = app.add_subcommand("quantize", "Quantize a package (group-wise INT4/INT8, FP16, BF16)");
+  quant->add_option("src", qa.src, "Source package")->required();
+  quant->add_option("-o,--out", qa.out, "Output package directory")->required();
+  quant->add_option("--type", qa.type, "int4 | int8 | f16 | bf16 | f32")->capture_default_str();
+  quant->add_option("--group", qa.group, "Group size along K for int4 (32, 64, 128) and int8 (multiple of 32)")
+      ->capture_default_str();
+  quant->add_flag("--asym", qa.asym, "Asymmetric int4 (scale + min per group)");
+  quant->add_flag("--force", qa.force, "Replace OUT if it exists");
+  quant->footer("Examples:\n  tessera quantize out/s260k-f32 -o out/s260k-q4 --type int4 --group 32\n"
+                "  tessera quantize out/s260k-f32 -o out/s260k-q4a --type int4 --group 64 --asym\n"
+                "  tessera quantize out/s260k-f32 -o out/s260k-q8 --type int8");
+
+  RunArgs ra;
+  auto* run = app.add_subcommand("run", "Generate text from a prompt (streams to stdout)");
+  run->add_option("pkg", ra.pkg, "Package directory")->required();
+  run->add_option("-p,--prompt", ra.prompt, "Prompt text");
+  run->add_option("-n,--n-predict", ra.n, "Maximum number of new tokens")->capture_default_str();
+  run->add_option("--ctx", ra.ctx, "Context size (default: the model's)");
+  run->add_option("--temp", ra.temp, "Temperature (0 = greedy)")->capture_default_str();
+  run->add_option("--top-k", ra.top_k, "Top-k (0 = off)")->capture_default_str();
+  run->add_option("--top-p", ra.top_p, "Top-p (1 = off)")->capture_default_str();
+  run->add_option("--min-p", ra.min_p, "Min-p (0 = off)")->capture_default_str();
+  run->add_option("--repeat-penalty", ra.repeat_penalty, "Repetition penalty over the last 64 tokens (1 = off)")
+      ->capture_default_str();
+  auto* seed_opt = run->add_option("--seed", ra.seed, "Random seed (default: random)");
+  run->add_flag("--no-bos", ra.no_bos, "Do not add BOS / special tokens to the prompt");
+  run->footer("Example:\n  tessera run out/s260k-f32 -p \"Once upon a time\" -n 252 --temp 0");
+
+  LogitsArgs la;
+  auto* lg = app.add_subcommand("logits", "Write fp32 logits [T, vocab] for token ids as .npy");
+  lg->add_option("pkg", la.pkg, "Package directory")->required();
+  lg->add_option("--ids", la.ids, "Comma-separated token ids")->required();
+  lg->add_option("-o,--out", la.out, "Output .npy file")->required();
+  lg->footer("Example:\n  tessera logits out/s260k-f32 --ids 1,403,407 -o logits.npy");
+
+  TokenizeArgs ta;
+  auto* tk = app.add_subcommand("tokenize", "Print the token ids of TEXT");
+  tk->add_option("pkg", ta.pkg, "Package directory")->required();
+  tk->add_option("text", ta.text, "Text (put text that starts with '-' after --)")->required();
+  tk->add_flag("--no-special", ta.no_special, "Do not add BOS / special tokens");
+  tk->add_flag("--json", ta.json, "Print {\"ids\": [...], \"tokens\": [...]}");
+  tk->footer("Examples:\n  tessera tokenize out/s260k-f32 \"Hello world\"\n  tessera tokenize out/s260k-f32 --json -- \"-dash first\"");
+
+  TokenizeArgs da;
+  auto* dt = app.add_subcommand("detokenize", "Print the text of token ids");
+  dt->add_option("pkg", da.pkg, "Package directory")->required();
+  dt->add_option("--ids", da.ids, "Comma-separated token ids")->required();
+  dt->add_flag("--skip-special", da.skip_special, "Drop special tokens");
+  dt->footer("Example:\n  tessera detokenize out/s260k-f32 --ids 1,403,407");
+
+  VerifyArgs va;
+  auto* vf = app.add_subcommand("verify", "Perplexity (llama.cpp method) and, with --base, KLD / top-1 vs a base");
+  vf->add_option("pkg", va.pkg, "Package directory")->required();
+  vf->add_option("--text", va.text, "UTF-8 text file")->required();
+  vf->add_option("--ctx", va.ctx, "Chunk size in tokens")->capture_default_str();
+  vf->add_option("--chunks", va.chunks, "Evaluate at most this many chunks (0 = all)");
+  vf->add_option("--base", va.base, "Base package (e.g. the f32 one) for KLD, top-1 and PPL ratio");
+  vf->add_flag("--json", va.json, "Print one JSON object");
+  vf->footer("Example:\n  tessera verify out/s260k-q4 --text ../shared/fixtures/text/tinystories_valid_sample.txt "
+             "--ctx 128 --base out/s260k-f32 --json");
+
+  InspectArgs ia;
+  auto* insp = app.add_subcommand("inspect", "Show a package's manifest, files and tensors (verifies checksums)");
+  insp->add_option("pkg", ia.pkg, "Package directory")->required();
+  insp->add_flag("--json", ia.json, "Print JSON");
+  insp->footer("Example:\n  tessera inspect out/s260k-q4");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  tessera::Progress::SetQuiet(quiet);
+  absl::Status st;
+  try {
+    if (*conv) st = RunConvert(ca);
+    else if (*quant) st = RunQuantize(qa);
+    else if (*run) {
+      ra.seed_set = seed_opt->count() > 0;
+      ra.quiet = quiet;
+      st = RunRun(ra);
+    } else if (*lg) st = RunLogits(la);
+    else if (*tk) st = RunTokenize(ta);
+    else if (*dt) st = RunDetokenize(da);
+    else if (*vf) st = RunVerify(va);
+    else if (*insp) st = RunInspect(ia);
+  } catch (const std::exception& e) {
+    st = absl::InternalError(e.what());
+  }
+  if (!st.ok()) return Fail(st);
+  return 0;
+}

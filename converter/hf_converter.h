@@ -1,0 +1,25 @@
+// Hugging Face directory -> Tessera package.
+#pragma once
+
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "formats/model_config.h"
+#include "nlohmann/json.hpp"
+
+namespace tessera {
+
+struct ConvertOptions {
+  bool force = false;
+  std::string cmdline;
+};
+
+// Reads config.json and returns the canonical architecture (errors name the file and field).
+absl::StatusOr<ModelConfig> ReadHfConfig(const std::string& hf_dir);
+
+// Converts SRC (an HF model directory) into the package directory OUT. Weights keep their
+// source precision (F32/F16/BF16); norm weights and biases are stored as F32.
+absl::Status ConvertHuggingFace(const std::string& src, const std::string& out, const ConvertOptions& opts);
+
+}  // namespace tessera

@@ -1,0 +1,72 @@
+// A Tessera package: one directory holding manifest.json, tokenizer.txt, embedding.bin,
+// block_0.bin ... block_{L-1}.bin and lm.bin (see docs/PACKAGE.md).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "formats/model_config.h"
+#include "formats/tensor_pack.h"
+#include "formats/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace tessera {
+
+inline constexpr int kPackageFormatMajor = 1;
+inline constexpr int kPackageFormatMinor = 0;
+inline constexpr const char* kTesseraVersion = "0.1.0";
+
+std::string BlockFileName(int64_t layer);
+// xxh3-64 of a whole file as 16 hex digits.
+absl::StatusOr<std::string> HashFile(const std::string& path);
+
+class Package {
+ public:
+  struct Options {
+    bool verify_checksums = true;
+  };
+  static absl::StatusOr<std::unique_ptr<Package>> Open(const std::string& dir, const Options& opts);
+  static absl::StatusOr<std::unique_ptr<Package>> Open(const std::string& dir) {
+    return Open(dir, Options());
+  }
+
+  const std::string& dir() const { return dir_; }
+  const nlohmann::ordered_json& manifest() const { return manifest_; }
+  const ModelConfig& config() const { return config_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const TensorPack& embedding() const { return *embedding_; }
+  const TensorPack& block(int64_t i) const { return *blocks_[static_cast<size_t>(i)]; }
+  const TensorPack& lm() const { return *lm_; }
+  std::vector<const TensorPack*> all_packs() const;
+
+ private:
+  std::string dir_;
+  nlohmann::ordered_json manifest_;
+  ModelConfig config_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<TensorPack> embedding_, lm_;
+  std::vector<std::unique_ptr<TensorPack>> blocks_;
+};
+
+// Writes a package into a fresh temporary directory beside `out_dir` and moves it into place
+// only when Commit() succeeds; destroying an uncommitted writer removes the temporary directory.
+class PackageWriter {
+ public:
+  static absl::StatusOr<std::unique_ptr<PackageWriter>> Create(const std::string& out_dir, bool force);
+  ~PackageWriter();
+  const std::string& tmp_dir() const { return tmp_dir_; }
+  absl::Status WritePack(const std::string& file_name, const std::string& role, int64_t layer,
+                         const std::vector<TensorData>& tensors);
+  absl::Status WriteTokenizer(const Tokenizer& tok);
+  // Adds "files", "format", "format_version" and writes manifest.json, then renames into place.
+  absl::Status Commit(nlohmann::ordered_json manifest);
+
+ private:
+  std::string out_dir_, tmp_dir_;
+  bool force_ = false, committed_ = false;
+  nlohmann::ordered_json files_ = nlohmann::ordered_json::array();
+};
+
+}  // namespace tessera

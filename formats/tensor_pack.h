@@ -1,0 +1,107 @@
+// Tensor pack files (embedding.bin, block_N.bin, lm.bin): a self-describing, versioned,
+// checksummed container whose tensor planes are 64-byte aligned for mmap + SIMD.
+//
+// Layout (little-endian):
+//   header (64 bytes)
+//     0  char[4] magic "WPK1"        4  u16 major (1)      6  u16 minor (0)
+//     8  u32 header_bytes (64)       12 u32 alignment (64) 16 u32 flags (0)
+//     20 u32 n_tensors               24 u64 index_off      32 u64 index_bytes
+//     40 u64 data_off                48 u64 data_bytes     56 u32 xxh32(index)
+//     60 u32 xxh32(header bytes 0..59)
+//   index: n_tensors records
+//     u16 name_len, name bytes (canonical name, e.g. "attn_q")
+//     u8 qtype (QType), u8 ndim, u64 shape[ndim] (logical, torch order [out, in])
+//     u32 group (0 for float types), u64 cols (row length as stored, >= logical K, padded to
+//     a multiple of group for quantized types), u8 n_planes,
+//     n_planes x {u8 kind (PlaneKind), u64 offset (from data_off), u64 bytes}
+//     u64 xxh3_64 over the planes' bytes in order
+//   data: planes, each starting on a 64-byte boundary of the file.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/mapped_file.h"
+
+namespace tessera {
+
+// Same numbering as kernels::WType.
+enum class QType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI4Sym = 4, kI4Asym = 5 };
+enum class PlaneKind : uint8_t { kData = 0, kScales = 1, kMins = 2 };
+
+const char* QTypeName(QType t);
+bool QTypeFromName(const std::string& name, QType* out);
+bool IsQuantized(QType t);
+
+// Expected bytes of each plane for a tensor of `rows` x `cols` (stored cols).
+size_t DataPlaneBytes(QType t, size_t rows, size_t cols);
+size_t ScalePlaneBytes(QType t, size_t rows, size_t cols, size_t group);
+
+// A tensor to be written (owns its bytes).
+struct TensorData {
+  std::string name;
+  QType qtype = QType::kF32;
+  std::vector<int64_t> shape;
+  uint32_t group = 0;
+  uint64_t cols = 0;
+  std::vector<uint8_t> data, scales, mins;
+
+  size_t rows() const { return shape.size() >= 2 ? static_cast<size_t>(shape[0]) : 1; }
+};
+
+// A tensor inside an opened pack (views into the mapped file).
+struct PackTensor {
+  std::string name;
+  QType qtype = QType::kF32;
+  std::vector<int64_t> shape;
+  uint32_t group = 0;
+  uint64_t cols = 0;
+  const uint8_t* data = nullptr;
+  size_t data_bytes = 0;
+  const uint16_t* scales = nullptr;
+  const uint16_t* mins = nullptr;
+  uint64_t checksum = 0;
+  uint64_t file_offset = 0;  // of the first plane
+  size_t total_bytes = 0;    // all planes
+
+  size_t rows() const { return shape.size() >= 2 ? static_cast<size_t>(shape[0]) : 1; }
+  size_t logical_cols() const { return shape.empty() ? 1 : static_cast<size_t>(shape.back()); }
+  size_t numel() const {
+    size_t n = 1;
+    for (auto d : shape) n *= static_cast<size_t>(d);
+    return n;
+  }
+  // Dequantizes row r (logical_cols() floats) into out.
+  void RowToF32(size_t r, float* out) const;
+  // Whole tensor as f32, [rows][logical_cols].
+  std::vector<float> ToF32() const;
+};
+
+// Writes a pack atomically enough for our purposes: the caller writes into a temporary
+// directory and renames it into place when everything succeeded.
+absl::Status WriteTensorPack(const std::string& path, const std::vector<TensorData>& tensors);
+
+class TensorPack {
+ public:
+  // Opens and validates the header, the index and every plane's bounds; with verify_checksums,
+  // also hashes every tensor.
+  static absl::StatusOr<std::unique_ptr<TensorPack>> Open(const std::string& path,
+                                                          bool verify_checksums = true);
+  const PackTensor* Find(const std::string& name) const;
+  // Like Find, but an error naming the file when missing.
+  absl::StatusOr<const PackTensor*> Get(const std::string& name) const;
+  const std::vector<PackTensor>& tensors() const { return tensors_; }
+  const std::string& path() const { return file_->path(); }
+  size_t file_bytes() const { return file_->size(); }
+
+ private:
+  std::unique_ptr<MappedFile> file_;
+  std::vector<PackTensor> tensors_;
+  std::map<std::string, size_t> by_name_;
+};
+
+}  // namespace tessera

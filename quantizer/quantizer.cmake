@@ -1,0 +1,2 @@
+add_library(tessera_quantizer STATIC ${CMAKE_CURRENT_LIST_DIR}/quantize.cc)
+target_link_libraries(tessera_quantizer PUBLIC tessera_kernels tessera_formats tessera_core)

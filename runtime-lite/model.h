@@ -1,0 +1,69 @@
+// runtime-lite: the transformer forward pass over a loaded package.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "formats/package.h"
+#include "quantizer/kernels/kernels.h"
+
+namespace tessera {
+
+// Per-sequence attention state: K and V for every layer, [layer][kv_head][pos][head_dim].
+class KVCache {
+ public:
+  KVCache(const ModelConfig& c, int64_t n_ctx);
+  int64_t n_ctx() const { return n_ctx_; }
+  float* k(int64_t layer, int64_t kv_head, int64_t pos) { return at(k_, layer, kv_head, pos); }
+  float* v(int64_t layer, int64_t kv_head, int64_t pos) { return at(v_, layer, kv_head, pos); }
+
+ private:
+  float* at(std::vector<float>& buf, int64_t layer, int64_t h, int64_t pos) {
+    return buf.data() + ((layer * kv_heads_ + h) * n_ctx_ + pos) * head_dim_;
+  }
+  int64_t n_ctx_, kv_heads_, head_dim_;
+  std::vector<float> k_, v_;
+};
+
+class Model {
+ public:
+  // Takes ownership of the package; validates every tensor's shape against the manifest.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(std::unique_ptr<Package> pkg);
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir);
+
+  const ModelConfig& config() const { return pkg_->config(); }
+  const Tokenizer& tokenizer() const { return pkg_->tokenizer(); }
+  const Package& package() const { return *pkg_; }
+  int64_t vocab() const { return config().vocab; }
+
+  // Runs tokens ids[0..T) at positions pos0..pos0+T-1 (cache must hold everything before pos0).
+  // Writes logits for every token ([T][vocab]) when all_logits, else only the last ([vocab]).
+  absl::Status Forward(KVCache& cache, const int32_t* ids, size_t T, int64_t pos0, float* logits,
+                       bool all_logits) const;
+
+ private:
+  struct Layer {
+    const float* attn_norm = nullptr;
+    const float* ffn_norm = nullptr;
+    const float* bq = nullptr;
+    const float* bk = nullptr;
+    const float* bv = nullptr;
+    kernels::WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+  };
+  Model() = default;
+  absl::Status Bind();
+  void Linear(const kernels::WeightMatrix& w, const float* x, size_t T, size_t ldx, float* y,
+              size_t ldy) const;
+
+  std::unique_ptr<Package> pkg_;
+  std::vector<Layer> layers_;
+  const PackTensor* embedding_ = nullptr;
+  const float* output_norm_ = nullptr;
+  kernels::WeightMatrix output_;
+  std::vector<float> rope_inv_freq_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,109 @@
+#include "verify/perplexity.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+
+namespace tessera {
+namespace {
+// log-softmax of one row in double.
+void LogSoftmax(const float* x, int64_t n, std::vector<double>* out) {
+  out->resize(static_cast<size_t>(n));
+  double mx = x[0];
+  for (int64_t i = 1; i < n; ++i) mx = std::max(mx, static_cast<double>(x[i]));
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(x[i]) - mx);
+  const double lse = mx + std::log(sum);
+  for (int64_t i = 0; i < n; ++i) (*out)[static_cast<size_t>(i)] = static_cast<double>(x[i]) - lse;
+}
+}  // namespace
+
+absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
+                                            const PerplexityOptions& opts, const Model* base) {
+  const ModelConfig& c = model.config();
+  if (opts.ctx < 4) return absl::InvalidArgumentError("--ctx must be at least 4");
+  if (opts.ctx > c.max_ctx)
+    return absl::InvalidArgumentError(absl::StrCat("--ctx ", opts.ctx, " exceeds the model's context ", c.max_ctx));
+  if (base != nullptr && base->config().vocab != c.vocab)
+    return absl::InvalidArgumentError("base model has a different vocabulary size");
+  PerplexityResult r;
+  r.ctx = opts.ctx;
+  r.n_tokens = static_cast<int64_t>(tokens.size());
+  int64_t n_chunks = r.n_tokens / opts.ctx;
+  if (opts.max_chunks > 0) n_chunks = std::min(n_chunks, opts.max_chunks);
+  if (n_chunks == 0)
+    return absl::InvalidArgumentError(absl::StrCat("the text has ", r.n_tokens, " tokens, fewer than one chunk of ", opts.ctx));
+  r.n_chunks = n_chunks;
+  r.has_base = base != nullptr;
+  const int64_t V = c.vocab, ctx = opts.ctx, first = ctx / 2;
+  const int32_t bos = model.tokenizer().bos_id() >= 0 ? model.tokenizer().bos_id() : c.bos_id;
+  std::vector<float> logits(static_cast<size_t>(ctx * V)), base_logits;
+  if (base) base_logits.resize(logits.size());
+  KVCache cache(c, ctx);
+  std::unique_ptr<KVCache> base_cache;
+  if (base) base_cache = std::make_unique<KVCache>(base->config(), ctx);
+  double nll = 0, nll2 = 0, base_nll = 0;
+  int64_t count = 0, same_top = 0;
+  std::vector<double> klds;
+  std::vector<double> lp, blp;
+  for (int64_t ch = 0; ch < n_chunks; ++ch) {
+    std::vector<int32_t> chunk(tokens.begin() + ch * ctx, tokens.begin() + (ch + 1) * ctx);
+    if (bos >= 0 && model.tokenizer().add_bos()) chunk[0] = bos;
+    TESSERA_RETURN_IF_ERROR(model.Forward(cache, chunk.data(), chunk.size(), 0, logits.data(), true));
+    if (base)
+      TESSERA_RETURN_IF_ERROR(base->Forward(*base_cache, chunk.data(), chunk.size(), 0, base_logits.data(), true));
+    for (int64_t j = first; j < ctx - 1; ++j) {
+      const int32_t target = tokens[static_cast<size_t>(ch * ctx + j + 1)];
+      LogSoftmax(logits.data() + j * V, V, &lp);
+      const double l = -lp[static_cast<size_t>(target)];
+      nll += l;
+      nll2 += l * l;
+      ++count;
+      if (base) {
+        LogSoftmax(base_logits.data() + j * V, V, &blp);
+        base_nll += -blp[static_cast<size_t>(target)];
+        double kl = 0;
+        for (int64_t i = 0; i < V; ++i) {
+          const double pb = std::exp(blp[static_cast<size_t>(i)]);
+          kl += pb * (blp[static_cast<size_t>(i)] - lp[static_cast<size_t>(i)]);
+        }
+        klds.push_back(std::max(0.0, kl));
+        const auto am = std::max_element(lp.begin(), lp.end()) - lp.begin();
+        const auto bm = std::max_element(blp.begin(), blp.end()) - blp.begin();
+        if (am == bm) ++same_top;
+      }
+    }
+    r.running_ppl.push_back(std::exp(nll / static_cast<double>(count)));
+    if (opts.on_chunk) opts.on_chunk(ch + 1, n_chunks, r.running_ppl.back());
+  }
+  r.n_scored = count;
+  r.nll_mean = nll / static_cast<double>(count);
+  r.ppl = std::exp(r.nll_mean);
+  // Standard error of the mean NLL propagated to PPL (as llama.cpp reports it).
+  const double var = nll2 / static_cast<double>(count) - r.nll_mean * r.nll_mean;
+  r.ppl_stderr = count > 1 ? r.ppl * std::sqrt(std::max(0.0, var) / static_cast<double>(count - 1)) : 0.0;
+  if (base) {
+    r.base_ppl = std::exp(base_nll / static_cast<double>(count));
+    r.ppl_ratio = r.ppl / r.base_ppl;
+    r.ln_ppl_ratio = std::log(r.ppl_ratio);
+    double s = 0;
+    for (double k : klds) s += k;
+    r.kld_mean = s / static_cast<double>(klds.size());
+    std::vector<double> sorted = klds;
+    std::sort(sorted.begin(), sorted.end());
+    auto pct = [&](double p) {
+      const double idx = p * static_cast<double>(sorted.size() - 1);
+      const size_t lo = static_cast<size_t>(std::floor(idx)), hi = static_cast<size_t>(std::ceil(idx));
+      return sorted[lo] + (sorted[hi] - sorted[lo]) * (idx - static_cast<double>(lo));
+    };
+    r.kld_median = pct(0.5);
+    r.kld_p99 = pct(0.99);
+    r.kld_max = sorted.back();
+    r.top1 = static_cast<double>(same_top) / static_cast<double>(count);
+  }
+  return r;
+}
+
+}  // namespace tessera

@@ -1,0 +1,34 @@
+// Perplexity by the llama.cpp method, and KL divergence / top-1 agreement against a base model.
+#pragma once
+
+#include <functional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "runtime-lite/model.h"
+
+namespace tessera {
+
+struct PerplexityOptions {
+  int64_t ctx = 512;
+  int64_t max_chunks = 0;  // 0: all
+  std::function<void(int64_t done, int64_t total, double running_ppl)> on_chunk;
+};
+
+struct PerplexityResult {
+  int64_t n_tokens = 0, n_chunks = 0, n_scored = 0, ctx = 0;
+  double nll_mean = 0, ppl = 0, ppl_stderr = 0;
+  std::vector<double> running_ppl;  // after each chunk, as llama.cpp prints it
+  // With a base model:
+  bool has_base = false;
+  double base_ppl = 0, ppl_ratio = 0, ln_ppl_ratio = 0;
+  double kld_mean = 0, kld_median = 0, kld_p99 = 0, kld_max = 0, top1 = 0;
+};
+
+// tokens: the whole tokenized text (BOS first if the tokenizer adds one). Chunk i covers
+// tokens[i*ctx, (i+1)*ctx); its first token is replaced by BOS (when the model has one); the
+// second half is scored: logits at j = ctx/2 .. ctx-2 predict token j+1, log-softmax in double.
+absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
+                                            const PerplexityOptions& opts, const Model* base = nullptr);
+
+}  // namespace tessera
