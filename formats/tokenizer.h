@@ -1,0 +1,119 @@
+// Tokenizer: Hugging Face tokenizer.json import, encode/decode, lossless text serialization.
+//
+// Implemented now: type "bpe-sp" = SentencePiece-style BPE as produced by the HF `tokenizers`
+// library for Llama-2-like models (model BPE with byte_fallback / fuse_unk / merges by rank,
+// normalizer null, pre_tokenizer Metaspace or null, post_processor TemplateProcessing,
+// decoder chain of Replace / ByteFallback / Fuse / Strip / Metaspace). Anything else in a
+// tokenizer.json (Unigram/WordPiece models, ByteLevel pre-tokenizers, normalizers, ...) is
+// rejected with an error naming the file and the unsupported component. The encode pipeline is
+// split into the same stages as HF (added-token split -> normalizer -> pre-tokenizer -> model ->
+// post-processor; decoder chain for Decode) so byte-level BPE and Unigram can be added as new
+// stages / model kinds.
+//
+// tokenizer.txt format (version 1), line-oriented UTF-8 text, '\n' line ends:
+//   tessera-tokenizer 1                   first line, exactly
+//   <key> <values...>                     header lines (any order, before or after tokens):
+//     type bpe-sp                         tokenizer family
+//     vocab_size <n>                      number of ids (token lines must cover 0..n-1)
+//     normalizer none
+//     pre_tokenizer none | metaspace <b64 replacement> <always|first|never> <split 0|1>
+//     bpe_unk <id|-1>                     model unk token
+//     bpe_byte_fallback <0|1>
+//     bpe_fuse_unk <0|1>
+//     bpe_ignore_merges <0|1>
+//     post_prefix [<id> ...]              ids the post-processor puts before the sequence
+//     post_suffix [<id> ...]              ids it puts after
+//     add_bos <0|1>, add_eos <0|1>        informational (= bos in post_prefix / eos in post_suffix)
+//     bos <id|-1>, eos <id|-1>
+//     eos_ids [<id> ...]                  all end-of-generation ids
+//     decoder_null <0|1>                  1 = no decoder (tokens joined with ' ')
+//     decoder <step ...>                  one line per decoder step, in order:
+//        decoder replace <b64 pattern> <b64 content>
+//        decoder byte_fallback
+//        decoder fuse
+//        decoder strip <b64 content char> <start> <stop>
+//        decoder metaspace <b64 replacement> <always|first|never>
+//     chat_template <JSON string>         JSON-escaped (single line); absent = empty
+//   <id> <b64 piece | -> <score> <flags | ->   one line per token ("-" = empty piece / no flags);
+//                                       flags letters: m = in the model vocab, a = added token,
+//                                       s = special, b = byte-fallback token <0xXX>,
+//                                       l/r/w/n = added-token lstrip/rstrip/single_word/normalized
+//   m <left_id> <right_id>                one line per BPE merge, in rank order (rank 0 first)
+// b64 = standard base64 (RFC 4648) of the raw UTF-8 bytes. Load(Save(x)) behaves identically.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace tessera {
+
+class Tokenizer {
+ public:
+  // From a Hugging Face tokenizer.json (+ optional tokenizer_config.json path, "" if absent).
+  // The config supplies add_bos_token/add_eos_token (override the post-processor when present),
+  // bos_token/eos_token and chat_template (string, or list of {name, template}: "default");
+  // without a chat_template there, a sibling chat_template.jinja is used if it exists.
+  static absl::StatusOr<Tokenizer> FromHuggingFace(const std::string& tokenizer_json,
+                                                   const std::string& tokenizer_config);
+  // Lossless text serialization (tokenizer.txt, format above).
+  absl::Status Save(const std::string& path) const;
+  static absl::StatusOr<Tokenizer> Load(const std::string& path);
+  std::string Serialize() const;
+  static absl::StatusOr<Tokenizer> Deserialize(std::string_view text, const std::string& path);
+
+  // add_special: tokens of the post-processor (BOS etc.).
+  std::vector<int32_t> Encode(std::string_view text, bool add_special = true) const;
+  // HF semantics: invalid ids are skipped; skip_special drops special added tokens.
+  std::string Decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
+  // Raw vocab string of a token ("" for an invalid id).
+  std::string TokenPiece(int32_t id) const;
+  // Id of a piece (added tokens first, then the model vocab); -1 if absent.
+  int32_t PieceToId(std::string_view piece) const;
+
+  int32_t vocab_size() const;
+  int32_t bos_id() const;                // -1 if none
+  int32_t eos_id() const;                // -1 if none
+  std::vector<int32_t> eos_ids() const;  // eos + e.g. <|eot_id|>, <|im_end|> if special tokens
+  bool add_bos() const;
+  bool add_eos() const;
+  bool IsSpecial(int32_t id) const;
+  const std::string& chat_template() const;
+  const std::string& type() const;  // "bpe-sp"
+
+  struct Impl;
+
+ private:
+  explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+  std::shared_ptr<const Impl> impl_;  // immutable, shared by copies and StreamDecoders
+  friend class StreamDecoder;
+};
+
+// Streaming detokenizer for generation. Push(id) returns the newly completed text; it holds back
+// pending byte-fallback tokens (a run of <0xXX> is decoded as a whole, as Decode does) and an
+// incomplete UTF-8 sequence. The concatenation of all Push() outputs and Flush() equals
+// Decode(ids, skip_special=true) of the pushed ids when at_start is true; with at_start false the
+// text is treated as a continuation (no leading-space stripping). Limitation: a decoder Strip
+// with stop > 0 after Fuse (trailing strip) is not applied while streaming. Keeps the tokenizer
+// data alive by itself (the Tokenizer object may be destroyed).
+class StreamDecoder {
+ public:
+  StreamDecoder(const Tokenizer& tokenizer, bool at_start);
+  std::string Push(int32_t id);
+  std::string Flush();
+
+ private:
+  std::string EmitComplete(std::string text);
+  std::shared_ptr<const Tokenizer::Impl> impl_;
+  std::vector<std::string> pending_;  // token pieces not yet decoded (byte-fallback run)
+  std::vector<int> state_;            // per-decoder-step state
+  bool need_sep_ = false;             // null decoder: ' ' between tokens
+  std::string tail_;                  // incomplete UTF-8 sequence held back
+};
+
+}  // namespace tessera
