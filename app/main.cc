@@ -318,6 +318,7 @@ int main(int argc, char** argv) {
       "  tessera verify out/s260k-q4 --text ../shared/fixtures/text/tinystories_valid_sample.txt --ctx 128 --base out/s260k-f32\n"
       "Run 'tessera SUBCOMMAND --help' for the options of each subcommand.");
   app.require_subcommand(1);
+  app.fallthrough();
   bool quiet = false;
   app.add_flag("-q,--quiet", quiet, "No progress bars or statistics on stderr");
 
