@@ -1,0 +1,164 @@
+// Per-target element-wise ops and reductions (re-included once per Highway target):
+// Dot, RMSNorm, Softmax, SiluMul, Axpy. Any n, unaligned pointers; tails use masked
+// loads/stores (never touch memory past n).
+#if defined(TESSERA_KERNELS_OPS_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef TESSERA_KERNELS_OPS_INL_H_
+#undef TESSERA_KERNELS_OPS_INL_H_
+#else
+#define TESSERA_KERNELS_OPS_INL_H_
+#endif
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace tessera::kernels::HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// sum_i a[i] * b[i] in f32 with 4 independent accumulators.
+template <class DF>
+HWY_INLINE float DotF32(DF df, const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
+  const size_t N = hn::Lanes(df);
+  auto s0 = hn::Zero(df), s1 = hn::Zero(df), s2 = hn::Zero(df), s3 = hn::Zero(df);
+  size_t i = 0;
+  for (; i + 4 * N <= n; i += 4 * N) {
+    s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
+    s1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), s1);
+    s2 = hn::MulAdd(hn::LoadU(df, a + i + 2 * N), hn::LoadU(df, b + i + 2 * N), s2);
+    s3 = hn::MulAdd(hn::LoadU(df, a + i + 3 * N), hn::LoadU(df, b + i + 3 * N), s3);
+  }
+  for (; i + N <= n; i += N) s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
+  if (i < n) {
+    const auto m = hn::FirstN(df, n - i);
+    s1 = hn::MulAdd(hn::MaskedLoad(m, df, a + i), hn::MaskedLoad(m, df, b + i), s1);
+  }
+  return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
+}
+
+HWY_MAYBE_UNUSED static float Dot(const float* HWY_RESTRICT a, const float* HWY_RESTRICT b,
+                                  size_t n) {
+  return DotF32(hn::ScalableTag<float>(), a, b, n);
+}
+
+// out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x.
+HWY_MAYBE_UNUSED static void RMSNorm(const float* x, const float* HWY_RESTRICT w, size_t n,
+                                     float eps, float* out) {
+  if (n == 0) return;
+  const hn::ScalableTag<float> df;
+  const size_t N = hn::Lanes(df);
+  auto s0 = hn::Zero(df), s1 = hn::Zero(df);
+  size_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    const auto v0 = hn::LoadU(df, x + i);
+    const auto v1 = hn::LoadU(df, x + i + N);
+    s0 = hn::MulAdd(v0, v0, s0);
+    s1 = hn::MulAdd(v1, v1, s1);
+  }
+  for (; i < n; i += N) {
+    const auto m = hn::FirstN(df, n - i);  // all-true except in the tail
+    const auto v = hn::MaskedLoad(m, df, x + i);
+    s0 = hn::MulAdd(v, v, s0);
+  }
+  const float ss = hn::GetLane(hn::SumOfLanes(df, hn::Add(s0, s1)));
+  const float inv = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+  const auto vinv = hn::Set(df, inv);
+  for (i = 0; i + N <= n; i += N) {
+    hn::StoreU(hn::Mul(hn::Mul(hn::LoadU(df, x + i), vinv), hn::LoadU(df, w + i)), df, out + i);
+  }
+  if (i < n) {
+    const auto m = hn::FirstN(df, n - i);
+    const auto v =
+        hn::Mul(hn::Mul(hn::MaskedLoad(m, df, x + i), vinv), hn::MaskedLoad(m, df, w + i));
+    hn::BlendedStore(v, m, df, out + i);
+  }
+}
+
+// In-place softmax; -inf entries give 0. If every entry is -inf the output is all zeros.
+HWY_MAYBE_UNUSED static void Softmax(float* x, size_t n) {
+  if (n == 0) return;
+  const hn::ScalableTag<float> df;
+  const size_t N = hn::Lanes(df);
+  const auto neg_inf = hn::Set(df, -std::numeric_limits<float>::infinity());
+  auto vmax = neg_inf;
+  size_t i = 0;
+  for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(df, x + i));
+  const size_t rem = n - i;
+  const auto mtail = hn::FirstN(df, rem);
+  if (rem) vmax = hn::Max(vmax, hn::IfThenElse(mtail, hn::MaskedLoad(mtail, df, x + i), neg_inf));
+  const float mx = hn::GetLane(hn::MaxOfLanes(df, vmax));
+  if (mx == -std::numeric_limits<float>::infinity()) {
+    for (size_t k = 0; k < n; ++k) x[k] = 0.0f;
+    return;
+  }
+  const auto vmx = hn::Set(df, mx);
+  // f32 vector partial sums over chunks of 64 vectors, flushed into a double: keeps the sum
+  // accurate even for the 1-lane SCALAR target and long rows.
+  double sum = 0.0;
+  i = 0;
+  while (i + N <= n) {
+    auto vsum = hn::Zero(df);
+    const size_t end = (n - i) / N > 64 ? i + 64 * N : n - rem;
+    for (; i < end; i += N) {
+      const auto e = hn::Exp(df, hn::Sub(hn::LoadU(df, x + i), vmx));
+      vsum = hn::Add(vsum, e);
+      hn::StoreU(e, df, x + i);
+    }
+    sum += static_cast<double>(hn::GetLane(hn::SumOfLanes(df, vsum)));
+  }
+  if (rem) {
+    const auto e =
+        hn::IfThenElseZero(mtail, hn::Exp(df, hn::Sub(hn::MaskedLoad(mtail, df, x + i), vmx)));
+    sum += static_cast<double>(hn::GetLane(hn::SumOfLanes(df, e)));
+    hn::BlendedStore(e, mtail, df, x + i);
+  }
+  const auto vinv = hn::Set(df, static_cast<float>(1.0 / sum));
+  for (i = 0; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), vinv), df, x + i);
+  if (rem) hn::BlendedStore(hn::Mul(hn::MaskedLoad(mtail, df, x + i), vinv), mtail, df, x + i);
+}
+
+template <class DF>
+HWY_INLINE hn::Vec<DF> SiluMulVec(DF df, hn::Vec<DF> g, hn::Vec<DF> u) {
+  // silu(g) = g / (1 + exp(-g)); clamp the exponent to stay in Exp's valid range.
+  const auto e = hn::Exp(df, hn::Min(hn::Neg(g), hn::Set(df, 88.0f)));
+  return hn::Mul(hn::Div(g, hn::Add(hn::Set(df, 1.0f), e)), u);
+}
+
+HWY_MAYBE_UNUSED static void SiluMul(const float* gate, const float* up, size_t n, float* out) {
+  const hn::ScalableTag<float> df;
+  const size_t N = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(SiluMulVec(df, hn::LoadU(df, gate + i), hn::LoadU(df, up + i)), df, out + i);
+  }
+  if (i < n) {
+    const auto m = hn::FirstN(df, n - i);
+    const auto v = SiluMulVec(df, hn::MaskedLoad(m, df, gate + i), hn::MaskedLoad(m, df, up + i));
+    hn::BlendedStore(v, m, df, out + i);
+  }
+}
+
+HWY_MAYBE_UNUSED static void Axpy(float a, const float* HWY_RESTRICT x, size_t n,
+                                  float* HWY_RESTRICT y) {
+  const hn::ScalableTag<float> df;
+  const size_t N = hn::Lanes(df);
+  const auto va = hn::Set(df, a);
+  size_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::MulAdd(va, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
+  }
+  if (i < n) {
+    const auto m = hn::FirstN(df, n - i);
+    const auto v = hn::MulAdd(va, hn::MaskedLoad(m, df, x + i), hn::MaskedLoad(m, df, y + i));
+    hn::BlendedStore(v, m, df, y + i);
+  }
+}
+
+}  // namespace tessera::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#endif  // TESSERA_KERNELS_OPS_INL_H_
