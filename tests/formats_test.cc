@@ -77,7 +77,9 @@ TEST(TensorPack, RejectsInconsistentPlanesAndEveryTruncation) {
     std::ofstream(tmp / "cut.bin", std::ios::binary) << bytes.substr(0, cut);
     auto p = TensorPack::Open(tmp / "cut.bin");
     EXPECT_FALSE(p.ok()) << cut;
-    if (!p.ok()) EXPECT_NE(std::string(p.status().message()).find("cut.bin"), std::string::npos);
+    if (!p.ok()) {
+      EXPECT_NE(std::string(p.status().message()).find("cut.bin"), std::string::npos);
+    }
   }
   // Every single-byte flip in the header or the index is caught.
   uint64_t index_bytes = 0;
