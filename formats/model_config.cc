@@ -18,10 +18,21 @@ nlohmann::json ModelConfig::ToJson() const {
       {"rope", {{"theta", rope_theta}, {"convention", rope_convention}}},
       {"norm_eps", norm_eps},
       {"activation", activation},
+      {"mlp", mlp},
+      {"norm", norm},
+      {"norm_weight_offset", norm_weight_offset},
+      {"norm_weight_offset_folded", norm_weight_offset != 0.0},
+      {"positions", positions},
+      {"embed_scale", embed_scale},
       {"tie_embeddings", tie_embeddings},
       {"qkv_bias", qkv_bias},
+      {"attn_out_bias", attn_out_bias},
+      {"mlp_bias", mlp_bias},
+      {"qk_norm", qk_norm},
       {"bos_id", bos_id},
       {"eos_id", eos_id},
+      {"eos_ids", eos_ids},
+      {"source_arch", source_arch},
   };
 }
 
@@ -42,9 +53,19 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const nlohmann::json& j, const
     c.norm_eps = j.at("norm_eps").get<double>();
     c.activation = j.value("activation", std::string("silu"));
     c.tie_embeddings = j.at("tie_embeddings").get<bool>();
+    c.mlp = j.value("mlp", std::string("gated"));
+    c.norm = j.value("norm", std::string("rms"));
+    c.norm_weight_offset = j.value("norm_weight_offset", 0.0);
+    c.positions = j.value("positions", std::string("rope"));
+    c.embed_scale = j.value("embed_scale", 1.0);
     c.qkv_bias = j.value("qkv_bias", false);
+    c.attn_out_bias = j.value("attn_out_bias", false);
+    c.mlp_bias = j.value("mlp_bias", false);
+    c.qk_norm = j.value("qk_norm", false);
     c.bos_id = j.value("bos_id", -1);
     c.eos_id = j.value("eos_id", -1);
+    if (j.contains("eos_ids")) c.eos_ids = j["eos_ids"].get<std::vector<int32_t>>();
+    c.source_arch = j.value("source_arch", std::string());
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(where, ": bad \"arch\": ", e.what()));
   }
@@ -66,6 +87,12 @@ absl::Status ModelConfig::Validate(const std::string& where) const {
     return bad(absl::StrCat("unknown rope convention '", rope_convention, "'"));
   if (hidden > (1 << 20) || layers > 4096 || vocab > (1 << 24) || ffn > (1 << 22) || heads > 4096)
     return bad("dimensions out of range");
+  if (activation != "silu" && activation != "gelu_tanh")
+    return bad(absl::StrCat("unknown activation '", activation, "'"));
+  if (mlp != "gated" && mlp != "plain") return bad(absl::StrCat("unknown mlp '", mlp, "'"));
+  if (norm != "rms" && norm != "layer") return bad(absl::StrCat("unknown norm '", norm, "'"));
+  if (positions != "rope" && positions != "learned")
+    return bad(absl::StrCat("unknown positions '", positions, "'"));
   if (max_ctx <= 0 || max_ctx > (1 << 24)) return bad("max_ctx out of range");
   return absl::OkStatus();
 }

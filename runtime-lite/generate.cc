@@ -31,7 +31,8 @@ absl::StatusOr<GenerateResult> Generate(const Model& model, const std::vector<in
     const int32_t id = sampler.Sample(logits.data(), c.vocab, history);
     res.tokens.push_back(id);
     history.push_back(id);
-    const bool is_eos = std::find(eos.begin(), eos.end(), id) != eos.end() || id == c.eos_id;
+    const bool is_eos = std::find(eos.begin(), eos.end(), id) != eos.end() || id == c.eos_id ||
+                        std::find(c.eos_ids.begin(), c.eos_ids.end(), id) != c.eos_ids.end();
     if (is_eos && opts.stop_at_eos) {
       res.hit_eos = true;
       break;

@@ -65,16 +65,29 @@ absl::Status Model::Bind() {
   TESSERA_ASSIGN_OR_RETURN(embedding_, pkg_->embedding().Get("token_embd"));
   if (embedding_->shape.size() != 2 || embedding_->shape[0] != c.vocab || embedding_->shape[1] != H)
     return FileError(pkg_->embedding().path(), "token_embd has the wrong shape");
+  if (c.positions == "learned") {
+    TESSERA_ASSIGN_OR_RETURN(pos_embd_, pkg_->embedding().Get("pos_embd"));
+    if (pos_embd_->shape.size() != 2 || pos_embd_->shape[0] != c.max_ctx || pos_embd_->shape[1] != H)
+      return FileError(pkg_->embedding().path(), "pos_embd has the wrong shape");
+  }
+  const bool ln = c.norm == "layer";
   for (int64_t i = 0; i < c.layers; ++i) {
     const TensorPack& b = pkg_->block(i);
     Layer L;
+    L.key = absl::StrCat("block_", i);
     TESSERA_ASSIGN_OR_RETURN(L.attn_norm, VectorView(b, "attn_norm", H));
     TESSERA_ASSIGN_OR_RETURN(L.ffn_norm, VectorView(b, "ffn_norm", H));
+    if (ln) {
+      TESSERA_ASSIGN_OR_RETURN(L.attn_norm_b, VectorView(b, "attn_norm.bias", H));
+      TESSERA_ASSIGN_OR_RETURN(L.ffn_norm_b, VectorView(b, "ffn_norm.bias", H));
+    }
     TESSERA_ASSIGN_OR_RETURN(L.wq, MatrixView(b, "attn_q", Q, H));
     TESSERA_ASSIGN_OR_RETURN(L.wk, MatrixView(b, "attn_k", KV, H));
     TESSERA_ASSIGN_OR_RETURN(L.wv, MatrixView(b, "attn_v", KV, H));
     TESSERA_ASSIGN_OR_RETURN(L.wo, MatrixView(b, "attn_output", H, Q));
-    TESSERA_ASSIGN_OR_RETURN(L.w_gate, MatrixView(b, "ffn_gate", F, H));
+    if (c.mlp == "gated") {
+      TESSERA_ASSIGN_OR_RETURN(L.w_gate, MatrixView(b, "ffn_gate", F, H));
+    }
     TESSERA_ASSIGN_OR_RETURN(L.w_up, MatrixView(b, "ffn_up", F, H));
     TESSERA_ASSIGN_OR_RETURN(L.w_down, MatrixView(b, "ffn_down", H, F));
     if (c.qkv_bias) {
@@ -82,9 +95,26 @@ absl::Status Model::Bind() {
       TESSERA_ASSIGN_OR_RETURN(L.bk, VectorView(b, "attn_k.bias", KV));
       TESSERA_ASSIGN_OR_RETURN(L.bv, VectorView(b, "attn_v.bias", KV));
     }
+    if (c.attn_out_bias) {
+      TESSERA_ASSIGN_OR_RETURN(L.bo, VectorView(b, "attn_output.bias", H));
+    }
+    if (c.mlp_bias) {
+      if (c.mlp == "gated") {
+        TESSERA_ASSIGN_OR_RETURN(L.b_gate, VectorView(b, "ffn_gate.bias", F));
+      }
+      TESSERA_ASSIGN_OR_RETURN(L.b_up, VectorView(b, "ffn_up.bias", F));
+      TESSERA_ASSIGN_OR_RETURN(L.b_down, VectorView(b, "ffn_down.bias", H));
+    }
+    if (c.qk_norm) {
+      TESSERA_ASSIGN_OR_RETURN(L.q_norm, VectorView(b, "attn_q_norm", c.head_dim));
+      TESSERA_ASSIGN_OR_RETURN(L.k_norm, VectorView(b, "attn_k_norm", c.head_dim));
+    }
     layers_.push_back(L);
   }
   TESSERA_ASSIGN_OR_RETURN(output_norm_, VectorView(pkg_->lm(), "output_norm", H));
+  if (ln) {
+    TESSERA_ASSIGN_OR_RETURN(output_norm_b_, VectorView(pkg_->lm(), "output_norm.bias", H));
+  }
   if (c.tie_embeddings) {
     TESSERA_ASSIGN_OR_RETURN(output_, MatrixView(pkg_->embedding(), "token_embd", c.vocab, H));
   } else {
@@ -95,19 +125,44 @@ absl::Status Model::Bind() {
   rope_inv_freq_.resize(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
     const float expo = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
-    rope_inv_freq_[static_cast<size_t>(i)] =
-        1.0f / std::pow(static_cast<float>(c.rope_theta), expo);
+    rope_inv_freq_[static_cast<size_t>(i)] = 1.0f / std::pow(static_cast<float>(c.rope_theta), expo);
   }
   return absl::OkStatus();
 }
 
-void Model::Linear(const kernels::WeightMatrix& w, const float* x, size_t T, size_t ldx, float* y,
-                   size_t ldy) const {
+void Model::Linear(const std::string& key, const kernels::WeightMatrix& w, const float* bias, const float* x,
+                   size_t T, size_t ldx, size_t k, float* y, size_t ldy) const {
+  if (observer_) observer_(key, x, T, ldx, k);
   const size_t min_rows = std::max<size_t>(8, 4096 / std::max<size_t>(1, w.cols * T));
   ThreadPool::Global().ParallelFor(w.rows, min_rows, [&](size_t r0, size_t r1) {
     kernels::MatMul(w, x, T, ldx, y, ldy, r0, r1);
   });
+  if (bias)
+    for (size_t t = 0; t < T; ++t) kernels::Axpy(1.0f, bias, w.rows, y + t * ldy);
 }
+
+void Model::Norm(const float* x, const float* w, const float* b, size_t n, float* out) const {
+  const float eps = static_cast<float>(config().norm_eps);
+  if (config().norm == "rms") {
+    kernels::RMSNorm(x, w, n, eps, out);
+    return;
+  }
+  double mean = 0, var = 0;
+  for (size_t i = 0; i < n; ++i) mean += x[i];
+  mean /= static_cast<double>(n);
+  for (size_t i = 0; i < n; ++i) var += (x[i] - mean) * (x[i] - mean);
+  var /= static_cast<double>(n);
+  const float inv = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
+  const float m = static_cast<float>(mean);
+  for (size_t i = 0; i < n; ++i) out[i] = (x[i] - m) * inv * w[i] + b[i];
+}
+
+namespace {
+inline float GeluTanh(float x) {
+  const float k = 0.7978845608028654f;  // sqrt(2/pi)
+  return 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x)));
+}
+}  // namespace
 
 absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_t pos0, float* logits,
                             bool all_logits) const {
@@ -116,6 +171,9 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
   if (pos0 < 0 || pos0 + static_cast<int64_t>(T) > cache.n_ctx())
     return absl::OutOfRangeError(absl::StrCat("context overflow: positions ", pos0, "..", pos0 + static_cast<int64_t>(T) - 1,
                                               " exceed the context size ", cache.n_ctx()));
+  if (c.positions == "learned" && pos0 + static_cast<int64_t>(T) > c.max_ctx)
+    return absl::OutOfRangeError(absl::StrCat("position ", pos0 + static_cast<int64_t>(T) - 1,
+                                              " exceeds the model's learned positions (", c.max_ctx, ")"));
   for (size_t t = 0; t < T; ++t)
     if (ids[t] < 0 || ids[t] >= c.vocab)
       return absl::InvalidArgumentError(absl::StrCat("token id ", ids[t], " out of range [0, ", c.vocab, ")"));
@@ -125,14 +183,27 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
   const size_t Q = NH * D, KV = NKV * D, F = static_cast<size_t>(c.ffn);
   const size_t ldh = Padded(H), ldq = Padded(Q), ldf = Padded(F);
   std::vector<float> x(T * H), xn(T * ldh, 0.0f), q(T * Q), k(T * KV), v(T * KV), att(T * ldq, 0.0f),
-      proj(T * H), gate(T * F), up(T * F), hid(T * ldf, 0.0f);
+      proj(T * H), gate(c.mlp == "gated" ? T * F : 0), up(T * F), hid(T * ldf, 0.0f);
 
-  for (size_t t = 0; t < T; ++t) embedding_->RowToF32(static_cast<size_t>(ids[t]), x.data() + t * H);
+  std::vector<float> row(H);
+  for (size_t t = 0; t < T; ++t) {
+    float* xt = x.data() + t * H;
+    embedding_->RowToF32(static_cast<size_t>(ids[t]), xt);
+    if (c.embed_scale != 1.0) {
+      const float s = static_cast<float>(c.embed_scale);
+      for (size_t i = 0; i < H; ++i) xt[i] *= s;
+    }
+    if (pos_embd_ != nullptr) {
+      pos_embd_->RowToF32(static_cast<size_t>(pos0) + t, row.data());
+      for (size_t i = 0; i < H; ++i) xt[i] += row[i];
+    }
+  }
 
   // RoPE tables for these positions.
+  const bool use_rope = c.positions == "rope";
   const size_t half = D / 2;
   std::vector<float> cosv(T * half), sinv(T * half);
-  for (size_t t = 0; t < T; ++t) {
+  for (size_t t = 0; t < T && use_rope; ++t) {
     const float pos = static_cast<float>(pos0 + static_cast<int64_t>(t));
     for (size_t i = 0; i < half; ++i) {
       const float ang = pos * rope_inv_freq_[i];
@@ -142,6 +213,7 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
   }
   const bool interleaved = c.rope_convention == "interleaved";
   auto rope = [&](float* vec, size_t t) {
+    if (!use_rope) return;
     const float* cs = cosv.data() + t * half;
     const float* sn = sinv.data() + t * half;
     for (size_t i = 0; i < half; ++i) {
@@ -157,21 +229,23 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
 
   for (size_t l = 0; l < layers_.size(); ++l) {
     const Layer& L = layers_[l];
-    for (size_t t = 0; t < T; ++t) kernels::RMSNorm(x.data() + t * H, L.attn_norm, H, eps, xn.data() + t * ldh);
-    Linear(L.wq, xn.data(), T, ldh, q.data(), Q);
-    Linear(L.wk, xn.data(), T, ldh, k.data(), KV);
-    Linear(L.wv, xn.data(), T, ldh, v.data(), KV);
+    const std::string& lk = L.key;
+    for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
+    Linear(lk + "/attn_q", L.wq, L.bq, xn.data(), T, ldh, H, q.data(), Q);
+    Linear(lk + "/attn_k", L.wk, L.bk, xn.data(), T, ldh, H, k.data(), KV);
+    Linear(lk + "/attn_v", L.wv, L.bv, xn.data(), T, ldh, H, v.data(), KV);
     for (size_t t = 0; t < T; ++t) {
-      if (L.bq) {
-        kernels::Axpy(1.0f, L.bq, Q, q.data() + t * Q);
-        kernels::Axpy(1.0f, L.bk, KV, k.data() + t * KV);
-        kernels::Axpy(1.0f, L.bv, KV, v.data() + t * KV);
+      for (size_t h = 0; h < NH; ++h) {
+        float* qh = q.data() + t * Q + h * D;
+        if (L.q_norm) kernels::RMSNorm(qh, L.q_norm, D, eps, qh);
+        rope(qh, t);
       }
-      for (size_t h = 0; h < NH; ++h) rope(q.data() + t * Q + h * D, t);
       for (size_t h = 0; h < NKV; ++h) {
-        rope(k.data() + t * KV + h * D, t);
+        float* kh = k.data() + t * KV + h * D;
+        if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
+        rope(kh, t);
         const int64_t pos = pos0 + static_cast<int64_t>(t);
-        std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), k.data() + t * KV + h * D, D * 4);
+        std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
         std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v.data() + t * KV + h * D, D * 4);
       }
     }
@@ -192,20 +266,38 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
           kernels::Axpy(scores[static_cast<size_t>(j)], cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), j), D, out);
       }
     });
-    Linear(L.wo, att.data(), T, ldq, proj.data(), H);
+    Linear(lk + "/attn_output", L.wo, L.bo, att.data(), T, ldq, Q, proj.data(), H);
     for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
-    for (size_t t = 0; t < T; ++t) kernels::RMSNorm(x.data() + t * H, L.ffn_norm, H, eps, xn.data() + t * ldh);
-    Linear(L.w_gate, xn.data(), T, ldh, gate.data(), F);
-    Linear(L.w_up, xn.data(), T, ldh, up.data(), F);
-    for (size_t t = 0; t < T; ++t) kernels::SiluMul(gate.data() + t * F, up.data() + t * F, F, hid.data() + t * ldf);
-    Linear(L.w_down, hid.data(), T, ldf, proj.data(), H);
+    for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
+    Linear(lk + "/ffn_up", L.w_up, L.b_up, xn.data(), T, ldh, H, up.data(), F);
+    if (c.mlp == "gated") {
+      Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
+      for (size_t t = 0; t < T; ++t) {
+        const float* g = gate.data() + t * F;
+        const float* u = up.data() + t * F;
+        float* o = hid.data() + t * ldf;
+        if (c.activation == "silu") {
+          kernels::SiluMul(g, u, F, o);
+        } else {
+          for (size_t i = 0; i < F; ++i) o[i] = GeluTanh(g[i]) * u[i];
+        }
+      }
+    } else {
+      for (size_t t = 0; t < T; ++t) {
+        const float* u = up.data() + t * F;
+        float* o = hid.data() + t * ldf;
+        for (size_t i = 0; i < F; ++i)
+          o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
+      }
+    }
+    Linear(lk + "/ffn_down", L.w_down, L.b_down, hid.data(), T, ldf, F, proj.data(), H);
     for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
   }
   const size_t first = all_logits ? 0 : T - 1;
   const size_t n_out = T - first;
   for (size_t t = 0; t < n_out; ++t)
-    kernels::RMSNorm(x.data() + (first + t) * H, output_norm_, H, eps, xn.data() + t * ldh);
-  Linear(output_, xn.data(), n_out, ldh, logits, static_cast<size_t>(c.vocab));
+    Norm(x.data() + (first + t) * H, output_norm_, output_norm_b_, H, xn.data() + t * ldh);
+  Linear("lm/output", output_, nullptr, xn.data(), n_out, ldh, H, logits, static_cast<size_t>(c.vocab));
   return absl::OkStatus();
 }
 

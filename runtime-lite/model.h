@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,27 +42,47 @@ class Model {
 
   // Runs tokens ids[0..T) at positions pos0..pos0+T-1 (cache must hold everything before pos0).
   // Writes logits for every token ([T][vocab]) when all_logits, else only the last ([vocab]).
+  // Called before every matrix multiply with key "block_{i}/attn_q" ... "block_{i}/ffn_down",
+  // "lm/output": x holds T rows of k floats, row stride ldx. For calibration (imatrix).
+  using ActivationObserver =
+      std::function<void(const std::string& key, const float* x, size_t T, size_t ldx, size_t k)>;
+  void SetActivationObserver(ActivationObserver obs) { observer_ = std::move(obs); }
+
   absl::Status Forward(KVCache& cache, const int32_t* ids, size_t T, int64_t pos0, float* logits,
                        bool all_logits) const;
 
  private:
   struct Layer {
     const float* attn_norm = nullptr;
+    const float* attn_norm_b = nullptr;
     const float* ffn_norm = nullptr;
+    const float* ffn_norm_b = nullptr;
     const float* bq = nullptr;
     const float* bk = nullptr;
     const float* bv = nullptr;
+    const float* bo = nullptr;
+    const float* b_gate = nullptr;
+    const float* b_up = nullptr;
+    const float* b_down = nullptr;
+    const float* q_norm = nullptr;
+    const float* k_norm = nullptr;
     kernels::WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+    std::string key;  // "block_{i}"
   };
   Model() = default;
   absl::Status Bind();
-  void Linear(const kernels::WeightMatrix& w, const float* x, size_t T, size_t ldx, float* y,
-              size_t ldy) const;
+  // y = x W^T (+ bias); notifies the activation observer first.
+  void Linear(const std::string& key, const kernels::WeightMatrix& w, const float* bias, const float* x,
+              size_t T, size_t ldx, size_t k, float* y, size_t ldy) const;
+  void Norm(const float* x, const float* w, const float* b, size_t n, float* out) const;
+  ActivationObserver observer_;
 
   std::unique_ptr<Package> pkg_;
   std::vector<Layer> layers_;
   const PackTensor* embedding_ = nullptr;
+  const PackTensor* pos_embd_ = nullptr;
   const float* output_norm_ = nullptr;
+  const float* output_norm_b_ = nullptr;
   kernels::WeightMatrix output_;
   std::vector<float> rope_inv_freq_;
 };

@@ -447,5 +447,69 @@ TEST(Failures, OutOfRangeTokenIds) {
   ExpectOneLineError(RunTessera({"logits", pkg, "--ids", "1,999", "-o", tmp / "x.npy"}), "999");
 }
 
+// ---- every architecture in fixtures/tiny ----
+namespace tiny {
+class TinyModel : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(TinyModel, LogitsMatchTransformers) {
+  const std::string m = "tiny/" + GetParam();
+  auto model = LoadModel(Packages::Get().Converted(m));
+  ASSERT_NE(model, nullptr);
+  for (const char* key : {"L1", "L7", "L64"}) {
+    auto ids = Inputs(m, key);
+    auto gold = ReadNpyF32(Fixture(m + "/golden/logits_hf_fp32_" + key + ".npy"));
+    ASSERT_TRUE(gold.ok()) << gold.status();
+    auto got = Logits(*model, ids);
+    EXPECT_LE(MaxAbsDiff(got, gold->data), 1e-4) << m << " " << key;
+  }
+}
+
+TEST_P(TinyModel, ManifestRecordsTheArchitecture) {
+  const std::string m = "tiny/" + GetParam();
+  auto pkg = Package::Open(Packages::Get().Converted(m));
+  ASSERT_TRUE(pkg.ok()) << pkg.status();
+  const auto cfg = ReadJson(Fixture(m + "/config.json"));
+  const auto& a = (*pkg)->manifest()["arch"];
+  EXPECT_EQ(a["source_arch"], cfg["architectures"][0]);
+  EXPECT_EQ(a["tie_embeddings"], cfg.value("tie_word_embeddings", GetParam() == "gpt2" || GetParam() == "gemma"));
+  EXPECT_EQ(a["vocab"], cfg["vocab_size"]);
+  const std::string fam = GetParam();
+  EXPECT_EQ(a["family"], fam);
+  EXPECT_EQ(a["qkv_bias"], fam == "qwen2" || fam == "gpt2");
+  EXPECT_EQ(a["qk_norm"], fam == "qwen3");
+  EXPECT_EQ(a["norm"], fam == "gpt2" ? "layer" : "rms");
+  EXPECT_EQ(a["positions"], fam == "gpt2" ? "learned" : "rope");
+  EXPECT_EQ(a["activation"], fam == "gemma" || fam == "gpt2" ? "gelu_tanh" : "silu");
+  EXPECT_EQ(a["norm_weight_offset"], fam == "gemma" ? 1.0 : 0.0);
+  EXPECT_EQ(a["embed_scale"], fam == "gemma" ? 8.0 : 1.0);
+  if (cfg.contains("head_dim")) EXPECT_EQ(a["head_dim"], cfg["head_dim"]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel,
+                         ::testing::Values("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gpt2"),
+                         [](const auto& info) { return info.param; });
+
+TEST(TinyModel, UnsupportedConfigNamesTheField) {
+  TempDir tmp;
+  const std::string src = tmp / "hf";
+  fs::copy(Fixture("tiny/mistral"), src, fs::copy_options::recursive);
+  auto cfg = ReadJson(src + "/config.json");
+  cfg["sliding_window"] = 4096;
+  std::ofstream(src + "/config.json") << cfg.dump();
+  ExpectOneLineError(RunTessera({"convert", src, "-o", tmp / "o"}), "sliding_window");
+  cfg["sliding_window"] = nullptr;
+  cfg["architectures"] = {"MambaForCausalLM"};
+  cfg["model_type"] = "mamba";
+  std::ofstream(src + "/config.json") << cfg.dump();
+  ExpectOneLineError(RunTessera({"convert", src, "-o", tmp / "o"}), "MambaForCausalLM");
+  cfg["architectures"] = {"MistralForCausalLM"};
+  cfg["model_type"] = "mistral";
+  cfg["rope_parameters"]["rope_type"] = "yarn";
+  std::ofstream(src + "/config.json") << cfg.dump();
+  ExpectOneLineError(RunTessera({"convert", src, "-o", tmp / "o"}), "rope_type");
+  EXPECT_FALSE(fs::exists(tmp / "o"));
+}
+}  // namespace tiny
+
 }  // namespace
 }  // namespace tessera
