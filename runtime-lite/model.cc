@@ -166,18 +166,47 @@ inline float GeluTanh(float x) {
 
 absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_t pos0, float* logits,
                             bool all_logits) const {
-  const ModelConfig& c = config();
-  if (T == 0) return absl::OkStatus();
-  if (pos0 < 0 || pos0 + static_cast<int64_t>(T) > cache.n_ctx())
-    return absl::OutOfRangeError(absl::StrCat("context overflow: positions ", pos0, "..", pos0 + static_cast<int64_t>(T) - 1,
-                                              " exceed the context size ", cache.n_ctx()));
-  if (c.positions == "learned" && pos0 + static_cast<int64_t>(T) > c.max_ctx)
-    return absl::OutOfRangeError(absl::StrCat("position ", pos0 + static_cast<int64_t>(T) - 1,
-                                              " exceeds the model's learned positions (", c.max_ctx, ")"));
-  for (size_t t = 0; t < T; ++t)
-    if (ids[t] < 0 || ids[t] >= c.vocab)
-      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[t], " out of range [0, ", c.vocab, ")"));
+  SeqInput in;
+  in.cache = &cache;
+  in.ids = ids;
+  in.n = T;
+  in.pos0 = pos0;
+  in.logits = logits;
+  in.all_logits = all_logits;
+  return ForwardBatch({in});
+}
 
+absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
+  const ModelConfig& c = config();
+  size_t T = 0;
+  for (const auto& sq : seqs) {
+    if (sq.n == 0) continue;
+    if (sq.pos0 < 0 || sq.pos0 + static_cast<int64_t>(sq.n) > sq.cache->n_ctx())
+      return absl::OutOfRangeError(absl::StrCat("context overflow: positions ", sq.pos0, "..",
+                                                sq.pos0 + static_cast<int64_t>(sq.n) - 1, " exceed the context size ",
+                                                sq.cache->n_ctx()));
+    if (c.positions == "learned" && sq.pos0 + static_cast<int64_t>(sq.n) > c.max_ctx)
+      return absl::OutOfRangeError(absl::StrCat("position ", sq.pos0 + static_cast<int64_t>(sq.n) - 1,
+                                                " exceeds the model's learned positions (", c.max_ctx, ")"));
+    for (size_t t = 0; t < sq.n; ++t)
+      if (sq.ids[t] < 0 || sq.ids[t] >= c.vocab)
+        return absl::InvalidArgumentError(absl::StrCat("token id ", sq.ids[t], " out of range [0, ", c.vocab, ")"));
+    T += sq.n;
+  }
+  if (T == 0) return absl::OkStatus();
+  // Row r of the batch: which sequence, which position.
+  std::vector<const SeqInput*> row_seq(T);
+  std::vector<int64_t> row_pos(T);
+  std::vector<int32_t> row_id(T);
+  {
+    size_t r = 0;
+    for (const auto& sq : seqs)
+      for (size_t t = 0; t < sq.n; ++t, ++r) {
+        row_seq[r] = &sq;
+        row_pos[r] = sq.pos0 + static_cast<int64_t>(t);
+        row_id[r] = sq.ids[t];
+      }
+  }
   const size_t H = static_cast<size_t>(c.hidden), D = static_cast<size_t>(c.head_dim);
   const size_t NH = static_cast<size_t>(c.heads), NKV = static_cast<size_t>(c.kv_heads);
   const size_t Q = NH * D, KV = NKV * D, F = static_cast<size_t>(c.ffn);
@@ -188,13 +217,13 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
   std::vector<float> row(H);
   for (size_t t = 0; t < T; ++t) {
     float* xt = x.data() + t * H;
-    embedding_->RowToF32(static_cast<size_t>(ids[t]), xt);
+    embedding_->RowToF32(static_cast<size_t>(row_id[t]), xt);
     if (c.embed_scale != 1.0) {
       const float s = static_cast<float>(c.embed_scale);
       for (size_t i = 0; i < H; ++i) xt[i] *= s;
     }
     if (pos_embd_ != nullptr) {
-      pos_embd_->RowToF32(static_cast<size_t>(pos0) + t, row.data());
+      pos_embd_->RowToF32(static_cast<size_t>(row_pos[t]), row.data());
       for (size_t i = 0; i < H; ++i) xt[i] += row[i];
     }
   }
@@ -204,7 +233,7 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
   const size_t half = D / 2;
   std::vector<float> cosv(T * half), sinv(T * half);
   for (size_t t = 0; t < T && use_rope; ++t) {
-    const float pos = static_cast<float>(pos0 + static_cast<int64_t>(t));
+    const float pos = static_cast<float>(row_pos[t]);
     for (size_t i = 0; i < half; ++i) {
       const float ang = pos * rope_inv_freq_[i];
       cosv[t * half + i] = static_cast<float>(std::cos(static_cast<double>(ang)));
@@ -244,17 +273,20 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
         float* kh = k.data() + t * KV + h * D;
         if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
         rope(kh, t);
-        const int64_t pos = pos0 + static_cast<int64_t>(t);
+        KVCache& cache = *row_seq[t]->cache;
+        const int64_t pos = row_pos[t];
         std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
         std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v.data() + t * KV + h * D, D * 4);
       }
     }
     // Causal attention, parallel over (token, head).
     ThreadPool::Global().ParallelFor(T * NH, 4, [&](size_t b, size_t e) {
-      std::vector<float> scores(static_cast<size_t>(pos0) + T);
+      std::vector<float> scores;
       for (size_t idx = b; idx < e; ++idx) {
         const size_t t = idx / NH, h = idx % NH, kvh = h / group;
-        const int64_t n = pos0 + static_cast<int64_t>(t) + 1;
+        KVCache& cache = *row_seq[t]->cache;
+        const int64_t n = row_pos[t] + 1;
+        scores.resize(static_cast<size_t>(n));
         const float* qv = q.data() + t * Q + h * D;
         for (int64_t j = 0; j < n; ++j)
           scores[static_cast<size_t>(j)] =
@@ -293,11 +325,31 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
     Linear(lk + "/ffn_down", L.w_down, L.b_down, hid.data(), T, ldf, F, proj.data(), H);
     for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
   }
-  const size_t first = all_logits ? 0 : T - 1;
-  const size_t n_out = T - first;
-  for (size_t t = 0; t < n_out; ++t)
-    Norm(x.data() + (first + t) * H, output_norm_, output_norm_b_, H, xn.data() + t * ldh);
-  Linear("lm/output", output_, nullptr, xn.data(), n_out, ldh, H, logits, static_cast<size_t>(c.vocab));
+  // Only the rows whose logits are wanted go through the head.
+  std::vector<size_t> out_rows;
+  {
+    size_t r = 0;
+    for (const auto& sq : seqs) {
+      for (size_t t = 0; t < sq.n; ++t, ++r)
+        if (sq.all_logits || t + 1 == sq.n) out_rows.push_back(r);
+    }
+  }
+  const size_t n_out = out_rows.size();
+  for (size_t i = 0; i < n_out; ++i)
+    Norm(x.data() + out_rows[i] * H, output_norm_, output_norm_b_, H, xn.data() + i * ldh);
+  const size_t V = static_cast<size_t>(c.vocab);
+  if (seqs.size() == 1 && seqs[0].n > 0) {
+    Linear("lm/output", output_, nullptr, xn.data(), n_out, ldh, H, seqs[0].logits, V);
+    return absl::OkStatus();
+  }
+  std::vector<float> lg(n_out * V);
+  Linear("lm/output", output_, nullptr, xn.data(), n_out, ldh, H, lg.data(), V);
+  size_t i = 0;
+  for (const auto& sq : seqs) {
+    const size_t k = sq.n == 0 ? 0 : (sq.all_logits ? sq.n : 1);
+    if (k) std::memcpy(sq.logits, lg.data() + i * V, k * V * 4);
+    i += k;
+  }
   return absl::OkStatus();
 }
 

@@ -48,6 +48,19 @@ class Model {
       std::function<void(const std::string& key, const float* x, size_t T, size_t ldx, size_t k)>;
   void SetActivationObserver(ActivationObserver obs) { observer_ = std::move(obs); }
 
+  // One sequence's share of a batched forward pass.
+  struct SeqInput {
+    KVCache* cache = nullptr;
+    const int32_t* ids = nullptr;
+    size_t n = 0;          // tokens
+    int64_t pos0 = 0;      // position of ids[0]
+    float* logits = nullptr;  // [n][vocab] when all_logits, else [vocab]
+    bool all_logits = false;
+  };
+  // Runs several sequences in one pass over the weights (continuous batching). Each sequence's
+  // results are bit-identical to running it alone as long as the batch has at most 16 rows.
+  absl::Status ForwardBatch(const std::vector<SeqInput>& seqs) const;
+
   absl::Status Forward(KVCache& cache, const int32_t* ids, size_t T, int64_t pos0, float* logits,
                        bool all_logits) const;
 

@@ -482,7 +482,9 @@ TEST_P(TinyModel, ManifestRecordsTheArchitecture) {
   EXPECT_EQ(a["activation"], fam == "gemma" || fam == "gpt2" ? "gelu_tanh" : "silu");
   EXPECT_EQ(a["norm_weight_offset"], fam == "gemma" ? 1.0 : 0.0);
   EXPECT_EQ(a["embed_scale"], fam == "gemma" ? 8.0 : 1.0);
-  if (cfg.contains("head_dim")) EXPECT_EQ(a["head_dim"], cfg["head_dim"]);
+  if (cfg.contains("head_dim")) {
+    EXPECT_EQ(a["head_dim"], cfg["head_dim"]);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, TinyModel,
@@ -510,6 +512,56 @@ TEST(TinyModel, UnsupportedConfigNamesTheField) {
   EXPECT_FALSE(fs::exists(tmp / "o"));
 }
 }  // namespace tiny
+
+
+// ---- continuous batching: a sequence's logits do not depend on its batch mates ----
+TEST(Batching, BatchedForwardEqualsSolo) {
+  for (const std::string& pkg : {Packages::Get().Quantized("stories260K/hf", QType::kI4Sym, 32),
+                                 Packages::Get().Converted("kjv6L/hf")}) {
+    auto m = LoadModel(pkg);
+    ASSERT_NE(m, nullptr);
+    const size_t V = static_cast<size_t>(m->vocab());
+    const std::vector<std::vector<int32_t>> prompts = {{1, 403, 407, 261}, {1, 300, 301}, {1, 50, 60, 70, 80, 90}};
+    // Solo: prefill, then 5 greedy decode steps each.
+    std::vector<std::vector<float>> solo;
+    std::vector<std::vector<int32_t>> solo_ids(prompts.size());
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      KVCache cache(m->config(), 64);
+      std::vector<float> lg(V);
+      ASSERT_TRUE(m->Forward(cache, prompts[s].data(), prompts[s].size(), 0, lg.data(), false).ok());
+      int64_t pos = static_cast<int64_t>(prompts[s].size());
+      for (int step = 0; step < 5; ++step) {
+        int32_t id = static_cast<int32_t>(std::max_element(lg.begin(), lg.end()) - lg.begin());
+        solo_ids[s].push_back(id);
+        ASSERT_TRUE(m->Forward(cache, &id, 1, pos++, lg.data(), false).ok());
+        solo.push_back(lg);
+      }
+    }
+    // Batched: same prefills, then decode steps for all three in one ForwardBatch each.
+    std::vector<std::unique_ptr<KVCache>> caches;
+    std::vector<std::vector<float>> lgs(prompts.size(), std::vector<float>(V));
+    for (size_t s = 0; s < prompts.size(); ++s) {
+      caches.push_back(std::make_unique<KVCache>(m->config(), 64));
+      ASSERT_TRUE(m->Forward(*caches[s], prompts[s].data(), prompts[s].size(), 0, lgs[s].data(), false).ok());
+    }
+    for (int step = 0; step < 5; ++step) {
+      std::vector<int32_t> ids(prompts.size());
+      std::vector<Model::SeqInput> in(prompts.size());
+      for (size_t s = 0; s < prompts.size(); ++s) {
+        ids[s] = static_cast<int32_t>(std::max_element(lgs[s].begin(), lgs[s].end()) - lgs[s].begin());
+        EXPECT_EQ(ids[s], solo_ids[s][static_cast<size_t>(step)]);
+        in[s].cache = caches[s].get();
+        in[s].ids = &ids[s];
+        in[s].n = 1;
+        in[s].pos0 = static_cast<int64_t>(prompts[s].size()) + step;
+        in[s].logits = lgs[s].data();
+      }
+      ASSERT_TRUE(m->ForwardBatch(in).ok());
+      for (size_t s = 0; s < prompts.size(); ++s)
+        ASSERT_EQ(lgs[s], solo[s * 5 + static_cast<size_t>(step)]) << pkg << " seq " << s << " step " << step;
+    }
+  }
+}
 
 }  // namespace
 }  // namespace tessera

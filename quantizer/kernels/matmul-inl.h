@@ -1,8 +1,10 @@
 // Per-target MatMul (weights [rows][cols] in any WType times f32 activations), re-included
 // once per Highway target. Accumulates in f32.
-//   T == 1 : fused dequant + dot per row (HIGHWAY.md recipe 7.5), weights read once.
-//   T  > 1 : each weight row is dequantized/promoted once into a thread-local f32 buffer and
-//            dotted with all T activation rows.
+//   T <= kFusedMaxT : fused dequant + dot per (row, token) (HIGHWAY.md recipe 7.5). A row's
+//            result for a token does not depend on T, so a sequence decoded alone or batched
+//            with others (the server's continuous batching) gets bit-identical logits.
+//   T  > kFusedMaxT : each weight row is dequantized/promoted once into a thread-local f32
+//            buffer and dotted with all T activation rows (prefill).
 #if defined(TESSERA_KERNELS_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TESSERA_KERNELS_MATMUL_INL_H_
 #undef TESSERA_KERNELS_MATMUL_INL_H_
@@ -135,6 +137,8 @@ HWY_INLINE float DotI4Row(const uint8_t* HWY_RESTRICT codes, const float* HWY_RE
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
+constexpr size_t kFusedMaxT = 16;
+
 HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_t T, size_t ldx,
                                     float* y, size_t ldy, size_t row_begin, size_t row_end) {
   if (T == 0 || row_begin >= row_end) return;
@@ -158,9 +162,12 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
     case WType::kBF16: {
       const uint16_t* W = static_cast<const uint16_t*>(w.data);
       const bool f16 = w.type == WType::kF16;
-      if (T == 1) {
+      if (T <= kFusedMaxT) {
         for (size_t r = row_begin; r < row_end; ++r) {
-          y[r] = f16 ? DotF16Row(df, W + r * K, x, K) : DotBF16Row(df, W + r * K, x, K);
+          for (size_t t = 0; t < T; ++t) {
+            const float* xt = x + t * ldx;
+            y[t * ldy + r] = f16 ? DotF16Row(df, W + r * K, xt, K) : DotBF16Row(df, W + r * K, xt, K);
+          }
         }
         return;
       }
@@ -178,11 +185,11 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
     case WType::kI8: {
       const int8_t* W = static_cast<const int8_t*>(w.data);
       float* sc = ScratchFloats<2>(ng);
-      float* buf = (T == 1) ? nullptr : ScratchFloats<1>(K);
+      float* buf = (T <= kFusedMaxT) ? nullptr : ScratchFloats<1>(K);
       for (size_t r = row_begin; r < row_end; ++r) {
         F16ToF32(w.scales + r * ng, ng, sc);
-        if (T == 1) {
-          y[r] = DotI8Row(W + r * K, sc, x, K, G);
+        if (T <= kFusedMaxT) {
+          for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI8Row(W + r * K, sc, x + t * ldx, K, G);
         } else {
           DequantI8F(W + r * K, sc, K, G, buf);
           dot_all(r, buf);
@@ -196,14 +203,17 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
       const bool asym = w.type == WType::kI4Asym;
       float* sc = ScratchFloats<2>(2 * ng);
       float* mn = sc + ng;
-      float* buf = (T == 1) ? nullptr : ScratchFloats<1>(K);
+      float* buf = (T <= kFusedMaxT) ? nullptr : ScratchFloats<1>(K);
       for (size_t r = row_begin; r < row_end; ++r) {
         const uint8_t* codes = W + r * (K / 2);
         F16ToF32(w.scales + r * ng, ng, sc);
         if (asym) F16ToF32(w.mins + r * ng, ng, mn);
-        if (T == 1) {
-          y[r] = asym ? DotI4Row<true>(codes, sc, mn, x, K, G)
-                      : DotI4Row<false>(codes, sc, nullptr, x, K, G);
+        if (T <= kFusedMaxT) {
+          for (size_t t = 0; t < T; ++t) {
+            const float* xt = x + t * ldx;
+            y[t * ldy + r] = asym ? DotI4Row<true>(codes, sc, mn, xt, K, G)
+                                  : DotI4Row<false>(codes, sc, nullptr, xt, K, G);
+          }
         } else {
           if (asym) {
             DequantI4AsymF(codes, sc, mn, K, G, buf);
