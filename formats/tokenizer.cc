@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <queue>
 #include <utility>
 
@@ -15,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "core/mapped_file.h"
 #include "core/status.h"
+#include "formats/tokenizer_text.h"
 #include "nlohmann/json.hpp"
 
 namespace tessera {
@@ -22,6 +24,9 @@ namespace tessera {
 namespace {
 
 using json = nlohmann::json;
+namespace tt = tokenizer_text;
+using tt::IncompleteUtf8Tail;
+using tt::IsValidUtf8;
 
 // Token flags (tokenizer.txt letters in parentheses).
 enum : uint16_t {
@@ -90,34 +95,6 @@ size_t Utf8CharLen(std::string_view s, size_t i) {
   return n;
 }
 
-bool IsValidUtf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const size_t n = Utf8CharLen(s, i);
-    if (n == 1 && static_cast<unsigned char>(s[i]) >= 0x80) return false;
-    i += n;
-  }
-  return true;
-}
-
-// Length of the longest suffix of s that is an incomplete (but so far valid) UTF-8 sequence.
-size_t IncompleteUtf8Tail(std::string_view s) {
-  const size_t n = s.size();
-  for (size_t back = 1; back <= 3 && back <= n; ++back) {
-    const auto c = static_cast<unsigned char>(s[n - back]);
-    if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
-    size_t need = 0;
-    if ((c & 0xE0) == 0xC0) {
-      need = 2;
-    } else if ((c & 0xF0) == 0xE0) {
-      need = 3;
-    } else if ((c & 0xF8) == 0xF0) {
-      need = 4;
-    }
-    return need > back ? back : 0;
-  }
-  return 0;
-}
-
 // Parses "<0xXX>" (HF ByteFallback accepts any hex case); -1 otherwise.
 int ParseByteToken(std::string_view t) {
   if (t.size() != 6 || t.substr(0, 3) != "<0x" || t[5] != '>') return -1;
@@ -137,15 +114,6 @@ int ParseByteToken(std::string_view t) {
     v = v * 16 + d;
   }
   return v;
-}
-
-bool IsAsciiSpace(char c) {
-  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-}
-bool IsWordByte(char c) {
-  const auto u = static_cast<unsigned char>(c);
-  return u >= 0x80 || (u >= '0' && u <= '9') || (u >= 'a' && u <= 'z') || (u >= 'A' && u <= 'Z') ||
-         u == '_';
 }
 
 void ReplaceAll(std::string* s, std::string_view from, std::string_view to) {
@@ -209,11 +177,31 @@ struct Tokenizer::Impl {
   std::vector<float> scores;
   std::vector<uint16_t> flags;
 
-  // Pre-tokenizer (Metaspace or none).
-  bool metaspace = false;
-  std::string ms_replacement = "\xE2\x96\x81";  // U+2581
-  Prepend ms_prepend = Prepend::kFirst;
-  bool ms_split = false;
+  // Normalizer steps, applied in order to each text segment between added tokens.
+  struct NormStep {
+    enum Kind { kNfc, kNfd, kNfkc, kNfkd, kPrepend, kReplace } kind;
+    std::string a, b;      // prepend: text; replace: pattern / content
+    bool regex = false;    // replace: a is a regex (else a literal string)
+    std::shared_ptr<const tt::Regex> re;  // derived
+  };
+  std::vector<NormStep> normalizer;
+
+  // Pre-tokenizer steps, applied in order (HF Sequence semantics).
+  enum class Behavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
+  struct PreStep {
+    enum Kind { kMetaspace, kSplit, kByteLevel, kDigits } kind;
+    std::string a;  // metaspace: replacement; split: pattern
+    Prepend prepend = Prepend::kFirst;  // metaspace
+    bool split = false;                 // metaspace: split before each replacement
+    bool regex = true;                  // split: a is a regex (else a literal string)
+    Behavior behavior = Behavior::kIsolated;
+    bool invert = false;
+    bool add_prefix_space = false;  // byte_level
+    bool use_regex = true;          // byte_level
+    bool individual = false;        // digits
+    std::shared_ptr<const tt::Regex> re;  // derived
+  };
+  std::vector<PreStep> pre;
 
   // Model: BPE.
   int32_t unk_id = -1;
@@ -233,7 +221,7 @@ struct Tokenizer::Impl {
 
   // Decoder.
   struct Step {
-    enum Kind { kReplace, kByteFallback, kFuse, kStrip, kMetaspace } kind;
+    enum Kind { kReplace, kByteFallback, kFuse, kStrip, kMetaspace, kByteLevel } kind;
     std::string a, b;  // replace: pattern/content; strip: content; metaspace: replacement
     int start = 0, stop = 0;
     Prepend prepend = Prepend::kAlways;
@@ -247,13 +235,31 @@ struct Tokenizer::Impl {
   absl::flat_hash_map<std::string, int32_t> added_vocab;
   absl::flat_hash_map<uint64_t, std::pair<int32_t, int32_t>> merge_map;  // -> (rank, new id)
   std::array<int32_t, 256> byte_ids{};
-  std::array<std::vector<int32_t>, 256> added_by_first_byte;  // longest first
+  // Added tokens by first byte, longest first; [0] = matched on the raw text (normalized=false),
+  // [1] = matched after normalization (normalized=true).
+  std::array<std::array<std::vector<int32_t>, 256>, 2> added_by_first_byte;
+  bool has_normalized_added = false;
   bool has_byte_fallback_decoder = false;
+  bool needs_valid_utf8 = false;  // normalizer / regex present: invalid input is made lossy
+  std::shared_ptr<const tt::Regex> gpt2_re;
+
+  // Per-word BPE cache (words up to kCacheMaxWord bytes, at most kCacheMaxEntries words).
+  static constexpr size_t kCacheMaxWord = 128;
+  static constexpr size_t kCacheMaxEntries = 1 << 17;
+  struct Cache {
+    std::mutex mu;
+    absl::flat_hash_map<std::string, std::vector<int32_t>> words;
+  };
+  std::unique_ptr<Cache> cache = std::make_unique<Cache>();
 
   absl::Status Finalize(const std::string& path);
 
   // Encoding stages.
-  void EncodeSegment(std::string_view seg, size_t offset, std::vector<int32_t>* out) const;
+  template <typename OnGap, typename OnToken>
+  void SplitAdded(std::string_view text, int which, OnGap on_gap, OnToken on_token) const;
+  void EncodeGap(std::string_view gap, bool at_start, std::vector<int32_t>* out) const;
+  void PreTokenizeAndModel(std::string_view s, bool at_start, std::vector<int32_t>* out) const;
+  void BpeWordCached(std::string_view word, std::vector<int32_t>* out) const;
   void BpeWord(std::string_view word, std::vector<int32_t>* out) const;
 
   // Decoding.
@@ -261,6 +267,32 @@ struct Tokenizer::Impl {
   std::string RunDecoder(std::vector<std::string> tokens, std::vector<int>* state, bool* need_sep,
                          bool final_chunk) const;
 };
+
+namespace {
+constexpr std::pair<Tokenizer::Impl::Behavior, const char*> kBehaviorNames[] = {
+    {Tokenizer::Impl::Behavior::kRemoved, "Removed"},
+    {Tokenizer::Impl::Behavior::kIsolated, "Isolated"},
+    {Tokenizer::Impl::Behavior::kMergedWithPrevious, "MergedWithPrevious"},
+    {Tokenizer::Impl::Behavior::kMergedWithNext, "MergedWithNext"},
+    {Tokenizer::Impl::Behavior::kContiguous, "Contiguous"},
+};
+const char* BehaviorName(Tokenizer::Impl::Behavior b) {
+  for (const auto& [v, name] : kBehaviorNames) {
+    if (v == b) return name;
+  }
+  return "Isolated";
+}
+bool ParseBehavior(std::string_view s, Tokenizer::Impl::Behavior* out) {
+  for (const auto& [v, name] : kBehaviorNames) {
+    if (s == name) {
+      *out = v;
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
 
 static uint64_t PairKey(int32_t a, int32_t b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
@@ -273,20 +305,64 @@ absl::Status Tokenizer::Impl::Finalize(const std::string& path) {
   flags.resize(n, 0);
   model_vocab.clear();
   added_vocab.clear();
-  for (auto& v : added_by_first_byte) v.clear();
+  for (auto& w : added_by_first_byte) {
+    for (auto& v : w) v.clear();
+  }
+  has_normalized_added = false;
   byte_ids.fill(-1);
   for (int32_t id = 0; id < n; ++id) {
     if (flags[id] & kFlagModel) model_vocab.emplace(pieces[id], id);
     if (flags[id] & kFlagAdded) {
       if (pieces[id].empty()) return FileError(path, absl::StrCat("added token ", id, " is empty"));
       added_vocab.emplace(pieces[id], id);
-      added_by_first_byte[static_cast<unsigned char>(pieces[id][0])].push_back(id);
+      const int which = (flags[id] & kFlagNormalized) ? 1 : 0;
+      if (which == 1) has_normalized_added = true;
+      added_by_first_byte[which][static_cast<unsigned char>(pieces[id][0])].push_back(id);
     }
   }
-  for (auto& v : added_by_first_byte) {
-    std::stable_sort(v.begin(), v.end(),
-                     [&](int32_t x, int32_t y) { return pieces[x].size() > pieces[y].size(); });
+  for (auto& w : added_by_first_byte) {
+    for (auto& v : w) {
+      std::stable_sort(v.begin(), v.end(),
+                       [&](int32_t x, int32_t y) { return pieces[x].size() > pieces[y].size(); });
+    }
   }
+  // Regexes and derived flags of the normalizer / pre-tokenizer.
+  needs_valid_utf8 = !normalizer.empty();
+  bool byte_level = false;
+  for (auto& st : normalizer) {
+    if (st.kind == NormStep::kReplace && st.regex) {
+      auto re = tt::Regex::Compile(st.a);
+      if (!re.ok()) {
+        return FileError(path, absl::StrCat("normalizer Replace pattern: ", re.status().message()));
+      }
+      st.re = std::make_shared<const tt::Regex>(*std::move(re));
+    }
+  }
+  for (auto& st : pre) {
+    if (st.kind == PreStep::kSplit && st.regex) {
+      auto re = tt::Regex::Compile(st.a);
+      if (!re.ok()) {
+        return FileError(path, absl::StrCat("pre_tokenizer Split pattern: ", re.status().message()));
+      }
+      st.re = std::make_shared<const tt::Regex>(*std::move(re));
+      needs_valid_utf8 = true;
+    }
+    if (st.kind == PreStep::kMetaspace && st.a.empty()) {
+      return FileError(path, "Metaspace with empty replacement");
+    }
+    if (st.kind == PreStep::kByteLevel) {
+      byte_level = true;
+      needs_valid_utf8 = true;
+      if (st.use_regex && gpt2_re == nullptr) {
+        auto re = tt::Regex::Compile(
+            "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+");
+        if (!re.ok()) return FileError(path, std::string(re.status().message()));
+        gpt2_re = std::make_shared<const tt::Regex>(*std::move(re));
+      }
+    }
+  }
+  type = byte_level ? "bpe-byte" : "bpe-sp";
+  cache->words.clear();
   for (int b = 0; b < 256; ++b) {
     char buf[8];
     std::snprintf(buf, sizeof(buf), "<0x%02X>", b);
@@ -425,54 +501,220 @@ void Tokenizer::Impl::BpeWord(std::string_view word, std::vector<int32_t>* out) 
   for (int32_t k = 0; k >= 0; k = syms[k].next) out->push_back(syms[k].id);
 }
 
-// One text segment between added tokens: normalizer (none) -> pre-tokenizer -> model.
-void Tokenizer::Impl::EncodeSegment(std::string_view seg, size_t offset,
-                                    std::vector<int32_t>* out) const {
-  if (seg.empty()) return;
-  if (!metaspace) {
-    BpeWord(seg, out);
+void Tokenizer::Impl::BpeWordCached(std::string_view word, std::vector<int32_t>* out) const {
+  if (word.empty()) return;
+  if (word.size() > kCacheMaxWord) {
+    BpeWord(word, out);
     return;
   }
-  std::string s(seg);
-  ReplaceAll(&s, " ", ms_replacement);
-  const bool starts = s.compare(0, ms_replacement.size(), ms_replacement) == 0;
-  if (!starts &&
-      (ms_prepend == Prepend::kAlways || (ms_prepend == Prepend::kFirst && offset == 0))) {
-    s.insert(0, ms_replacement);
+  {
+    std::lock_guard<std::mutex> lock(cache->mu);
+    auto it = cache->words.find(AV(word));
+    if (it != cache->words.end()) {
+      out->insert(out->end(), it->second.begin(), it->second.end());
+      return;
+    }
   }
-  if (!ms_split) {
-    BpeWord(s, out);
-    return;
+  const size_t before = out->size();
+  BpeWord(word, out);
+  std::lock_guard<std::mutex> lock(cache->mu);
+  if (cache->words.size() < kCacheMaxEntries) {
+    cache->words.try_emplace(std::string(word), out->begin() + before, out->end());
   }
-  // Split before every replacement char (HF MergedWithNext).
-  size_t word_start = 0;
-  size_t pos = s.find(ms_replacement, 1);
-  while (pos != std::string::npos) {
-    BpeWord(std::string_view(s).substr(word_start, pos - word_start), out);
-    word_start = pos;
-    pos = s.find(ms_replacement, pos + ms_replacement.size());
-  }
-  BpeWord(std::string_view(s).substr(word_start), out);
 }
 
-std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special) const {
-  const Impl& im = *impl_;
-  std::vector<int32_t> out;
-  out.reserve(text.size() / 2 + 4);
-  if (add_special) out.insert(out.end(), im.prefix.begin(), im.prefix.end());
-  // Split out added tokens (leftmost-longest), then encode the text in between.
+namespace {
+
+using Behavior = Tokenizer::Impl::Behavior;
+
+// A pre-token: text plus whether it starts at offset 0 of the original input.
+struct Piece {
+  std::string text;
+  bool at_start;
+};
+
+// HF SplitDelimiterBehavior over (start, end, is_match) segments covering s; empty results dropped.
+void ApplyBehavior(const Piece& p, const std::vector<std::pair<size_t, size_t>>& matches,
+                   Behavior behavior, bool invert, std::vector<Piece>* out) {
+  struct Seg {
+    size_t b, e;
+    bool m;
+  };
+  const std::string& s = p.text;
+  std::vector<Seg> segs;
+  segs.reserve(matches.size() * 2 + 1);
+  size_t prev = 0;
+  for (const auto& [b, e] : matches) {
+    if (prev != b) segs.push_back({prev, b, invert});
+    segs.push_back({b, e, !invert});
+    prev = e;
+  }
+  if (prev != s.size()) segs.push_back({prev, s.size(), invert});
+  std::vector<std::pair<size_t, size_t>> res;
+  res.reserve(segs.size());
+  bool previous_match = false;
+  switch (behavior) {
+    case Behavior::kRemoved:
+      for (const auto& g : segs) {
+        if (!g.m) res.emplace_back(g.b, g.e);
+      }
+      break;
+    case Behavior::kIsolated:
+      for (const auto& g : segs) res.emplace_back(g.b, g.e);
+      break;
+    case Behavior::kMergedWithPrevious:
+      for (const auto& g : segs) {
+        if (g.m && !previous_match && !res.empty()) {
+          res.back().second = g.e;
+        } else {
+          res.emplace_back(g.b, g.e);
+        }
+        previous_match = g.m;
+      }
+      break;
+    case Behavior::kMergedWithNext:
+      for (size_t k = segs.size(); k-- > 0;) {
+        const auto& g = segs[k];
+        if (g.m && !previous_match && !res.empty()) {
+          res.back().first = g.b;
+        } else {
+          res.emplace_back(g.b, g.e);
+        }
+        previous_match = g.m;
+      }
+      std::reverse(res.begin(), res.end());
+      break;
+    case Behavior::kContiguous:
+      for (size_t k = 0; k < segs.size(); ++k) {
+        const auto& g = segs[k];
+        if (k > 0 && g.m == previous_match) {
+          res.back().second = g.e;
+        } else {
+          res.emplace_back(g.b, g.e);
+        }
+        previous_match = g.m;
+      }
+      break;
+  }
+  for (const auto& [b, e] : res) {
+    if (e > b) out->push_back({s.substr(b, e - b), p.at_start && b == 0});
+  }
+}
+
+// Literal (non-overlapping, left to right) matches of pat in s.
+void FindLiteral(std::string_view s, std::string_view pat,
+                 std::vector<std::pair<size_t, size_t>>* out) {
+  if (pat.empty()) return;
+  for (size_t pos = s.find(pat); pos != std::string_view::npos; pos = s.find(pat, pos + pat.size()))
+    out->emplace_back(pos, pos + pat.size());
+}
+
+std::string ByteLevelMap(std::string_view s) {
+  const auto& chars = tt::ByteLevelChars();
+  std::string out;
+  out.reserve(s.size() * 2);
+  for (char c : s) out += chars[static_cast<unsigned char>(c)];
+  return out;
+}
+
+}  // namespace
+
+// Pre-tokenizer steps then the model, for one normalized segment.
+void Tokenizer::Impl::PreTokenizeAndModel(std::string_view seg, bool at_start,
+                                          std::vector<int32_t>* out) const {
+  if (seg.empty()) return;
+  if (pre.empty()) {
+    BpeWordCached(seg, out);
+    return;
+  }
+  std::vector<Piece> pieces{{std::string(seg), at_start}}, next;
+  std::vector<std::pair<size_t, size_t>> matches;
+  for (const PreStep& st : pre) {
+    next.clear();
+    for (Piece& p : pieces) {
+      matches.clear();
+      switch (st.kind) {
+        case PreStep::kMetaspace: {
+          std::string& s = p.text;
+          ReplaceAll(&s, " ", st.a);
+          const bool starts = s.compare(0, st.a.size(), st.a) == 0;
+          if (!starts && (st.prepend == Prepend::kAlways ||
+                          (st.prepend == Prepend::kFirst && p.at_start))) {
+            s.insert(0, st.a);
+          }
+          if (!st.split) {
+            next.push_back(std::move(p));
+            break;
+          }
+          FindLiteral(s, st.a, &matches);
+          ApplyBehavior(p, matches, Behavior::kMergedWithNext, false, &next);
+          break;
+        }
+        case PreStep::kSplit:
+          if (st.regex) {
+            st.re->FindAll(p.text, &matches);
+          } else {
+            FindLiteral(p.text, st.a, &matches);
+          }
+          ApplyBehavior(p, matches, st.behavior, st.invert, &next);
+          break;
+        case PreStep::kDigits: {
+          const std::string& s = p.text;
+          for (size_t i = 0; i < s.size();) {
+            size_t n;
+            char32_t cp;
+            tt::ScanUtf8(s, i, &n, &cp);
+            if (tt::IsNumeric(cp)) {
+              if (!st.individual && !matches.empty() && matches.back().second == i) {
+                matches.back().second = i + n;
+              } else {
+                matches.emplace_back(i, i + n);
+              }
+            }
+            i += n;
+          }
+          ApplyBehavior(p, matches, Behavior::kIsolated, false, &next);
+          break;
+        }
+        case PreStep::kByteLevel: {
+          if (st.add_prefix_space && (p.text.empty() || p.text[0] != ' ')) p.text.insert(0, " ");
+          const size_t first = next.size();
+          if (st.use_regex) {
+            gpt2_re->FindAll(p.text, &matches);
+            ApplyBehavior(p, matches, Behavior::kIsolated, false, &next);
+          } else if (!p.text.empty()) {
+            next.push_back(std::move(p));
+          }
+          for (size_t k = first; k < next.size(); ++k) next[k].text = ByteLevelMap(next[k].text);
+          break;
+        }
+      }
+    }
+    std::swap(pieces, next);
+  }
+  for (const Piece& p : pieces) BpeWordCached(p.text, out);
+}
+
+// Splits text on added tokens (which = 0: tokens with normalized=false, 1: normalized=true) with
+// HF lstrip / rstrip / single_word semantics; on_gap(text, at_start) for the text in between.
+template <typename OnGap, typename OnToken>
+void Tokenizer::Impl::SplitAdded(std::string_view text, int which, OnGap on_gap,
+                                 OnToken on_token) const {
+  const auto& table = added_by_first_byte[which];
   size_t seg_start = 0;  // start of the pending text segment
   size_t i = 0;
   while (i < text.size()) {
-    const auto& cands = im.added_by_first_byte[static_cast<unsigned char>(text[i])];
+    const auto& cands = table[static_cast<unsigned char>(text[i])];
     int32_t hit = -1;
     for (int32_t id : cands) {
-      const std::string& p = im.pieces[id];
+      const std::string& p = pieces[id];
       if (text.compare(i, p.size(), p) != 0) continue;
-      if (im.flags[id] & kFlagSingleWord) {
+      if (flags[id] & kFlagSingleWord) {
         const size_t e = i + p.size();
-        if ((i > 0 && IsWordByte(text[i - 1])) || (e < text.size() && IsWordByte(text[e])))
+        if ((i > 0 && tt::IsWordChar(tt::LastCodePoint(text.substr(0, i)))) ||
+            (e < text.size() && tt::IsWordChar(tt::FirstCodePoint(text.substr(e))))) {
           continue;
+        }
       }
       hit = id;
       break;
@@ -481,18 +723,102 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special) 
       ++i;
       continue;
     }
-    size_t start = i, end = i + im.pieces[hit].size();
-    if (im.flags[hit] & kFlagLstrip) {
-      while (start > seg_start && IsAsciiSpace(text[start - 1])) --start;
+    size_t start = i, end = i + pieces[hit].size();
+    if (flags[hit] & kFlagLstrip) {
+      while (start > seg_start) {
+        const char32_t c = tt::LastCodePoint(text.substr(seg_start, start - seg_start));
+        if (!tt::IsWhitespace(c)) break;
+        std::string tmp;
+        tt::AppendUtf8(&tmp, c);
+        start -= tmp.size();
+      }
     }
-    if (im.flags[hit] & kFlagRstrip) {
-      while (end < text.size() && IsAsciiSpace(text[end])) ++end;
+    if (flags[hit] & kFlagRstrip) {
+      while (end < text.size()) {
+        size_t n;
+        char32_t c;
+        if (!tt::ScanUtf8(text, end, &n, &c) || !tt::IsWhitespace(c)) break;
+        end += n;
+      }
     }
-    im.EncodeSegment(text.substr(seg_start, start - seg_start), seg_start, &out);
-    out.push_back(hit);
+    if (start > seg_start) on_gap(text.substr(seg_start, start - seg_start), seg_start == 0);
+    on_token(hit);
     seg_start = i = end;
   }
-  im.EncodeSegment(text.substr(seg_start), seg_start, &out);
+  if (seg_start < text.size()) on_gap(text.substr(seg_start), seg_start == 0);
+}
+
+// One text segment between raw added tokens: normalizer -> normalized added tokens ->
+// pre-tokenizer -> model.
+void Tokenizer::Impl::EncodeGap(std::string_view gap, bool at_start,
+                                std::vector<int32_t>* out) const {
+  std::string norm;
+  std::string_view s = gap;
+  if (!normalizer.empty()) {
+    norm.assign(gap);
+    for (const NormStep& st : normalizer) {
+      switch (st.kind) {
+        case NormStep::kNfc:
+          norm = tt::Normalize(norm, tt::NormForm::kNfc);
+          break;
+        case NormStep::kNfd:
+          norm = tt::Normalize(norm, tt::NormForm::kNfd);
+          break;
+        case NormStep::kNfkc:
+          norm = tt::Normalize(norm, tt::NormForm::kNfkc);
+          break;
+        case NormStep::kNfkd:
+          norm = tt::Normalize(norm, tt::NormForm::kNfkd);
+          break;
+        case NormStep::kPrepend:
+          if (!norm.empty()) norm.insert(0, st.a);
+          break;
+        case NormStep::kReplace:
+          if (!st.regex) {
+            ReplaceAll(&norm, st.a, st.b);
+          } else {
+            std::vector<std::pair<size_t, size_t>> m;
+            st.re->FindAll(norm, &m);
+            std::string r;
+            size_t prev = 0;
+            for (const auto& [b, e] : m) {
+              r.append(norm, prev, b - prev);
+              r.append(st.b);
+              prev = e;
+            }
+            r.append(norm, prev, std::string::npos);
+            norm = std::move(r);
+          }
+          break;
+      }
+    }
+    s = norm;
+  }
+  if (!has_normalized_added) {
+    PreTokenizeAndModel(s, at_start, out);
+    return;
+  }
+  SplitAdded(
+      s, 1,
+      [&](std::string_view sub, bool sub_at_start) {
+        PreTokenizeAndModel(sub, at_start && sub_at_start, out);
+      },
+      [&](int32_t id) { out->push_back(id); });
+}
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_special) const {
+  const Impl& im = *impl_;
+  std::string sanitized;
+  if (im.needs_valid_utf8 && !IsValidUtf8(text)) {
+    sanitized = tt::Utf8Lossy(text);
+    text = sanitized;
+  }
+  std::vector<int32_t> out;
+  out.reserve(text.size() / 2 + 4);
+  if (add_special) out.insert(out.end(), im.prefix.begin(), im.prefix.end());
+  im.SplitAdded(
+      text, 0, [&](std::string_view gap, bool at_start) { im.EncodeGap(gap, at_start, &out); },
+      [&](int32_t id) { out.push_back(id); });
   if (add_special) out.insert(out.end(), im.suffix.begin(), im.suffix.end());
   return out;
 }
@@ -608,6 +934,33 @@ std::string Tokenizer::Impl::RunDecoder(std::vector<std::string> tokens, std::ve
           ReplaceAll(&t, s.a, first && s.prepend != Prepend::kNever ? "" : " ");
         }
         break;
+      case Step::kByteLevel: {
+        // Each token's chars back to bytes (raw token bytes if a char is not in the map); one
+        // output string. The lossy UTF-8 conversion happens on the final text (Decode /
+        // StreamDecoder), so multi-byte characters can span streamed chunks.
+        std::string all;
+        for (const auto& t : tokens) {
+          const size_t mark = all.size();
+          bool ok = true;
+          for (size_t i = 0; i < t.size();) {
+            size_t n;
+            char32_t cp;
+            const int b = tt::ScanUtf8(t, i, &n, &cp) ? tt::ByteLevelByte(cp) : -1;
+            if (b < 0) {
+              ok = false;
+              break;
+            }
+            all.push_back(static_cast<char>(b));
+            i += n;
+          }
+          if (!ok) {
+            all.resize(mark);
+            all += t;
+          }
+        }
+        tokens.assign(1, std::move(all));
+        break;
+      }
     }
   }
   std::string out;
@@ -626,7 +979,9 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& ids, bool skip_special
   }
   std::vector<int> state = im.InitialDecodeState(true);
   bool need_sep = false;
-  return im.RunDecoder(std::move(tokens), &state, &need_sep, /*final_chunk=*/true);
+  std::string out = im.RunDecoder(std::move(tokens), &state, &need_sep, /*final_chunk=*/true);
+  if (!IsValidUtf8(out)) out = tt::Utf8Lossy(out);
+  return out;
 }
 
 StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool at_start)
@@ -637,6 +992,7 @@ std::string StreamDecoder::EmitComplete(std::string text) {
   const size_t keep = IncompleteUtf8Tail(text);
   tail_ = text.substr(text.size() - keep);
   text.resize(text.size() - keep);
+  if (!IsValidUtf8(text)) text = tt::Utf8Lossy(text);
   return text;
 }
 
@@ -659,8 +1015,7 @@ std::string StreamDecoder::Flush() {
   }
   text.insert(0, tail_);
   tail_.clear();
-  const size_t keep = IncompleteUtf8Tail(text);
-  if (keep > 0) text.replace(text.size() - keep, keep, "\xEF\xBF\xBD");
+  if (!IsValidUtf8(text)) text = tt::Utf8Lossy(text);
   return text;
 }
 
@@ -742,6 +1097,8 @@ absl::Status ParseDecoder(const json& d, const std::string& path,
     s.a = d.at("content").get<std::string>();
     s.start = d.value("start", 0);
     s.stop = d.value("stop", 0);
+  } else if (t == "ByteLevel") {
+    s.kind = Step::kByteLevel;
   } else if (t == "Metaspace") {
     s.kind = Step::kMetaspace;
     s.a = d.value("replacement", std::string("\xE2\x96\x81"));
@@ -757,7 +1114,126 @@ absl::Status ParseDecoder(const json& d, const std::string& path,
   } else {
     return FileError(path, absl::StrCat("unsupported decoder '", t.empty() ? JsonTypeName(d) : t,
                                         "' (supported: Sequence, Replace, ByteFallback, Fuse, "
-                                        "Strip, Metaspace)"));
+                                        "Strip, Metaspace, ByteLevel)"));
+  }
+  steps->push_back(std::move(s));
+  return absl::OkStatus();
+}
+
+// HF pattern {"String": ...} or {"Regex": ...}.
+absl::Status ParsePattern(const json& pat, const std::string& path, const std::string& what,
+                          std::string* out, bool* regex) {
+  if (pat.is_object() && pat.contains("String") && pat["String"].is_string()) {
+    *out = pat["String"].get<std::string>();
+    *regex = false;
+    return absl::OkStatus();
+  }
+  if (pat.is_object() && pat.contains("Regex") && pat["Regex"].is_string()) {
+    *out = pat["Regex"].get<std::string>();
+    *regex = true;
+    return absl::OkStatus();
+  }
+  return FileError(path, absl::StrCat(what, ": unsupported pattern (expected String or Regex)"));
+}
+
+absl::Status ParseNormalizer(const json& n, const std::string& path,
+                             std::vector<Tokenizer::Impl::NormStep>* steps) {
+  using NormStep = Tokenizer::Impl::NormStep;
+  if (n.is_null()) return absl::OkStatus();
+  const std::string t = ComponentType(n);
+  if (t == "Sequence") {
+    if (!n.contains("normalizers") || !n["normalizers"].is_array()) {
+      return FileError(path, "normalizer Sequence without a 'normalizers' array");
+    }
+    for (const auto& sub : n["normalizers"]) {
+      TESSERA_RETURN_IF_ERROR(ParseNormalizer(sub, path, steps));
+    }
+    return absl::OkStatus();
+  }
+  NormStep s{};
+  if (t == "NFC") {
+    s.kind = NormStep::kNfc;
+  } else if (t == "NFD") {
+    s.kind = NormStep::kNfd;
+  } else if (t == "NFKC") {
+    s.kind = NormStep::kNfkc;
+  } else if (t == "NFKD") {
+    s.kind = NormStep::kNfkd;
+  } else if (t == "Prepend") {
+    s.kind = NormStep::kPrepend;
+    s.a = n.at("prepend").get<std::string>();
+  } else if (t == "Replace") {
+    s.kind = NormStep::kReplace;
+    TESSERA_RETURN_IF_ERROR(ParsePattern(n.at("pattern"), path, "normalizer Replace", &s.a, &s.regex));
+    s.b = n.at("content").get<std::string>();
+  } else {
+    return FileError(path, absl::StrCat("unsupported normalizer '", t.empty() ? JsonTypeName(n) : t,
+                                        "' (supported: NFC, NFD, NFKC, NFKD, Prepend, Replace, "
+                                        "Sequence, null)"));
+  }
+  steps->push_back(std::move(s));
+  return absl::OkStatus();
+}
+
+absl::Status ParsePreTokenizer(const json& p, const std::string& path,
+                               std::vector<Tokenizer::Impl::PreStep>* steps) {
+  using PreStep = Tokenizer::Impl::PreStep;
+  using Behavior = Tokenizer::Impl::Behavior;
+  if (p.is_null()) return absl::OkStatus();
+  const std::string t = ComponentType(p);
+  if (t == "Sequence") {
+    if (!p.contains("pretokenizers") || !p["pretokenizers"].is_array()) {
+      return FileError(path, "pre_tokenizer Sequence without a 'pretokenizers' array");
+    }
+    for (const auto& sub : p["pretokenizers"]) {
+      TESSERA_RETURN_IF_ERROR(ParsePreTokenizer(sub, path, steps));
+    }
+    return absl::OkStatus();
+  }
+  PreStep s{};
+  if (t == "Metaspace") {
+    s.kind = PreStep::kMetaspace;
+    s.a = p.value("replacement", std::string("\xE2\x96\x81"));
+    if (s.a.empty()) return FileError(path, "Metaspace with empty replacement");
+    s.split = p.value("split", true);
+    s.prepend = Prepend::kAlways;
+    if (p.contains("prepend_scheme") && p["prepend_scheme"].is_string()) {
+      if (!ParsePrepend(p["prepend_scheme"].get<std::string>(), &s.prepend)) {
+        return FileError(path, "unsupported Metaspace prepend_scheme");
+      }
+    } else if (p.contains("add_prefix_space") && p["add_prefix_space"].is_boolean() &&
+               !p["add_prefix_space"].get<bool>()) {
+      s.prepend = Prepend::kNever;
+    }
+  } else if (t == "Split") {
+    s.kind = PreStep::kSplit;
+    TESSERA_RETURN_IF_ERROR(ParsePattern(p.at("pattern"), path, "pre_tokenizer Split", &s.a, &s.regex));
+    const std::string b = p.value("behavior", std::string("Isolated"));
+    if (!ParseBehavior(b, &s.behavior)) {
+      return FileError(path, absl::StrCat("unsupported pre_tokenizer Split behavior '", b, "'"));
+    }
+    s.invert = p.value("invert", false);
+  } else if (t == "ByteLevel") {
+    s.kind = PreStep::kByteLevel;
+    s.add_prefix_space = p.value("add_prefix_space", true);
+    s.use_regex = p.value("use_regex", true);
+  } else if (t == "Digits") {
+    s.kind = PreStep::kDigits;
+    s.individual = p.value("individual_digits", false);
+  } else if (t == "Whitespace") {  // = Split(\w+|[^\w\s]+, Removed, invert)
+    s.kind = PreStep::kSplit;
+    s.a = "\\w+|[^\\w\\s]+";
+    s.behavior = Behavior::kRemoved;
+    s.invert = true;
+  } else if (t == "WhitespaceSplit") {
+    s.kind = PreStep::kSplit;
+    s.a = "\\s+";
+    s.behavior = Behavior::kRemoved;
+  } else {
+    return FileError(path, absl::StrCat("unsupported pre_tokenizer '",
+                                        t.empty() ? JsonTypeName(p) : t,
+                                        "' (supported: Metaspace, Split, ByteLevel, Digits, "
+                                        "Whitespace, WhitespaceSplit, Sequence, null)"));
   }
   steps->push_back(std::move(s));
   return absl::OkStatus();
@@ -844,33 +1320,8 @@ absl::StatusOr<Tokenizer> Tokenizer::FromHuggingFace(const std::string& tokenize
       return FileError(path, absl::StrCat("unsupported model type '", mtype.empty() ? "?" : mtype,
                                           "' (supported: BPE)"));
     }
-    // Normalizer.
-    if (tj.contains("normalizer") && !tj["normalizer"].is_null()) {
-      return FileError(path, absl::StrCat("unsupported normalizer '",
-                                          ComponentType(tj["normalizer"]), "' (supported: null)"));
-    }
-    // Pre-tokenizer.
-    const json pre = tj.value("pre_tokenizer", json());
-    if (!pre.is_null()) {
-      const std::string pt = ComponentType(pre);
-      if (pt != "Metaspace") {
-        return FileError(path, absl::StrCat("unsupported pre_tokenizer '", pt,
-                                            "' (supported: Metaspace, null)"));
-      }
-      im->metaspace = true;
-      im->ms_replacement = pre.value("replacement", std::string("\xE2\x96\x81"));
-      if (im->ms_replacement.empty()) return FileError(path, "Metaspace with empty replacement");
-      im->ms_split = pre.value("split", true);
-      im->ms_prepend = Prepend::kAlways;
-      if (pre.contains("prepend_scheme") && pre["prepend_scheme"].is_string()) {
-        if (!ParsePrepend(pre["prepend_scheme"].get<std::string>(), &im->ms_prepend)) {
-          return FileError(path, "unsupported Metaspace prepend_scheme");
-        }
-      } else if (pre.contains("add_prefix_space") && pre["add_prefix_space"].is_boolean() &&
-                 !pre["add_prefix_space"].get<bool>()) {
-        im->ms_prepend = Prepend::kNever;
-      }
-    }
+    TESSERA_RETURN_IF_ERROR(ParseNormalizer(tj.value("normalizer", json()), path, &im->normalizer));
+    TESSERA_RETURN_IF_ERROR(ParsePreTokenizer(tj.value("pre_tokenizer", json()), path, &im->pre));
     // Model.
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
       if (model.contains(key) && !model[key].is_null() && !model[key].get<std::string>().empty()) {
@@ -1070,15 +1521,54 @@ std::string Tokenizer::Serialize() const {
     for (int32_t x : v) absl::StrAppend(&s, " ", x);
     return s;
   };
-  absl::StrAppend(&o, "tessera-tokenizer 1\n");
+  absl::StrAppend(&o, "tessera-tokenizer 2\n");
   absl::StrAppend(&o, "type ", im.type, "\n");
   absl::StrAppend(&o, "vocab_size ", im.pieces.size(), "\n");
-  absl::StrAppend(&o, "normalizer none\n");
-  if (im.metaspace) {
-    absl::StrAppend(&o, "pre_tokenizer metaspace ", B64(im.ms_replacement), " ",
-                    PrependName(im.ms_prepend), " ", im.ms_split ? 1 : 0, "\n");
-  } else {
-    absl::StrAppend(&o, "pre_tokenizer none\n");
+  if (im.normalizer.empty()) absl::StrAppend(&o, "normalizer none\n");
+  for (const auto& st : im.normalizer) {
+    using N = Impl::NormStep;
+    switch (st.kind) {
+      case N::kNfc:
+        absl::StrAppend(&o, "normalizer nfc\n");
+        break;
+      case N::kNfd:
+        absl::StrAppend(&o, "normalizer nfd\n");
+        break;
+      case N::kNfkc:
+        absl::StrAppend(&o, "normalizer nfkc\n");
+        break;
+      case N::kNfkd:
+        absl::StrAppend(&o, "normalizer nfkd\n");
+        break;
+      case N::kPrepend:
+        absl::StrAppend(&o, "normalizer prepend ", B64(st.a), "\n");
+        break;
+      case N::kReplace:
+        absl::StrAppend(&o, "normalizer replace ", st.regex ? "regex " : "string ", B64(st.a), " ",
+                        B64(st.b), "\n");
+        break;
+    }
+  }
+  if (im.pre.empty()) absl::StrAppend(&o, "pre_tokenizer none\n");
+  for (const auto& st : im.pre) {
+    using P = Impl::PreStep;
+    switch (st.kind) {
+      case P::kMetaspace:
+        absl::StrAppend(&o, "pre_tokenizer metaspace ", B64(st.a), " ", PrependName(st.prepend),
+                        " ", st.split ? 1 : 0, "\n");
+        break;
+      case P::kSplit:
+        absl::StrAppend(&o, "pre_tokenizer split ", st.regex ? "regex " : "string ", B64(st.a), " ",
+                        BehaviorName(st.behavior), " ", st.invert ? 1 : 0, "\n");
+        break;
+      case P::kByteLevel:
+        absl::StrAppend(&o, "pre_tokenizer byte_level ", st.add_prefix_space ? 1 : 0, " ",
+                        st.use_regex ? 1 : 0, "\n");
+        break;
+      case P::kDigits:
+        absl::StrAppend(&o, "pre_tokenizer digits ", st.individual ? 1 : 0, "\n");
+        break;
+    }
   }
   absl::StrAppend(&o, "bpe_unk ", im.unk_id, "\n");
   absl::StrAppend(&o, "bpe_byte_fallback ", im.byte_fallback ? 1 : 0, "\n");
@@ -1108,6 +1598,9 @@ std::string Tokenizer::Serialize() const {
         break;
       case Impl::Step::kMetaspace:
         absl::StrAppend(&o, "decoder metaspace ", B64(s.a), " ", PrependName(s.prepend), "\n");
+        break;
+      case Impl::Step::kByteLevel:
+        absl::StrAppend(&o, "decoder byte_level\n");
         break;
     }
   }
@@ -1149,9 +1642,10 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
   auto im = std::make_shared<Impl>();
   std::vector<std::string_view> lines = Split(text, '\n');
   if (!lines.empty() && lines.back().empty()) lines.pop_back();
-  if (lines.empty() || lines[0] != "tessera-tokenizer 1") {
+  if (lines.empty() || (lines[0] != "tessera-tokenizer 1" && lines[0] != "tessera-tokenizer 2")) {
     return FileError(path,
-                     "not a tessera tokenizer file (expected first line 'tessera-tokenizer 1')");
+                     "not a tessera tokenizer file (expected first line 'tessera-tokenizer 2' or "
+                     "'tessera-tokenizer 1')");
   }
   int64_t vocab_size = -1;
   std::vector<bool> seen;
@@ -1207,10 +1701,9 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
       if (!need(3) || !int_field(1, &l) || !int_field(2, &r)) return err("malformed merge line");
       im->merges.emplace_back(static_cast<int32_t>(l), static_cast<int32_t>(r));
     } else if (key == "type") {
-      if (!need(2) || f[1] != "bpe-sp")
+      if (!need(2) || (f[1] != "bpe-sp" && f[1] != "bpe-byte"))
         return err(absl::StrCat("unsupported type '", AV(line.substr(5)), "'"));
-      im->type = std::string(f[1]);
-      have_type = true;
+      have_type = true;  // derived again from the components by Finalize
     } else if (key == "vocab_size") {
       if (!need(2) || !int_field(1, &vocab_size) || vocab_size <= 0 || vocab_size > (1 << 30)) {
         return err("bad vocab_size");
@@ -1221,20 +1714,62 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
       im->flags.assign(vocab_size, 0);
       seen.assign(vocab_size, false);
     } else if (key == "normalizer") {
-      if (!need(2) || f[1] != "none") return err("unsupported normalizer");
+      using N = Impl::NormStep;
+      N st{};
+      if (need(2) && f[1] == "none") continue;
+      if (need(2) && f[1] == "nfc") {
+        st.kind = N::kNfc;
+      } else if (need(2) && f[1] == "nfd") {
+        st.kind = N::kNfd;
+      } else if (need(2) && f[1] == "nfkc") {
+        st.kind = N::kNfkc;
+      } else if (need(2) && f[1] == "nfkd") {
+        st.kind = N::kNfkd;
+      } else if (need(3) && f[1] == "prepend") {
+        st.kind = N::kPrepend;
+        if (!UnB64(f[2], &st.a)) return err("bad normalizer prepend");
+      } else if (need(5) && f[1] == "replace" && (f[2] == "regex" || f[2] == "string")) {
+        st.kind = N::kReplace;
+        st.regex = f[2] == "regex";
+        if (!UnB64(f[3], &st.a) || !UnB64(f[4], &st.b)) return err("bad normalizer replace");
+      } else {
+        return err(absl::StrCat("unsupported normalizer '", AV(line.substr(11)), "'"));
+      }
+      im->normalizer.push_back(std::move(st));
     } else if (key == "pre_tokenizer") {
-      if (need(2) && f[1] == "none") {
-        im->metaspace = false;
-      } else if (need(5) && f[1] == "metaspace") {
-        im->metaspace = true;
-        if (!UnB64(f[2], &im->ms_replacement) || im->ms_replacement.empty() ||
-            !ParsePrepend(f[3], &im->ms_prepend) || (f[4] != "0" && f[4] != "1")) {
+      using P = Impl::PreStep;
+      P st{};
+      if (need(2) && f[1] == "none") continue;
+      if (need(5) && f[1] == "metaspace") {
+        st.kind = P::kMetaspace;
+        if (!UnB64(f[2], &st.a) || st.a.empty() || !ParsePrepend(f[3], &st.prepend) ||
+            (f[4] != "0" && f[4] != "1")) {
           return err("bad metaspace pre_tokenizer");
         }
-        im->ms_split = f[4] == "1";
+        st.split = f[4] == "1";
+      } else if (need(6) && f[1] == "split" && (f[2] == "regex" || f[2] == "string")) {
+        st.kind = P::kSplit;
+        st.regex = f[2] == "regex";
+        if (!UnB64(f[3], &st.a) || !ParseBehavior(f[4], &st.behavior) ||
+            (f[5] != "0" && f[5] != "1")) {
+          return err("bad split pre_tokenizer");
+        }
+        st.invert = f[5] == "1";
+      } else if (need(4) && f[1] == "byte_level") {
+        st.kind = P::kByteLevel;
+        if ((f[2] != "0" && f[2] != "1") || (f[3] != "0" && f[3] != "1")) {
+          return err("bad byte_level pre_tokenizer");
+        }
+        st.add_prefix_space = f[2] == "1";
+        st.use_regex = f[3] == "1";
+      } else if (need(3) && f[1] == "digits") {
+        st.kind = P::kDigits;
+        if (f[2] != "0" && f[2] != "1") return err("bad digits pre_tokenizer");
+        st.individual = f[2] == "1";
       } else {
-        return err("unsupported pre_tokenizer");
+        return err(absl::StrCat("unsupported pre_tokenizer '", AV(line.substr(14)), "'"));
       }
+      im->pre.push_back(std::move(st));
     } else if (key == "bpe_unk" || key == "bos" || key == "eos") {
       int64_t v;
       if (!need(2) || !int_field(1, &v)) return err(absl::StrCat("bad ", AV(key)));
@@ -1273,6 +1808,8 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
         }
         s.start = static_cast<int>(a);
         s.stop = static_cast<int>(b);
+      } else if (f[1] == "byte_level" && need(2)) {
+        s.kind = Impl::Step::kByteLevel;
       } else if (f[1] == "metaspace" && need(4)) {
         s.kind = Impl::Step::kMetaspace;
         if (!UnB64(f[2], &s.a) || !ParsePrepend(f[3], &s.prepend))

@@ -1,22 +1,40 @@
 // Tokenizer: Hugging Face tokenizer.json import, encode/decode, lossless text serialization.
 //
-// Implemented now: type "bpe-sp" = SentencePiece-style BPE as produced by the HF `tokenizers`
-// library for Llama-2-like models (model BPE with byte_fallback / fuse_unk / merges by rank,
-// normalizer null, pre_tokenizer Metaspace or null, post_processor TemplateProcessing,
-// decoder chain of Replace / ByteFallback / Fuse / Strip / Metaspace). Anything else in a
-// tokenizer.json (Unigram/WordPiece models, ByteLevel pre-tokenizers, normalizers, ...) is
-// rejected with an error naming the file and the unsupported component. The encode pipeline is
-// split into the same stages as HF (added-token split -> normalizer -> pre-tokenizer -> model ->
-// post-processor; decoder chain for Decode) so byte-level BPE and Unigram can be added as new
-// stages / model kinds.
+// Model: BPE (merges as "a b" strings or [a, b] pairs, byte_fallback, fuse_unk, unk_token,
+// ignore_merges). The encode pipeline follows HF `tokenizers`: added tokens (normalized=false,
+// with lstrip / rstrip / single_word) split on the raw text -> normalizer -> added tokens with
+// normalized=true -> pre-tokenizer -> BPE per pre-token (cached) -> post-processor.
+//   normalizer: null, NFC, NFD, NFKC, NFKD (ICU), Prepend, Replace (String or Regex), Sequence
+//   pre_tokenizer: null, Metaspace, ByteLevel (add_prefix_space, use_regex = GPT-2 pattern),
+//     Split (String or Regex pattern, PCRE2 in UTF+UCP mode with Oniguruma-compatible \s;
+//     behaviors Removed/Isolated/MergedWithPrevious/MergedWithNext/Contiguous, invert),
+//     Digits, Whitespace, WhitespaceSplit, Sequence
+//   post_processor: TemplateProcessing, ByteLevel (no-op), Sequence; tokenizer_config's
+//     add_bos_token / add_eos_token override it
+//   decoder: Replace (String), ByteFallback, Fuse, Strip, Metaspace, ByteLevel, Sequence
+// Two families (type()): "bpe-sp" (SentencePiece-style: Metaspace + byte fallback) and
+// "bpe-byte" (GPT-2 byte-level: any ByteLevel pre-tokenizer). Anything else (Unigram/WordPiece
+// models, other components) is rejected with an error naming the file and the component.
+// Decoded text is converted like Rust's String::from_utf8_lossy (one U+FFFD per maximal invalid
+// subpart); Encode of invalid UTF-8 input (with a normalizer or regex) encodes its lossy form.
 //
-// tokenizer.txt format (version 1), line-oriented UTF-8 text, '\n' line ends:
-//   tessera-tokenizer 1                   first line, exactly
+// tokenizer.txt format (version 2; version 1 files, which have exactly one normalizer line
+// "none" and one pre_tokenizer line "none" or "metaspace", are still read), line-oriented UTF-8
+// text, '\n' line ends:
+//   tessera-tokenizer 2                   first line, exactly
 //   <key> <values...>                     header lines (any order, before or after tokens):
-//     type bpe-sp                         tokenizer family
+//     type bpe-sp | bpe-byte              tokenizer family (informational: derived from steps)
 //     vocab_size <n>                      number of ids (token lines must cover 0..n-1)
-//     normalizer none
-//     pre_tokenizer none | metaspace <b64 replacement> <always|first|never> <split 0|1>
+//     normalizer <step>                   one line per step, in order ("none" = no step):
+//        normalizer nfc | nfd | nfkc | nfkd
+//        normalizer prepend <b64 text>
+//        normalizer replace <regex|string> <b64 pattern> <b64 content>
+//     pre_tokenizer <step>                one line per step, in order ("none" = no step):
+//        pre_tokenizer metaspace <b64 replacement> <always|first|never> <split 0|1>
+//        pre_tokenizer split <regex|string> <b64 pattern> <Removed|Isolated|MergedWithPrevious|
+//                            MergedWithNext|Contiguous> <invert 0|1>
+//        pre_tokenizer byte_level <add_prefix_space 0|1> <use_regex 0|1>
+//        pre_tokenizer digits <individual 0|1>
 //     bpe_unk <id|-1>                     model unk token
 //     bpe_byte_fallback <0|1>
 //     bpe_fuse_unk <0|1>
@@ -33,6 +51,7 @@
 //        decoder fuse
 //        decoder strip <b64 content char> <start> <stop>
 //        decoder metaspace <b64 replacement> <always|first|never>
+//        decoder byte_level
 //     chat_template <JSON string>         JSON-escaped (single line); absent = empty
 //   <id> <b64 piece | -> <score> <flags | ->   one line per token ("-" = empty piece / no flags);
 //                                       flags letters: m = in the model vocab, a = added token,
@@ -84,7 +103,7 @@ class Tokenizer {
   bool add_eos() const;
   bool IsSpecial(int32_t id) const;
   const std::string& chat_template() const;
-  const std::string& type() const;  // "bpe-sp"
+  const std::string& type() const;  // "bpe-sp" or "bpe-byte"
 
   struct Impl;
 

@@ -5,7 +5,7 @@ set -euo pipefail
 PKGS=(build-essential cmake ninja-build ccache pkg-config git
       libabsl-dev libhwy-dev libgtest-dev libgmock-dev libbenchmark-dev
       libcli11-dev nlohmann-json3-dev libxxhash-dev libpcre2-dev
-      libprotobuf-dev protobuf-compiler libonnx-dev libcpp-httplib-dev python3)
+      libprotobuf-dev protobuf-compiler libonnx-dev libcpp-httplib-dev python3 libicu-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -257,17 +257,36 @@ TEST(TokenizerErrors, UnsupportedModelType) {
 
 TEST(TokenizerErrors, UnsupportedComponents) {
   json j = StoriesJson();
-  j["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}};
-  ExpectUnsupported(j, "bytelevel.json", "ByteLevel");
+  j["pre_tokenizer"] = {{"type", "BertPreTokenizer"}};
+  ExpectUnsupported(j, "bert_pre.json", "BertPreTokenizer");
   j = StoriesJson();
-  j["normalizer"] = {{"type", "NFC"}};
-  ExpectUnsupported(j, "nfc.json", "NFC");
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers", json::array({{{"type", "Punctuation"}}})}};
+  ExpectUnsupported(j, "punct.json", "Punctuation");
   j = StoriesJson();
-  j["decoder"] = {{"type", "ByteLevel"}};
-  ExpectUnsupported(j, "dec.json", "ByteLevel");
+  j["normalizer"] = {{"type", "Lowercase"}};
+  ExpectUnsupported(j, "lower.json", "Lowercase");
+  j = StoriesJson();
+  j["decoder"] = {{"type", "WordPiece"}};
+  ExpectUnsupported(j, "dec.json", "WordPiece");
   j = StoriesJson();
   j["model"]["merges"][0] = "zzzz yyyy";
   ExpectUnsupported(j, "merge.json", "zzzz");
+  j = StoriesJson();
+  j["pre_tokenizer"] = {{"type", "Split"},
+                        {"pattern", {{"Regex", "(unclosed"}}},
+                        {"behavior", "Isolated"},
+                        {"invert", false}};
+  ExpectUnsupported(j, "badregex.json", "Split pattern");
+  j = StoriesJson();
+  j["pre_tokenizer"] = {{"type", "Split"},
+                        {"pattern", {{"Regex", "a"}}},
+                        {"behavior", "Sideways"},
+                        {"invert", false}};
+  ExpectUnsupported(j, "badbehavior.json", "Sideways");
+  j = StoriesJson();
+  j["post_processor"] = {{"type", "BertProcessing"}};
+  ExpectUnsupported(j, "bertpost.json", "BertProcessing");
 }
 
 TEST(TokenizerErrors, BadTokenizerTxt) {

@@ -1,0 +1,211 @@
+// Golden tests for the tokenizers of fixtures/tiny/* (byte-level BPE with Split regexes and NFC,
+// SentencePiece-style BPE with extra added tokens) and tokenizer.txt round trips.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "formats/tokenizer.h"
+#include "nlohmann/json.hpp"
+
+namespace tessera {
+namespace {
+
+using json = nlohmann::json;
+
+const std::string kFixtures = TESSERA_FIXTURES_DIR;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+json ReadJson(const std::string& path) {
+  const std::string text = ReadAll(path);
+  EXPECT_FALSE(text.empty()) << path;
+  return json::parse(text);
+}
+
+std::string TempPath(const std::string& name) {
+  return (std::filesystem::temp_directory_path() /
+          ("tessera_toktiny_" + std::to_string(::getpid()) + "_" + name))
+      .string();
+}
+
+struct TinyModel {
+  const char* name;
+  const char* type;
+  int32_t bos;
+  int32_t eos;
+  bool add_bos;
+  std::vector<int32_t> more_eos;  // also in eos_ids()
+  bool has_chat;
+};
+
+class TinyTokenizer : public ::testing::TestWithParam<TinyModel> {
+ protected:
+  std::string Dir() const { return kFixtures + "/tiny/" + GetParam().name; }
+  Tokenizer Load() const {
+    auto tok =
+        Tokenizer::FromHuggingFace(Dir() + "/tokenizer.json", Dir() + "/tokenizer_config.json");
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    return *std::move(tok);
+  }
+  json Cases() const { return ReadJson(Dir() + "/golden/tokenizer_cases.json")["cases"]; }
+
+  static void CheckCases(const Tokenizer& tok, const json& cases) {
+    ASSERT_EQ(cases.size(), 47u);
+    for (const auto& c : cases) {
+      const std::string text = c["text"];
+      SCOPED_TRACE("text: " + text);
+      const auto ids = c["ids"].get<std::vector<int32_t>>();
+      EXPECT_EQ(tok.Encode(text, true), ids);
+      EXPECT_EQ(tok.Encode(text, false), c["ids_no_special"].get<std::vector<int32_t>>());
+      std::vector<std::string> pieces;
+      for (int32_t id : ids) pieces.push_back(tok.TokenPiece(id));
+      EXPECT_EQ(pieces, c["tokens"].get<std::vector<std::string>>());
+      EXPECT_EQ(tok.Decode(ids, false), c["decode"].get<std::string>());
+      EXPECT_EQ(tok.Decode(ids, true), c["decode_skip_special"].get<std::string>());
+    }
+  }
+
+  void CheckChat(const Tokenizer& tok) const {
+    const std::string path = Dir() + "/golden/chat_template_cases.json";
+    if (!GetParam().has_chat) {
+      EXPECT_FALSE(std::filesystem::exists(path));
+      return;
+    }
+    const json cases = ReadJson(path);
+    ASSERT_FALSE(cases.empty());
+    for (const auto& c : cases) {
+      const std::string text = c["text"];
+      SCOPED_TRACE("chat text: " + text);
+      EXPECT_EQ(tok.Encode(text, false), c["ids"].get<std::vector<int32_t>>());
+      EXPECT_EQ(tok.Decode(c["ids"].get<std::vector<int32_t>>(), false), text);
+    }
+  }
+};
+
+TEST_P(TinyTokenizer, Metadata) {
+  const Tokenizer tok = Load();
+  const TinyModel& m = GetParam();
+  EXPECT_EQ(tok.type(), m.type);
+  EXPECT_EQ(tok.bos_id(), m.bos);
+  EXPECT_EQ(tok.eos_id(), m.eos);
+  EXPECT_EQ(tok.add_bos(), m.add_bos);
+  EXPECT_FALSE(tok.add_eos());
+  const auto eos = tok.eos_ids();
+  ASSERT_FALSE(eos.empty());
+  EXPECT_EQ(eos[0], m.eos);
+  for (int32_t id : m.more_eos) {
+    EXPECT_NE(std::find(eos.begin(), eos.end(), id), eos.end()) << id;
+  }
+  const json hf = ReadJson(Dir() + "/tokenizer.json");
+  int32_t max_id = -1;
+  for (const auto& [piece, id] : hf["model"]["vocab"].items()) max_id = std::max<int32_t>(max_id, id);
+  for (const auto& a : hf["added_tokens"]) {
+    max_id = std::max<int32_t>(max_id, a["id"]);
+    EXPECT_EQ(tok.PieceToId(a["content"].get<std::string>()), a["id"].get<int32_t>());
+    EXPECT_EQ(tok.IsSpecial(a["id"]), a["special"].get<bool>());
+  }
+  EXPECT_EQ(tok.vocab_size(), max_id + 1);
+  EXPECT_EQ(tok.chat_template().empty(), !m.has_chat);
+}
+
+TEST_P(TinyTokenizer, Cases) { CheckCases(Load(), Cases()); }
+
+TEST_P(TinyTokenizer, ChatTemplateIdsEqualEncodeWithoutSpecials) { CheckChat(Load()); }
+
+TEST_P(TinyTokenizer, SaveLoadRoundTrip) {
+  const Tokenizer tok = Load();
+  const std::string path = TempPath(std::string(GetParam().name) + ".txt");
+  ASSERT_TRUE(tok.Save(path).ok());
+  auto loaded = Tokenizer::Load(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  std::remove(path.c_str());
+  EXPECT_EQ(loaded->Serialize(), tok.Serialize());
+  EXPECT_EQ(loaded->type(), tok.type());
+  EXPECT_EQ(loaded->vocab_size(), tok.vocab_size());
+  EXPECT_EQ(loaded->bos_id(), tok.bos_id());
+  EXPECT_EQ(loaded->eos_id(), tok.eos_id());
+  EXPECT_EQ(loaded->eos_ids(), tok.eos_ids());
+  EXPECT_EQ(loaded->add_bos(), tok.add_bos());
+  EXPECT_EQ(loaded->chat_template(), tok.chat_template());
+  for (int32_t id = 0; id < tok.vocab_size(); ++id) {
+    ASSERT_EQ(loaded->TokenPiece(id), tok.TokenPiece(id));
+    ASSERT_EQ(loaded->IsSpecial(id), tok.IsSpecial(id));
+  }
+  CheckCases(*loaded, Cases());
+  CheckChat(*loaded);
+  const std::string eval = ReadAll(kFixtures + "/text/tinystories_valid_sample.txt");
+  ASSERT_FALSE(eval.empty());
+  EXPECT_EQ(loaded->Encode(eval), tok.Encode(eval));
+}
+
+TEST_P(TinyTokenizer, StreamDecoderMatchesDecode) {
+  const Tokenizer tok = Load();
+  for (const auto& c : Cases()) {
+    const std::string text = c["text"];
+    SCOPED_TRACE("text: " + text);
+    const auto ids = c["ids"].get<std::vector<int32_t>>();
+    StreamDecoder sd(tok, /*at_start=*/true);
+    std::string out;
+    for (int32_t id : ids) out += sd.Push(id);
+    out += sd.Flush();
+    EXPECT_EQ(out, c["decode_skip_special"].get<std::string>());
+  }
+}
+
+// Byte-level tokenizers: characters split across tokens are held back while streaming, and
+// invalid byte sequences decode to U+FFFD like Rust's from_utf8_lossy.
+TEST_P(TinyTokenizer, ByteLevelUtf8) {
+  const Tokenizer tok = Load();
+  if (std::string(GetParam().type) != "bpe-byte") GTEST_SKIP();
+  const std::string text = "日本 😀 ok";
+  const auto ids = tok.Encode(text, false);
+  EXPECT_EQ(tok.Decode(ids), text);
+  StreamDecoder sd(tok, true);
+  std::string out;
+  for (int32_t id : ids) {
+    const std::string part = sd.Push(id);
+    EXPECT_TRUE(part.find("\xEF\xBF\xBD") == std::string::npos) << part;
+    out += part;
+  }
+  out += sd.Flush();
+  EXPECT_EQ(out, text);
+  // A lone lead byte (0xE6 -> "æ" in the byte map) and a stray continuation byte.
+  const int32_t e6 = tok.PieceToId("\xC3\xA6");  // U+00E6
+  const int32_t a = tok.PieceToId("A");
+  ASSERT_GE(e6, 0);
+  ASSERT_GE(a, 0);
+  EXPECT_EQ(tok.Decode({e6, a}), "\xEF\xBF\xBD" "A");
+  StreamDecoder sd2(tok, true);
+  std::string s2 = sd2.Push(e6);
+  EXPECT_EQ(s2, "");
+  s2 += sd2.Flush();
+  EXPECT_EQ(s2, "\xEF\xBF\xBD");
+  // Invalid UTF-8 input is encoded as its lossy conversion (HF only accepts valid strings).
+  EXPECT_EQ(tok.Encode(std::string("A\xFF" "B"), false), tok.Encode("A\xEF\xBF\xBD" "B", false));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Tiny, TinyTokenizer,
+    ::testing::Values(TinyModel{"llama", "bpe-byte", 500, 509, true, {508, 501}, true},
+                      TinyModel{"qwen2", "bpe-byte", -1, 482, false, {480}, true},
+                      TinyModel{"qwen3", "bpe-byte", -1, 482, false, {480}, true},
+                      TinyModel{"mistral", "bpe-sp", 1, 2, true, {}, true},
+                      TinyModel{"phi3", "bpe-sp", 1, 512, true, {515}, true},
+                      TinyModel{"gemma", "bpe-sp", 1, 2, true, {513}, true},
+                      TinyModel{"gpt2", "bpe-byte", 500, 500, false, {}, false}),
+    [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace tessera
