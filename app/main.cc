@@ -1,4 +1,5 @@
 // tessera: convert, quantize, run and verify language models on the CPU.
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -39,6 +40,32 @@ int Fail(const absl::Status& s) {
     if (ch == '\n') ch = ' ';
   std::fprintf(stderr, "error: %s\n", msg.c_str());
   return 1;
+}
+
+absl::StatusOr<tessera::Package::Options> MemoryOptions(const std::string& memory) {
+  tessera::Package::Options o;
+  if (memory == "mmap") {
+    o.memory = tessera::Package::Memory::kMmap;
+  } else if (memory == "full") {
+    o.memory = tessera::Package::Memory::kFull;
+  } else if (memory == "stream") {
+    o.memory = tessera::Package::Memory::kStream;
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unknown --memory '", memory, "' (full, mmap, stream)"));
+  }
+  return o;
+}
+
+absl::StatusOr<std::unique_ptr<tessera::Model>> LoadModel(const std::string& pkg, const std::string& memory) {
+  TESSERA_ASSIGN_OR_RETURN(auto opts, MemoryOptions(memory));
+  return tessera::Model::Load(pkg, opts);
+}
+
+// Peak resident set size of this process in bytes.
+uint64_t PeakRssBytes() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
 }
 
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& s) {
@@ -111,9 +138,10 @@ struct RunArgs {
   int top_k = 40;
   uint64_t seed = 0;
   bool seed_set = false, no_bos = false, quiet = false;
+  std::string memory = "mmap";
 };
 absl::Status RunRun(const RunArgs& a) {
-  TESSERA_ASSIGN_OR_RETURN(auto model, tessera::Model::Load(a.pkg));
+  TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, a.memory));
   const auto& tok = model->tokenizer();
   std::vector<int32_t> prompt = tok.Encode(a.prompt, !a.no_bos);
   if (prompt.empty()) {
@@ -147,16 +175,22 @@ absl::Status RunRun(const RunArgs& a) {
     std::fprintf(stderr, "\n[%zu prompt tokens in %.3fs (%.1f tok/s), %zu generated in %.3fs (%.1f tok/s)%s]\n",
                  prompt.size(), res.prefill_seconds, prompt.size() / std::max(1e-9, res.prefill_seconds), n,
                  res.decode_seconds, n / std::max(1e-9, res.decode_seconds), res.hit_eos ? ", stopped at EOS" : "");
+    const auto& ss = model->stream_stats();
+    std::fprintf(stderr, "[memory %s: peak RSS %.1f MiB", a.memory.c_str(), PeakRssBytes() / 1048576.0);
+    if (model->package().streaming())
+      std::fprintf(stderr, ", %.2f MiB read from disk per token, loader stall %.3fs",
+                   ss.bytes_read / 1048576.0 / std::max<size_t>(1, n + prompt.size()), ss.stall_seconds);
+    std::fprintf(stderr, "]\n");
   }
   return absl::OkStatus();
 }
 
 // ---- logits ----
 struct LogitsArgs {
-  std::string pkg, ids, out;
+  std::string pkg, ids, out, memory = "mmap";
 };
 absl::Status RunLogits(const LogitsArgs& a) {
-  TESSERA_ASSIGN_OR_RETURN(auto model, tessera::Model::Load(a.pkg));
+  TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, a.memory));
   TESSERA_ASSIGN_OR_RETURN(auto ids, ParseIds(a.ids));
   if (ids.empty()) return absl::InvalidArgumentError("--ids is empty");
   TESSERA_RETURN_IF_ERROR(CheckIds(ids, model->vocab()));
@@ -198,12 +232,12 @@ absl::Status RunDetokenize(const TokenizeArgs& a) {
 
 // ---- verify ----
 struct VerifyArgs {
-  std::string pkg, text, base;
+  std::string pkg, text, base, memory = "mmap";
   int64_t ctx = 512, chunks = 0;
   bool json = false;
 };
 absl::Status RunVerify(const VerifyArgs& a) {
-  TESSERA_ASSIGN_OR_RETURN(auto model, tessera::Model::Load(a.pkg));
+  TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, a.memory));
   std::unique_ptr<tessera::Model> base;
   if (!a.base.empty()) {
     TESSERA_ASSIGN_OR_RETURN(base, tessera::Model::Load(a.base));
@@ -226,6 +260,12 @@ absl::Status RunVerify(const VerifyArgs& a) {
     nlohmann::ordered_json j{{"package", a.pkg}, {"recipe", recipe}, {"text", a.text}, {"ctx", r.ctx},
                              {"n_tokens", r.n_tokens}, {"n_chunks", r.n_chunks}, {"n_scored", r.n_scored},
                              {"nll_mean", r.nll_mean}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr}};
+    j["memory"] = {{"mode", a.memory}, {"peak_rss_bytes", PeakRssBytes()},
+                   {"bytes_read_per_token", model->package().streaming()
+                                                ? static_cast<double>(model->stream_stats().bytes_read) /
+                                                      static_cast<double>(std::max<int64_t>(1, r.n_chunks * r.ctx))
+                                                : 0.0},
+                   {"loader_stall_seconds", model->stream_stats().stall_seconds}};
     if (r.has_base) {
       j["base"] = a.base;
       j["base_ppl"] = r.base_ppl;
@@ -356,6 +396,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   auto* seed_opt = run->add_option("--seed", ra.seed, "Random seed (default: random)");
   run->add_flag("--no-bos", ra.no_bos, "Do not add BOS / special tokens to the prompt");
+  run->add_option("--memory", ra.memory,
+                  "full: read the package into RAM; mmap: map it (default); stream: at most two blocks "
+                  "resident, loaded ahead on a thread, embedding rows read from disk")
+      ->capture_default_str();
   run->footer("Example:\n  tessera run out/s260k-f32 -p \"Once upon a time\" -n 252 --temp 0");
 
   LogitsArgs la;
@@ -363,6 +407,7 @@ int main(int argc, char** argv) {
   lg->add_option("pkg", la.pkg, "Package directory")->required();
   lg->add_option("--ids", la.ids, "Comma-separated token ids")->required();
   lg->add_option("-o,--out", la.out, "Output .npy file")->required();
+  lg->add_option("--memory", la.memory, "full | mmap | stream")->capture_default_str();
   lg->footer("Example:\n  tessera logits out/s260k-f32 --ids 1,403,407 -o logits.npy");
 
   TokenizeArgs ta;
@@ -388,6 +433,7 @@ int main(int argc, char** argv) {
   vf->add_option("--chunks", va.chunks, "Evaluate at most this many chunks (0 = all)");
   vf->add_option("--base", va.base, "Base package (e.g. the f32 one) for KLD, top-1 and PPL ratio");
   vf->add_flag("--json", va.json, "Print one JSON object");
+  vf->add_option("--memory", va.memory, "full | mmap | stream (applies to PKG)")->capture_default_str();
   vf->footer("Example:\n  tessera verify out/s260k-q4 --text ../shared/fixtures/text/tinystories_valid_sample.txt "
              "--ctx 128 --base out/s260k-f32 --json");
 

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -42,7 +43,59 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_ == nullptr) return;
+  if (heap_) {
+    std::free(const_cast<uint8_t*>(data_));
+  } else {
+    ::munmap(const_cast<uint8_t*>(data_), size_);
+  }
+}
+
+absl::Status PreadFull(int fd, void* buf, size_t n, size_t offset, const std::string& path) {
+  uint8_t* p = static_cast<uint8_t*>(buf);
+  while (n > 0) {
+    const ssize_t r = ::pread(fd, p, n, static_cast<off_t>(offset));
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return absl::DataLossError(absl::StrCat(path, ": read error at offset ", offset, ": ", std::strerror(errno)));
+    }
+    if (r == 0) return absl::DataLossError(absl::StrCat(path, ": unexpected end of file at offset ", offset));
+    p += r;
+    n -= static_cast<size_t>(r);
+    offset += static_cast<size_t>(r);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::ReadRange(const std::string& path, size_t offset, size_t n) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  std::unique_ptr<MappedFile> f(new MappedFile());
+  f->path_ = path;
+  f->heap_ = true;
+  f->size_ = n;
+  if (n > 0) {
+    void* p = std::aligned_alloc(4096, (n + 4095) / 4096 * 4096);
+    if (p == nullptr) {
+      ::close(fd);
+      return absl::ResourceExhaustedError(absl::StrCat(path, ": cannot allocate ", n, " bytes"));
+    }
+    f->data_ = static_cast<const uint8_t*>(p);
+    absl::Status st = PreadFull(fd, p, n, offset, path);
+    if (!st.ok()) {
+      ::close(fd);
+      return st;
+    }
+  }
+  ::close(fd);
+  return f;
+}
+
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::ReadAll(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", std::strerror(errno)));
+  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(path, ": not a regular file"));
+  return ReadRange(path, 0, static_cast<size_t>(st.st_size));
 }
 
 absl::StatusOr<std::string> ReadFileToString(const std::string& path) {

@@ -4,7 +4,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -32,6 +34,8 @@ std::vector<const TensorPack*> Package::all_packs() const {
 absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, const Options& opts) {
   std::unique_ptr<Package> pkg(new Package());
   pkg->dir_ = dir;
+  pkg->opts_ = opts;
+  const bool stream = opts.memory == Memory::kStream;
   const std::string mpath = (fs::path(dir) / "manifest.json").string();
   if (!fs::is_directory(dir)) return FileError(dir, "not a package directory");
   TESSERA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(mpath));
@@ -74,7 +78,7 @@ absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, c
     if (ec) return FileError(p, "missing (listed in manifest.json)");
     if (sz != bytes)
       return FileError(p, absl::StrCat("size ", sz, " bytes, manifest says ", bytes, " (truncated or modified)"));
-    if (opts.verify_checksums && !hash.empty()) {
+    if (opts.verify_checksums && !stream && !hash.empty()) {
       TESSERA_ASSIGN_OR_RETURN(std::string h, HashFile(p));
       if (h != hash) return FileError(p, absl::StrCat("checksum ", h, " does not match manifest (", hash, ")"));
     }
@@ -82,8 +86,10 @@ absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, c
   const std::string tok_file = m.contains("tokenizer") ? m["tokenizer"].value("file", "tokenizer.txt") : "tokenizer.txt";
   TESSERA_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Load((fs::path(dir) / tok_file).string()));
   pkg->tokenizer_ = std::make_unique<Tokenizer>(std::move(tok));
+  if (stream) return pkg;  // packs are loaded on demand
+  const LoadMode mode = opts.memory == Memory::kFull ? LoadMode::kRead : LoadMode::kMmap;
   auto open = [&](const std::string& name) {
-    return TensorPack::Open((fs::path(dir) / name).string(), opts.verify_checksums);
+    return TensorPack::Open((fs::path(dir) / name).string(), opts.verify_checksums, mode);
   };
   TESSERA_ASSIGN_OR_RETURN(pkg->embedding_, open("embedding.bin"));
   for (int64_t i = 0; i < pkg->config_.layers; ++i) {
@@ -92,6 +98,25 @@ absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, c
   }
   TESSERA_ASSIGN_OR_RETURN(pkg->lm_, open("lm.bin"));
   return pkg;
+}
+
+std::string Package::FilePath(const std::string& file_name) const { return (fs::path(dir_) / file_name).string(); }
+
+absl::StatusOr<std::unique_ptr<TensorPack>> Package::LoadPack(const std::string& file_name, LoadMode mode) const {
+  static std::mutex mu;
+  static std::set<std::string>* verified = new std::set<std::string>();
+  const std::string path = FilePath(file_name);
+  bool verify = false;
+  if (opts_.verify_checksums && mode != LoadMode::kIndexOnly) {
+    std::lock_guard<std::mutex> lock(mu);
+    verify = verified->count(path) == 0;
+  }
+  TESSERA_ASSIGN_OR_RETURN(auto pack, TensorPack::Open(path, verify, mode));
+  if (verify) {
+    std::lock_guard<std::mutex> lock(mu);
+    verified->insert(path);
+  }
+  return pack;
 }
 
 absl::StatusOr<std::unique_ptr<PackageWriter>> PackageWriter::Create(const std::string& out_dir, bool force) {

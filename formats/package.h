@@ -24,8 +24,14 @@ absl::StatusOr<std::string> HashFile(const std::string& path);
 
 class Package {
  public:
+  enum class Memory {
+    kMmap,    // map every file (default)
+    kFull,    // read every file into memory
+    kStream,  // open nothing up front: blocks, the LM head and embedding rows are read on demand
+  };
   struct Options {
     bool verify_checksums = true;
+    Memory memory = Memory::kMmap;
   };
   static absl::StatusOr<std::unique_ptr<Package>> Open(const std::string& dir, const Options& opts);
   static absl::StatusOr<std::unique_ptr<Package>> Open(const std::string& dir) {
@@ -36,13 +42,21 @@ class Package {
   const nlohmann::ordered_json& manifest() const { return manifest_; }
   const ModelConfig& config() const { return config_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  Memory memory() const { return opts_.memory; }
+  bool streaming() const { return opts_.memory == Memory::kStream; }
+  // Resident packs (not available in stream mode).
   const TensorPack& embedding() const { return *embedding_; }
   const TensorPack& block(int64_t i) const { return *blocks_[static_cast<size_t>(i)]; }
   const TensorPack& lm() const { return *lm_; }
   std::vector<const TensorPack*> all_packs() const;
+  // Reads one pack file of the package into memory (stream mode's loader). Each file's tensor
+  // checksums are verified the first time it is loaded in this process.
+  absl::StatusOr<std::unique_ptr<TensorPack>> LoadPack(const std::string& file_name, LoadMode mode) const;
+  std::string FilePath(const std::string& file_name) const;
 
  private:
   std::string dir_;
+  Options opts_;
   nlohmann::ordered_json manifest_;
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;

@@ -1,6 +1,7 @@
 #include "formats/tensor_pack.h"
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -215,11 +216,31 @@ absl::Status WriteTensorPack(const std::string& path, const std::vector<TensorDa
 }
 
 absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& path,
-                                                             bool verify_checksums) {
+                                                             bool verify_checksums, LoadMode mode) {
   std::unique_ptr<TensorPack> pack(new TensorPack());
-  TESSERA_ASSIGN_OR_RETURN(pack->file_, MappedFile::Open(path));
+  const bool index_only = mode == LoadMode::kIndexOnly;
+  if (index_only) {
+    verify_checksums = false;
+    std::error_code ec;
+    const auto fsize = std::filesystem::file_size(path, ec);
+    if (ec) return absl::NotFoundError(absl::StrCat(path, ": cannot open: ", ec.message()));
+    if (fsize < kHeaderBytes) return FileError(path, absl::StrCat("truncated: ", fsize, " bytes, header needs 64"));
+    TESSERA_ASSIGN_OR_RETURN(auto head, MappedFile::ReadRange(path, 0, kHeaderBytes));
+    uint64_t data_off_peek;
+    std::memcpy(&data_off_peek, head->data() + 40, 8);
+    if (data_off_peek > fsize || data_off_peek < kHeaderBytes)
+      return FileError(path, absl::StrCat("bad data offset ", data_off_peek, " (file has ", fsize, " bytes)"));
+    TESSERA_ASSIGN_OR_RETURN(pack->file_, MappedFile::ReadRange(path, 0, data_off_peek));
+    pack->file_bytes_ = fsize;
+  } else if (mode == LoadMode::kRead) {
+    TESSERA_ASSIGN_OR_RETURN(pack->file_, MappedFile::ReadAll(path));
+    pack->file_bytes_ = pack->file_->size();
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(pack->file_, MappedFile::Open(path));
+    pack->file_bytes_ = pack->file_->size();
+  }
   const uint8_t* base = pack->file_->data();
-  const size_t size = pack->file_->size();
+  const size_t size = pack->file_bytes_;
   if (size < kHeaderBytes) return FileError(path, absl::StrCat("truncated: ", size, " bytes, header needs 64"));
   if (std::memcmp(base, "WPK1", 4) != 0) return FileError(path, "not a Tessera tensor pack (bad magic)");
   Cursor h(base, kHeaderBytes);
@@ -242,14 +263,14 @@ absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& 
   h.Get(&header_xxh);
   if (XXH32(base, 60, 0) != header_xxh) return FileError(path, "header checksum mismatch (corrupt header)");
   if (major != 1) return FileError(path, absl::StrCat("unsupported pack version ", major, ".", minor));
-  if (index_off > size || index_bytes > size - index_off)
+  if (index_off > size || index_bytes > size - index_off || (index_only && index_off + index_bytes > data_off))
     return FileError(path, absl::StrCat("index [", index_off, ", +", index_bytes, ") outside the file (", size, " bytes)"));
   if (data_off > size || data_bytes > size - data_off)
     return FileError(path, absl::StrCat("truncated: data region [", data_off, ", +", data_bytes,
                                         ") extends past the end of the file (", size, " bytes)"));
   if (XXH32(base + index_off, index_bytes, 0) != index_xxh)
     return FileError(path, absl::StrCat("index checksum mismatch at offset ", index_off, " (corrupt index)"));
-  const uint8_t* data = base + data_off;
+  const uint8_t* data = index_only ? nullptr : base + data_off;
   Cursor c(base + index_off, index_bytes);
   for (uint32_t i = 0; i < n_tensors; ++i) {
     PackTensor t;
@@ -298,7 +319,9 @@ absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& 
         return FileError(path, absl::StrCat("tensor ", t.name, ": plane ", int{p}, " at offset ",
                                             data_off + off, " (", bytes, " bytes) is out of bounds or malformed"));
       }
-      const uint8_t* ptr = data + off;
+      const uint8_t* ptr = index_only ? nullptr : data + off;
+      t.plane_offset[p] = data_off + off;
+      t.plane_bytes[p] = bytes;
       if (p == 0) {
         t.data = ptr;
         t.data_bytes = bytes;

@@ -66,6 +66,8 @@ struct PackTensor {
   const uint16_t* mins = nullptr;
   uint64_t checksum = 0;
   uint64_t file_offset = 0;  // of the first plane
+  uint64_t plane_offset[3] = {0, 0, 0};  // file offsets of data, scales, mins
+  uint64_t plane_bytes[3] = {0, 0, 0};
   size_t total_bytes = 0;    // all planes
 
   size_t rows() const { return shape.size() >= 2 ? static_cast<size_t>(shape[0]) : 1; }
@@ -85,21 +87,29 @@ struct PackTensor {
 // directory and renames it into place when everything succeeded.
 absl::Status WriteTensorPack(const std::string& path, const std::vector<TensorData>& tensors);
 
+enum class LoadMode {
+  kMmap,       // map the file (default)
+  kRead,       // read the whole file into memory (pread), no mmap
+  kIndexOnly,  // read only the header and index; tensors have offsets but no data pointers
+};
+
 class TensorPack {
  public:
   // Opens and validates the header, the index and every plane's bounds; with verify_checksums,
-  // also hashes every tensor.
+  // also hashes every tensor (not possible with kIndexOnly).
   static absl::StatusOr<std::unique_ptr<TensorPack>> Open(const std::string& path,
-                                                          bool verify_checksums = true);
+                                                          bool verify_checksums = true,
+                                                          LoadMode mode = LoadMode::kMmap);
   const PackTensor* Find(const std::string& name) const;
   // Like Find, but an error naming the file when missing.
   absl::StatusOr<const PackTensor*> Get(const std::string& name) const;
   const std::vector<PackTensor>& tensors() const { return tensors_; }
   const std::string& path() const { return file_->path(); }
-  size_t file_bytes() const { return file_->size(); }
+  size_t file_bytes() const { return file_bytes_; }
 
  private:
   std::unique_ptr<MappedFile> file_;
+  size_t file_bytes_ = 0;
   std::vector<PackTensor> tensors_;
   std::map<std::string, size_t> by_name_;
 };

@@ -1,6 +1,10 @@
 #include "runtime-lite/model.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -48,8 +52,17 @@ KVCache::KVCache(const ModelConfig& c, int64_t n_ctx)
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
-  TESSERA_ASSIGN_OR_RETURN(auto pkg, Package::Open(dir));
+  return Load(dir, Package::Options());
+}
+
+absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir, const Package::Options& opts) {
+  TESSERA_ASSIGN_OR_RETURN(auto pkg, Package::Open(dir, opts));
   return Load(std::move(pkg));
+}
+
+Model::~Model() {
+  streamer_.reset();
+  if (embed_fd_ >= 0) ::close(embed_fd_);
 }
 
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::unique_ptr<Package> pkg) {
@@ -59,67 +72,68 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(std::unique_ptr<Package> pkg)
   return m;
 }
 
-absl::Status Model::Bind() {
+absl::StatusOr<Model::Layer> Model::BindLayer(const TensorPack& b, int64_t i) const {
   const ModelConfig& c = config();
   const int64_t H = c.hidden, Q = c.heads * c.head_dim, KV = c.kv_heads * c.head_dim, F = c.ffn;
-  TESSERA_ASSIGN_OR_RETURN(embedding_, pkg_->embedding().Get("token_embd"));
-  if (embedding_->shape.size() != 2 || embedding_->shape[0] != c.vocab || embedding_->shape[1] != H)
-    return FileError(pkg_->embedding().path(), "token_embd has the wrong shape");
-  if (c.positions == "learned") {
-    TESSERA_ASSIGN_OR_RETURN(pos_embd_, pkg_->embedding().Get("pos_embd"));
-    if (pos_embd_->shape.size() != 2 || pos_embd_->shape[0] != c.max_ctx || pos_embd_->shape[1] != H)
-      return FileError(pkg_->embedding().path(), "pos_embd has the wrong shape");
-  }
   const bool ln = c.norm == "layer";
-  for (int64_t i = 0; i < c.layers; ++i) {
-    const TensorPack& b = pkg_->block(i);
-    Layer L;
-    L.key = absl::StrCat("block_", i);
-    TESSERA_ASSIGN_OR_RETURN(L.attn_norm, VectorView(b, "attn_norm", H));
-    TESSERA_ASSIGN_OR_RETURN(L.ffn_norm, VectorView(b, "ffn_norm", H));
-    if (ln) {
-      TESSERA_ASSIGN_OR_RETURN(L.attn_norm_b, VectorView(b, "attn_norm.bias", H));
-      TESSERA_ASSIGN_OR_RETURN(L.ffn_norm_b, VectorView(b, "ffn_norm.bias", H));
-    }
-    TESSERA_ASSIGN_OR_RETURN(L.wq, MatrixView(b, "attn_q", Q, H));
-    TESSERA_ASSIGN_OR_RETURN(L.wk, MatrixView(b, "attn_k", KV, H));
-    TESSERA_ASSIGN_OR_RETURN(L.wv, MatrixView(b, "attn_v", KV, H));
-    TESSERA_ASSIGN_OR_RETURN(L.wo, MatrixView(b, "attn_output", H, Q));
-    if (c.mlp == "gated") {
-      TESSERA_ASSIGN_OR_RETURN(L.w_gate, MatrixView(b, "ffn_gate", F, H));
-    }
-    TESSERA_ASSIGN_OR_RETURN(L.w_up, MatrixView(b, "ffn_up", F, H));
-    TESSERA_ASSIGN_OR_RETURN(L.w_down, MatrixView(b, "ffn_down", H, F));
-    if (c.qkv_bias) {
-      TESSERA_ASSIGN_OR_RETURN(L.bq, VectorView(b, "attn_q.bias", Q));
-      TESSERA_ASSIGN_OR_RETURN(L.bk, VectorView(b, "attn_k.bias", KV));
-      TESSERA_ASSIGN_OR_RETURN(L.bv, VectorView(b, "attn_v.bias", KV));
-    }
-    if (c.attn_out_bias) {
-      TESSERA_ASSIGN_OR_RETURN(L.bo, VectorView(b, "attn_output.bias", H));
-    }
-    if (c.mlp_bias) {
-      if (c.mlp == "gated") {
-        TESSERA_ASSIGN_OR_RETURN(L.b_gate, VectorView(b, "ffn_gate.bias", F));
-      }
-      TESSERA_ASSIGN_OR_RETURN(L.b_up, VectorView(b, "ffn_up.bias", F));
-      TESSERA_ASSIGN_OR_RETURN(L.b_down, VectorView(b, "ffn_down.bias", H));
-    }
-    if (c.qk_norm) {
-      TESSERA_ASSIGN_OR_RETURN(L.q_norm, VectorView(b, "attn_q_norm", c.head_dim));
-      TESSERA_ASSIGN_OR_RETURN(L.k_norm, VectorView(b, "attn_k_norm", c.head_dim));
-    }
-    layers_.push_back(L);
-  }
-  TESSERA_ASSIGN_OR_RETURN(output_norm_, VectorView(pkg_->lm(), "output_norm", H));
+  Layer L;
+  L.key = absl::StrCat("block_", i);
+  TESSERA_ASSIGN_OR_RETURN(L.attn_norm, VectorView(b, "attn_norm", H));
+  TESSERA_ASSIGN_OR_RETURN(L.ffn_norm, VectorView(b, "ffn_norm", H));
   if (ln) {
-    TESSERA_ASSIGN_OR_RETURN(output_norm_b_, VectorView(pkg_->lm(), "output_norm.bias", H));
+    TESSERA_ASSIGN_OR_RETURN(L.attn_norm_b, VectorView(b, "attn_norm.bias", H));
+    TESSERA_ASSIGN_OR_RETURN(L.ffn_norm_b, VectorView(b, "ffn_norm.bias", H));
+  }
+  TESSERA_ASSIGN_OR_RETURN(L.wq, MatrixView(b, "attn_q", Q, H));
+  TESSERA_ASSIGN_OR_RETURN(L.wk, MatrixView(b, "attn_k", KV, H));
+  TESSERA_ASSIGN_OR_RETURN(L.wv, MatrixView(b, "attn_v", KV, H));
+  TESSERA_ASSIGN_OR_RETURN(L.wo, MatrixView(b, "attn_output", H, Q));
+  if (c.mlp == "gated") {
+    TESSERA_ASSIGN_OR_RETURN(L.w_gate, MatrixView(b, "ffn_gate", F, H));
+  }
+  TESSERA_ASSIGN_OR_RETURN(L.w_up, MatrixView(b, "ffn_up", F, H));
+  TESSERA_ASSIGN_OR_RETURN(L.w_down, MatrixView(b, "ffn_down", H, F));
+  if (c.qkv_bias) {
+    TESSERA_ASSIGN_OR_RETURN(L.bq, VectorView(b, "attn_q.bias", Q));
+    TESSERA_ASSIGN_OR_RETURN(L.bk, VectorView(b, "attn_k.bias", KV));
+    TESSERA_ASSIGN_OR_RETURN(L.bv, VectorView(b, "attn_v.bias", KV));
+  }
+  if (c.attn_out_bias) {
+    TESSERA_ASSIGN_OR_RETURN(L.bo, VectorView(b, "attn_output.bias", H));
+  }
+  if (c.mlp_bias) {
+    if (c.mlp == "gated") {
+      TESSERA_ASSIGN_OR_RETURN(L.b_gate, VectorView(b, "ffn_gate.bias", F));
+    }
+    TESSERA_ASSIGN_OR_RETURN(L.b_up, VectorView(b, "ffn_up.bias", F));
+    TESSERA_ASSIGN_OR_RETURN(L.b_down, VectorView(b, "ffn_down.bias", H));
+  }
+  if (c.qk_norm) {
+    TESSERA_ASSIGN_OR_RETURN(L.q_norm, VectorView(b, "attn_q_norm", c.head_dim));
+    TESSERA_ASSIGN_OR_RETURN(L.k_norm, VectorView(b, "attn_k_norm", c.head_dim));
+  }
+  return L;
+}
+
+absl::StatusOr<Model::Head> Model::BindHead(const TensorPack& lm, const TensorPack* embedding) const {
+  const ModelConfig& c = config();
+  Head h;
+  TESSERA_ASSIGN_OR_RETURN(h.norm, VectorView(lm, "output_norm", c.hidden));
+  if (c.norm == "layer") {
+    TESSERA_ASSIGN_OR_RETURN(h.norm_b, VectorView(lm, "output_norm.bias", c.hidden));
   }
   if (c.tie_embeddings) {
-    TESSERA_ASSIGN_OR_RETURN(output_, MatrixView(pkg_->embedding(), "token_embd", c.vocab, H));
+    if (embedding == nullptr) return absl::InternalError("tied head needs the embedding pack");
+    TESSERA_ASSIGN_OR_RETURN(h.output, MatrixView(*embedding, "token_embd", c.vocab, c.hidden));
   } else {
-    TESSERA_ASSIGN_OR_RETURN(output_, MatrixView(pkg_->lm(), "output", c.vocab, H));
+    TESSERA_ASSIGN_OR_RETURN(h.output, MatrixView(lm, "output", c.vocab, c.hidden));
   }
+  return h;
+}
+
+absl::Status Model::Bind() {
+  const ModelConfig& c = config();
+  const int64_t H = c.hidden;
   // RoPE inverse frequencies, computed in float32 like transformers / llama2.c.
   const int64_t half = c.head_dim / 2;
   rope_inv_freq_.resize(static_cast<size_t>(half));
@@ -127,7 +141,162 @@ absl::Status Model::Bind() {
     const float expo = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
     rope_inv_freq_[static_cast<size_t>(i)] = 1.0f / std::pow(static_cast<float>(c.rope_theta), expo);
   }
+  if (pkg_->streaming()) {
+    TESSERA_ASSIGN_OR_RETURN(embed_index_, pkg_->LoadPack("embedding.bin", LoadMode::kIndexOnly));
+    TESSERA_ASSIGN_OR_RETURN(embedding_, embed_index_->Get("token_embd"));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(embedding_, pkg_->embedding().Get("token_embd"));
+  }
+  const std::string epath = pkg_->FilePath("embedding.bin");
+  if (embedding_->shape.size() != 2 || embedding_->shape[0] != c.vocab || embedding_->shape[1] != H)
+    return FileError(epath, "token_embd has the wrong shape");
+  if (c.positions == "learned") {
+    const TensorPack& ep = pkg_->streaming() ? *embed_index_ : pkg_->embedding();
+    TESSERA_ASSIGN_OR_RETURN(pos_embd_, ep.Get("pos_embd"));
+    if (pos_embd_->shape.size() != 2 || pos_embd_->shape[0] != c.max_ctx || pos_embd_->shape[1] != H)
+      return FileError(epath, "pos_embd has the wrong shape");
+  }
+  if (pkg_->streaming()) {
+    TESSERA_RETURN_IF_ERROR(OpenDiskEmbedding());
+    streamer_ = std::make_unique<BlockStreamer>(this);
+    return absl::OkStatus();
+  }
+  for (int64_t i = 0; i < c.layers; ++i) {
+    TESSERA_ASSIGN_OR_RETURN(Layer L, BindLayer(pkg_->block(i), i));
+    layers_.push_back(L);
+  }
+  TESSERA_ASSIGN_OR_RETURN(head_, BindHead(pkg_->lm(), &pkg_->embedding()));
   return absl::OkStatus();
+}
+
+// ---- stream mode: disk embedding rows ----
+absl::Status Model::OpenDiskEmbedding() {
+  const std::string path = pkg_->FilePath("embedding.bin");
+  // Verify the whole file once (chunked reads; never held in memory).
+  if (pkg_->manifest().contains("files")) {
+    for (const auto& f : pkg_->manifest()["files"]) {
+      if (f.value("path", "") != "embedding.bin" || !f.contains("xxh3_64")) continue;
+      TESSERA_ASSIGN_OR_RETURN(std::string h, HashFile(path));
+      if (h != f["xxh3_64"].get<std::string>())
+        return FileError(path, absl::StrCat("checksum ", h, " does not match manifest"));
+    }
+  }
+  embed_fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (embed_fd_ < 0) return FileError(path, "cannot open");
+  return absl::OkStatus();
+}
+
+absl::Status Model::ReadEmbeddingRow(const PackTensor& t, size_t row, float* out) const {
+  const std::string key = absl::StrCat(t.name, ":", row);
+  {
+    std::lock_guard<std::mutex> lock(embed_mu_);
+    auto it = embed_cache_.find(key);
+    if (it != embed_cache_.end()) {
+      std::memcpy(out, it->second.data(), it->second.size() * 4);
+      return absl::OkStatus();
+    }
+  }
+  const size_t rows = t.rows();
+  PackTensor one = t;
+  one.shape = {1, static_cast<int64_t>(t.logical_cols())};
+  std::vector<uint8_t> planes[3];
+  const std::string path = pkg_->FilePath("embedding.bin");
+  for (int p = 0; p < 3; ++p) {
+    if (t.plane_bytes[p] == 0) continue;
+    const size_t per_row = t.plane_bytes[p] / rows;
+    planes[p].resize(per_row + 8);
+    TESSERA_RETURN_IF_ERROR(PreadFull(embed_fd_, planes[p].data(), per_row, t.plane_offset[p] + row * per_row, path));
+    stream_stats_.bytes_read += per_row;
+  }
+  one.data = planes[0].data();
+  one.scales = t.plane_bytes[1] ? reinterpret_cast<const uint16_t*>(planes[1].data()) : nullptr;
+  one.mins = t.plane_bytes[2] ? reinterpret_cast<const uint16_t*>(planes[2].data()) : nullptr;
+  one.RowToF32(0, out);
+  std::lock_guard<std::mutex> lock(embed_mu_);
+  if (embed_cache_.size() >= 512) embed_cache_.clear();
+  embed_cache_[key].assign(out, out + t.logical_cols());
+  return absl::OkStatus();
+}
+
+// ---- stream mode: the block loader ----
+Model::BlockStreamer::BlockStreamer(const Model* m) : model_(m), worker_([this] { Loop(); }) {}
+
+Model::BlockStreamer::~BlockStreamer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  worker_.join();
+}
+
+int Model::BlockStreamer::num_stages() const { return static_cast<int>(model_->config().layers) + 1; }
+
+absl::StatusOr<std::unique_ptr<Model::Stage>> Model::BlockStreamer::LoadStage(int stage) {
+  auto st = std::make_unique<Stage>();
+  const Package& pkg = *model_->pkg_;
+  const int L = static_cast<int>(model_->config().layers);
+  if (stage < L) {
+    TESSERA_ASSIGN_OR_RETURN(st->a, pkg.LoadPack(BlockFileName(stage), LoadMode::kRead));
+    TESSERA_ASSIGN_OR_RETURN(st->layer, model_->BindLayer(*st->a, stage));
+  } else {
+    TESSERA_ASSIGN_OR_RETURN(st->a, pkg.LoadPack("lm.bin", LoadMode::kRead));
+    if (model_->config().tie_embeddings) {
+      TESSERA_ASSIGN_OR_RETURN(st->b, pkg.LoadPack("embedding.bin", LoadMode::kRead));
+    }
+    TESSERA_ASSIGN_OR_RETURN(st->head, model_->BindHead(*st->a, st->b.get()));
+  }
+  st->bytes = st->a->file_bytes() + (st->b ? st->b->file_bytes() : 0);
+  return st;
+}
+
+void Model::BlockStreamer::Loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || (want_ >= 0 && !ready_ && !error_.has_value()); });
+    if (stop_) return;
+    const int stage = want_;
+    lock.unlock();
+    auto res = LoadStage(stage);
+    lock.lock();
+    if (res.ok()) {
+      ready_ = std::move(*res);
+      ready_stage_ = stage;
+    } else {
+      error_ = res.status();
+    }
+    cv_.notify_all();
+  }
+}
+
+absl::StatusOr<std::shared_ptr<Model::Stage>> Model::BlockStreamer::Acquire(int stage) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_lock<std::mutex> lock(mu_);
+  if (want_ != stage) {
+    // Not what we prefetched: drop it and load the right one.
+    ready_.reset();
+    error_.reset();
+    want_ = stage;
+    ready_stage_ = -1;
+    cv_.notify_all();
+  }
+  cv_.wait(lock, [&] { return (ready_ && ready_stage_ == stage) || error_.has_value(); });
+  if (error_.has_value()) {
+    absl::Status e = *error_;
+    error_.reset();
+    want_ = -1;
+    return e;
+  }
+  std::shared_ptr<Stage> out(std::move(ready_));
+  ready_stage_ = -1;
+  model_->stream_stats_.bytes_read += out->bytes;
+  model_->stream_stats_.stage_loads += 1;
+  // Prefetch the next stage while this one computes.
+  want_ = (stage + 1) % num_stages();
+  cv_.notify_all();
+  model_->stream_stats_.stall_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
 }
 
 void Model::Linear(const std::string& key, const kernels::WeightMatrix& w, const float* bias, const float* x,
@@ -217,13 +386,21 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
   std::vector<float> row(H);
   for (size_t t = 0; t < T; ++t) {
     float* xt = x.data() + t * H;
-    embedding_->RowToF32(static_cast<size_t>(row_id[t]), xt);
+    if (pkg_->streaming()) {
+      TESSERA_RETURN_IF_ERROR(ReadEmbeddingRow(*embedding_, static_cast<size_t>(row_id[t]), xt));
+    } else {
+      embedding_->RowToF32(static_cast<size_t>(row_id[t]), xt);
+    }
     if (c.embed_scale != 1.0) {
       const float s = static_cast<float>(c.embed_scale);
       for (size_t i = 0; i < H; ++i) xt[i] *= s;
     }
     if (pos_embd_ != nullptr) {
-      pos_embd_->RowToF32(static_cast<size_t>(row_pos[t]), row.data());
+      if (pkg_->streaming()) {
+        TESSERA_RETURN_IF_ERROR(ReadEmbeddingRow(*pos_embd_, static_cast<size_t>(row_pos[t]), row.data()));
+      } else {
+        pos_embd_->RowToF32(static_cast<size_t>(row_pos[t]), row.data());
+      }
       for (size_t i = 0; i < H; ++i) xt[i] += row[i];
     }
   }
@@ -256,8 +433,16 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const size_t group = NH / NKV;
 
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const Layer& L = layers_[l];
+  const bool stream = pkg_->streaming();
+  std::unique_lock<std::mutex> stream_lock(stream_mu_, std::defer_lock);
+  if (stream) stream_lock.lock();
+  std::shared_ptr<Stage> stage;  // stream mode: the resident block (the loader holds the next)
+  for (size_t l = 0; l < static_cast<size_t>(c.layers); ++l) {
+    if (stream) {
+      stage.reset();
+      TESSERA_ASSIGN_OR_RETURN(stage, streamer_->Acquire(static_cast<int>(l)));
+    }
+    const Layer& L = stream ? stage->layer : layers_[l];
     const std::string& lk = L.key;
     for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
     Linear(lk + "/attn_q", L.wq, L.bq, xn.data(), T, ldh, H, q.data(), Q);
@@ -335,8 +520,14 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     }
   }
   const size_t n_out = out_rows.size();
+  if (stream) {
+    stage.reset();
+    TESSERA_ASSIGN_OR_RETURN(stage, streamer_->Acquire(static_cast<int>(c.layers)));
+  }
+  const Head& head = stream ? stage->head : head_;
+  const kernels::WeightMatrix& output_ = head.output;
   for (size_t i = 0; i < n_out; ++i)
-    Norm(x.data() + out_rows[i] * H, output_norm_, output_norm_b_, H, xn.data() + i * ldh);
+    Norm(x.data() + out_rows[i] * H, head.norm, head.norm_b, H, xn.data() + i * ldh);
   const size_t V = static_cast<size_t>(c.vocab);
   if (seqs.size() == 1 && seqs[0].n > 0) {
     Linear("lm/output", output_, nullptr, xn.data(), n_out, ldh, H, seqs[0].logits, V);

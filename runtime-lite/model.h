@@ -2,7 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -29,11 +34,21 @@ class KVCache {
   std::vector<float> k_, v_;
 };
 
+struct StreamStats {
+  uint64_t bytes_read = 0;    // from disk by the stream loader and disk embedding
+  uint64_t stage_loads = 0;   // blocks / heads loaded
+  double stall_seconds = 0;   // time the compute thread waited for the loader
+};
+
 class Model {
  public:
+  ~Model();
+  // Stream-mode counters (zero in the other modes).
+  const StreamStats& stream_stats() const { return stream_stats_; }
   // Takes ownership of the package; validates every tensor's shape against the manifest.
   static absl::StatusOr<std::unique_ptr<Model>> Load(std::unique_ptr<Package> pkg);
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir);
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir, const Package::Options& opts);
 
   const ModelConfig& config() const { return pkg_->config(); }
   const Tokenizer& tokenizer() const { return pkg_->tokenizer(); }
@@ -82,8 +97,45 @@ class Model {
     kernels::WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
     std::string key;  // "block_{i}"
   };
+  struct Head {
+    const float* norm = nullptr;
+    const float* norm_b = nullptr;
+    kernels::WeightMatrix output;
+  };
+  // Stream mode: one loaded block (or the LM head) with its bound views.
+  struct Stage {
+    std::unique_ptr<TensorPack> a, b;
+    Layer layer;
+    Head head;
+    size_t bytes = 0;
+  };
+  // Loads stage i+1 on its own thread while stage i computes: at most two resident.
+  class BlockStreamer {
+   public:
+    explicit BlockStreamer(const Model* m);
+    ~BlockStreamer();
+    absl::StatusOr<std::shared_ptr<Stage>> Acquire(int stage);
+
+   private:
+    int num_stages() const;
+    absl::StatusOr<std::unique_ptr<Stage>> LoadStage(int stage);
+    void Loop();
+    const Model* model_;
+    std::mutex mu_;
+    std::condition_variable cv_;
+    int want_ = 0, ready_stage_ = -1;  // block 0 is prefetched at start
+    std::unique_ptr<Stage> ready_;
+    std::optional<absl::Status> error_;
+    bool stop_ = false;
+    std::thread worker_;
+  };
+
   Model() = default;
   absl::Status Bind();
+  absl::StatusOr<Layer> BindLayer(const TensorPack& b, int64_t i) const;
+  absl::StatusOr<Head> BindHead(const TensorPack& lm, const TensorPack* embedding) const;
+  absl::Status OpenDiskEmbedding();
+  absl::Status ReadEmbeddingRow(const PackTensor& t, size_t row, float* out) const;
   // y = x W^T (+ bias); notifies the activation observer first.
   void Linear(const std::string& key, const kernels::WeightMatrix& w, const float* bias, const float* x,
               size_t T, size_t ldx, size_t k, float* y, size_t ldy) const;
@@ -94,9 +146,14 @@ class Model {
   std::vector<Layer> layers_;
   const PackTensor* embedding_ = nullptr;
   const PackTensor* pos_embd_ = nullptr;
-  const float* output_norm_ = nullptr;
-  const float* output_norm_b_ = nullptr;
-  kernels::WeightMatrix output_;
+  Head head_;
+  // Stream mode.
+  std::unique_ptr<TensorPack> embed_index_;
+  int embed_fd_ = -1;
+  mutable std::mutex embed_mu_, stream_mu_;
+  mutable std::unordered_map<std::string, std::vector<float>> embed_cache_;
+  std::unique_ptr<BlockStreamer> streamer_;
+  mutable StreamStats stream_stats_;
   std::vector<float> rope_inv_freq_;
 };
 
