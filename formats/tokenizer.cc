@@ -381,7 +381,8 @@ absl::Status Tokenizer::Impl::Finalize(const std::string& path) {
       return FileError(path, absl::StrCat("merge ", r, " result '", pieces[l], pieces[rr],
                                           "' is not in the vocab"));
     }
-    merge_map.try_emplace(PairKey(l, rr), static_cast<int32_t>(r), it->second);
+    // HF builds its merge map with collect(): a duplicate pair keeps its last rank.
+    merge_map.insert_or_assign(PairKey(l, rr), std::make_pair(static_cast<int32_t>(r), it->second));
   }
   auto check_id = [&](int32_t id, const char* what) -> absl::Status {
     if (id < -1 || id >= n) return FileError(path, absl::StrCat(what, " id ", id, " out of range"));

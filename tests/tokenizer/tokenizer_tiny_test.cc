@@ -209,3 +209,159 @@ INSTANTIATE_TEST_SUITE_P(
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+// A small tokenizer.json: single characters + whole-word entries with ignore_merges, so a
+// pre-token in the vocab becomes one id and anything else falls apart into characters.
+json SmallJson(const std::vector<std::string>& words) {
+  json vocab = json::object();
+  int id = 0;
+  for (char c : std::string("abcdefghijklmnopqrstuvwxyz-0123456789 _")) {
+    vocab[std::string(1, c)] = id++;
+  }
+  for (const auto& w : words) {
+    if (!vocab.contains(w)) vocab[w] = id++;
+  }
+  return {{"model",
+           {{"type", "BPE"},
+            {"vocab", vocab},
+            {"merges", json::array()},
+            {"ignore_merges", true},
+            {"unk_token", nullptr}}},
+          {"added_tokens", json::array()},
+          {"decoder", nullptr}};
+}
+
+std::vector<std::string> Pieces(const Tokenizer& tok, const std::string& text) {
+  std::vector<std::string> out;
+  for (int32_t id : tok.Encode(text, false)) out.push_back(tok.TokenPiece(id));
+  return out;
+}
+
+Tokenizer FromJson(const json& j, const std::string& name) {
+  const std::string path = TempPath(name);
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f << j.dump();
+  }
+  auto tok = Tokenizer::FromHuggingFace(path, "");
+  std::remove(path.c_str());
+  EXPECT_TRUE(tok.ok()) << tok.status();
+  // Everything must survive tokenizer.txt.
+  auto again = Tokenizer::Deserialize(tok->Serialize(), name);
+  EXPECT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->Serialize(), tok->Serialize());
+  return *std::move(again);
+}
+
+using V = std::vector<std::string>;
+
+// Examples of the HF documentation of SplitDelimiterBehavior ("the-final--countdown", "-").
+TEST(TokenizerPreTokenizers, SplitBehaviors) {
+  const V words = {"the", "final", "countdown", "the-", "final-", "-final", "-countdown", "--"};
+  const std::string text = "the-final--countdown";
+  const std::pair<const char*, V> expect[] = {
+      {"Removed", {"the", "final", "countdown"}},
+      {"Isolated", {"the", "-", "final", "-", "-", "countdown"}},
+      {"MergedWithPrevious", {"the-", "final-", "-", "countdown"}},
+      {"MergedWithNext", {"the", "-final", "-", "-countdown"}},
+      {"Contiguous", {"the", "-", "final", "--", "countdown"}},
+  };
+  for (const auto& [behavior, pieces] : expect) {
+    for (const char* kind : {"String", "Regex"}) {
+      json j = SmallJson(words);
+      j["pre_tokenizer"] = {{"type", "Split"},
+                            {"pattern", {{kind, "-"}}},
+                            {"behavior", behavior},
+                            {"invert", false}};
+      EXPECT_EQ(Pieces(FromJson(j, "split.json"), text), pieces) << behavior << " " << kind;
+    }
+  }
+  // invert: the matches are the pieces kept.
+  json j = SmallJson(words);
+  j["pre_tokenizer"] = {
+      {"type", "Split"}, {"pattern", {{"Regex", "[a-z]+"}}}, {"behavior", "Removed"}, {"invert", true}};
+  EXPECT_EQ(Pieces(FromJson(j, "invert.json"), text), (V{"the", "final", "countdown"}));
+}
+
+TEST(TokenizerPreTokenizers, DigitsAndSequence) {
+  json j = SmallJson({"ab", "12", "345"});
+  j["pre_tokenizer"] = {{"type", "Sequence"},
+                        {"pretokenizers",
+                         json::array({{{"type", "WhitespaceSplit"}},
+                                      {{"type", "Digits"}, {"individual_digits", false}}})}};
+  EXPECT_EQ(Pieces(FromJson(j, "digits.json"), "ab12 345ab"), (V{"ab", "12", "345", "ab"}));
+  j["pre_tokenizer"]["pretokenizers"][1]["individual_digits"] = true;
+  EXPECT_EQ(Pieces(FromJson(j, "digits1.json"), "ab12"), (V{"ab", "1", "2"}));
+}
+
+TEST(TokenizerNormalizers, PrependReplaceNfkc) {
+  json j = SmallJson({"_ab_c", "_fi"});
+  j["normalizer"] = {{"type", "Sequence"},
+                     {"normalizers", json::array({{{"type", "NFKC"}},
+                                                  {{"type", "Prepend"}, {"prepend", "_"}},
+                                                  {{"type", "Replace"},
+                                                   {"pattern", {{"String", " "}}},
+                                                   {"content", "_"}}})}};
+  const Tokenizer tok = FromJson(j, "norm.json");
+  EXPECT_EQ(Pieces(tok, "ab c"), (V{"_ab_c"}));
+  EXPECT_EQ(Pieces(tok, "\xEF\xAC\x81"), (V{"_fi"}));  // U+FB01 LATIN SMALL LIGATURE FI
+  EXPECT_TRUE(Pieces(tok, "").empty());                 // Prepend skips empty input
+}
+
+// Added tokens: lstrip / rstrip eat Unicode whitespace, single_word needs word boundaries,
+// normalized tokens are matched after the normalizer.
+TEST(TokenizerAddedTokens, StripSingleWordNormalized) {
+  json j = SmallJson({});
+  j["added_tokens"] = json::array(
+      {{{"id", 100}, {"content", "<x>"}, {"single_word", false}, {"lstrip", true},
+        {"rstrip", true}, {"normalized", false}, {"special", true}},
+       {{"id", 101}, {"content", "cat"}, {"single_word", true}, {"lstrip", false},
+        {"rstrip", false}, {"normalized", false}, {"special", false}},
+       {{"id", 102}, {"content", "dog"}, {"single_word", false}, {"lstrip", false},
+        {"rstrip", false}, {"normalized", true}, {"special", false}}});
+  j["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", "D"}}}, {"content", "d"}};
+  const Tokenizer tok = FromJson(j, "added.json");
+  EXPECT_EQ(Pieces(tok, "a \xC2\xA0<x>\t b"), (V{"a", "<x>", "b"}));
+  EXPECT_EQ(Pieces(tok, "a cat b"), (V{"a", " ", "cat", " ", "b"}));
+  EXPECT_EQ(Pieces(tok, "cats"), (V{"c", "a", "t", "s"}));
+  EXPECT_EQ(Pieces(tok, "Dog"), (V{"dog"}));
+  EXPECT_TRUE(tok.IsSpecial(100));
+  EXPECT_FALSE(tok.IsSpecial(102));
+}
+
+TEST(TokenizerTxt, ReadsVersion1) {
+  auto tok = Tokenizer::FromHuggingFace(kFixtures + "/stories260K/hf/tokenizer.json", "");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  std::string text = tok->Serialize();
+  ASSERT_EQ(text.rfind("tessera-tokenizer 2\n", 0), 0u);
+  text.replace(0, std::string("tessera-tokenizer 2").size(), "tessera-tokenizer 1");
+  auto v1 = Tokenizer::Deserialize(text, "v1.txt");
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  EXPECT_EQ(v1->Serialize(), tok->Serialize());
+  EXPECT_EQ(v1->Encode("Once upon a time"), tok->Encode("Once upon a time"));
+}
+
+TEST(TokenizerTxt, ByteLevelLines) {
+  auto tok = Tokenizer::FromHuggingFace(kFixtures + "/tiny/qwen2/tokenizer.json",
+                                        kFixtures + "/tiny/qwen2/tokenizer_config.json");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const std::string text = tok->Serialize();
+  EXPECT_NE(text.find("\nnormalizer nfc\n"), std::string::npos);
+  EXPECT_NE(text.find("\npre_tokenizer split regex "), std::string::npos);
+  EXPECT_NE(text.find("\npre_tokenizer byte_level 0 0\n"), std::string::npos);
+  EXPECT_NE(text.find("\ndecoder byte_level\n"), std::string::npos);
+  // A corrupted pattern is reported with the file name.
+  auto broken = Tokenizer::Deserialize(
+      "tessera-tokenizer 2\ntype bpe-byte\nvocab_size 1\n0 YQ== 0 m\n"
+      "pre_tokenizer split regex KA== Isolated 0\n",  // pattern "("
+      "broken.txt");
+  ASSERT_FALSE(broken.ok());
+  EXPECT_NE(broken.status().message().find("broken.txt"), std::string::npos) << broken.status();
+  EXPECT_NE(broken.status().message().find("Split pattern"), std::string::npos) << broken.status();
+}
+
+}  // namespace
+}  // namespace tessera
