@@ -422,7 +422,7 @@ std::string PyStrRepr(const std::string& s) {
   return out;
 }
 
-std::string Repr(const Value& v);
+std::string Repr(const Value& v, bool sort_dicts = false);
 
 // Python str(); Undefined renders as "".
 std::string ToStr(const Value& v) {
@@ -445,7 +445,7 @@ std::string ToStr(const Value& v) {
   return "";
 }
 
-std::string Repr(const Value& v) {
+std::string Repr(const Value& v, bool sort_dicts) {
   switch (v.kind) {
     case Value::kUndefined: return "Undefined";
     case Value::kString: return PyStrRepr(v.s);
@@ -453,18 +453,22 @@ std::string Repr(const Value& v) {
       std::string out = v.tuple ? "(" : "[";
       for (size_t k = 0; k < v.list->size(); ++k) {
         if (k) out += ", ";
-        out += Repr((*v.list)[k]);
+        out += Repr((*v.list)[k], sort_dicts);
       }
       if (v.tuple && v.list->size() == 1) out += ",";
       return out + (v.tuple ? ")" : "]");
     }
     case Value::kDict: {
       std::string out = "{";
-      bool first = true;
-      for (const auto& kv : v.dict->items) {
-        if (!first) out += ", ";
-        first = false;
-        out += Repr(kv.first) + ": " + Repr(kv.second);
+      std::vector<const std::pair<Value, Value>*> items;
+      for (const auto& kv : v.dict->items) items.push_back(&kv);
+      if (sort_dicts)
+        std::stable_sort(items.begin(), items.end(), [](const auto* a, const auto* b) {
+          return a->first.str() && b->first.str() && a->first.s < b->first.s;
+        });
+      for (size_t k = 0; k < items.size(); ++k) {
+        if (k) out += ", ";
+        out += Repr(items[k]->first, sort_dicts) + ": " + Repr(items[k]->second, sort_dicts);
       }
       return out + "}";
     }
@@ -2097,7 +2101,9 @@ std::string PercentFormat(const std::string& fmt, const Value& args) {
       default: Fail(std::string("unsupported format character '") + conv + "'");
     }
   }
-  if (!mapping && next < pos.size()) Fail("not all arguments converted during string formatting");
+  // Python only complains about unused arguments for tuples and non-mapping-like scalars.
+  const bool mapping_like = args.kind == Value::kDict || args.undef() || (args.kind == Value::kList && !args.tuple);
+  if (!mapping_like && next < pos.size()) Fail("not all arguments converted during string formatting");
   return out;
 }
 
@@ -2294,6 +2300,8 @@ Value SliceValue(const Value& obj, const Value& start, const Value& stop, const 
       out.push_back((*obj.list)[static_cast<size_t>(k)]);
     return Value::List(std::move(out), obj.tuple);
   }
+  // Jinja compiles slices to plain Python subscripts (no lenient getitem): errors propagate.
+  if (obj.kind == Value::kDict) Fail("unhashable type: 'slice'");
   Fail("'" + TypeName(obj) + "' object is not subscriptable");
 }
 
@@ -2305,6 +2313,7 @@ int64_t FloorDiv(int64_t a, int64_t b) {
 
 Value BinaryOp(const std::string& op, const Value& a, const Value& b) {
   if (op == "~") return Value::Str(ToStr(a) + ToStr(b));
+  if (op == "%" && a.str() && b.undef()) return Value::Str(PercentFormat(a.s, b));  // str(Undefined) == ""
   if (a.undef()) FailUndefined(a);
   if (b.undef()) FailUndefined(b);
   const bool ints = a.integral() && b.integral();
@@ -2636,6 +2645,7 @@ ValueList SortedItems(ValueList items, const Value& attribute, bool case_sensiti
 // select/reject/selectattr/rejectattr.
 Value SelectFilter(const Value& in, ValueList& a, Kwargs& k, bool with_attr, bool keep) {
   if (!k.empty()) Fail("select filters take no keyword arguments");
+  if (!Truthy(in)) return Value::List({});  // Jinja: `if seq:` before iterating
   size_t pos = 0;
   std::string attr;
   if (with_attr) {
@@ -2682,6 +2692,7 @@ std::string IndentText(const std::string& s, const std::string& ind, bool first,
 }
 
 Value ToIntFilter(const Value& in, const Value& dflt, int64_t base) {
+  if (in.undef()) FailUndefined(in);
   if (in.integral()) return Value::Int(in.AsInt());
   if (in.kind == Value::kFloat) {
     if (!std::isfinite(in.f)) return dflt;
@@ -2788,6 +2799,7 @@ const std::unordered_map<std::string, FilterFn>& Filters() {
        [](const Value& in, ValueList& a, Kwargs& k) {
          ArgBinder ab("float", a, k, {"default"});
          Value dflt = ab.Get(0, Value::Float(0.0));
+         if (in.undef()) FailUndefined(in);
          if (in.num()) return Value::Float(in.AsDouble());
          if (in.str()) {
            std::string t = PyStrip(in.s, Value::None(), true, true);
@@ -2810,6 +2822,8 @@ const std::unordered_map<std::string, FilterFn>& Filters() {
       {"indent",
        [](const Value& in, ValueList& a, Kwargs& k) {
          ArgBinder ab("indent", a, k, {"width", "first", "blank"});
+         if (in.undef()) FailUndefined(in);
+         if (!in.str()) Fail("indent: expected a string, got " + TypeName(in));
          Value w = ab.Get(0, Value::Int(4));
          std::string ind = w.str() ? w.s : std::string(static_cast<size_t>(std::max<int64_t>(0, NeedInt(w, "indent"))), ' ');
          return Value::Str(IndentText(ToStr(in), ind, Truthy(ab.Get(1)), Truthy(ab.Get(2))));
@@ -2872,6 +2886,7 @@ const std::unordered_map<std::string, FilterFn>& Filters() {
       {"map",
        [](const Value& in, ValueList& a, Kwargs& k) {
          ValueList out;
+         if (!Truthy(in)) return Value::List({});  // Jinja: `if value:` before iterating
          const Value* attr = nullptr;
          const Value* dflt = nullptr;
          for (const auto& kv : k) {
@@ -2915,7 +2930,7 @@ const std::unordered_map<std::string, FilterFn>& Filters() {
       {"pprint",
        [](const Value& in, ValueList& a, Kwargs& k) {
          ArgBinder("pprint", a, k, {});
-         return Value::Str(Repr(in));
+         return Value::Str(Repr(in, /*sort_dicts=*/true));
        }},
       {"reject", [](const Value& in, ValueList& a, Kwargs& k) { return SelectFilter(in, a, k, false, false); }},
       {"rejectattr", [](const Value& in, ValueList& a, Kwargs& k) { return SelectFilter(in, a, k, true, false); }},
@@ -2942,7 +2957,9 @@ const std::unordered_map<std::string, FilterFn>& Filters() {
          ArgBinder ab("round", a, k, {"precision", "method"});
          int64_t prec = ab.Has(0) ? NeedInt(ab.Get(0), "round") : 0;
          std::string method = ab.Has(1) ? NeedStr(ab.Get(1), "round") : "common";
+         if (in.undef()) FailUndefined(in);
          if (!in.num()) Fail("round: expected a number, got " + TypeName(in));
+         if (method == "common" && in.integral()) return Value::Int(in.AsInt());  // round(int, n) is an int
          double scale = std::pow(10.0, static_cast<double>(prec));
          double x = in.AsDouble() * scale;
          if (method == "common") x = std::nearbyint(x);
@@ -3108,7 +3125,9 @@ const std::unordered_map<std::string, TestFn>& Tests() {
          return v.undef() || v.str() || v.kind == Value::kList || v.kind == Value::kDict;
        }},
       {"sequence",
-       [](const Value& v, ValueList&) { return v.str() || v.kind == Value::kList || v.kind == Value::kDict; }},
+       [](const Value& v, ValueList&) {
+         return v.undef() || v.str() || v.kind == Value::kList || v.kind == Value::kDict;
+       }},
       {"callable", [](const Value& v, ValueList&) { return v.kind == Value::kCallable; }},
       {"escaped", [](const Value&, ValueList&) { return false; }},
       {"sameas",
@@ -3124,13 +3143,11 @@ const std::unordered_map<std::string, TestFn>& Tests() {
          }
        }},
       {"in", [](const Value& v, ValueList& a) { return Contains(TestArg(a, "in"), v); }},
-      {"odd", [](const Value& v, ValueList&) { return NeedInt(v, "odd") % 2 != 0; }},
-      {"even", [](const Value& v, ValueList&) { return NeedInt(v, "even") % 2 == 0; }},
+      {"odd", [](const Value& v, ValueList&) { return Equal(BinaryOp("%", v, Value::Int(2)), Value::Int(1)); }},
+      {"even", [](const Value& v, ValueList&) { return Equal(BinaryOp("%", v, Value::Int(2)), Value::Int(0)); }},
       {"divisibleby",
        [](const Value& v, ValueList& a) {
-         int64_t d = NeedInt(TestArg(a, "divisibleby"), "divisibleby");
-         if (d == 0) Fail("integer division or modulo by zero");
-         return NeedInt(v, "divisibleby") % d == 0;
+         return Equal(BinaryOp("%", v, TestArg(a, "divisibleby")), Value::Int(0));
        }},
       {"lower",
        [](const Value& v, ValueList&) {
