@@ -23,6 +23,7 @@
 #include "nlohmann/json.hpp"
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/quantize.h"
+#include "quantizer/recipes.h"
 #include "runtime-lite/generate.h"
 #include "runtime-lite/model.h"
 #include "verify/perplexity.h"
@@ -101,13 +102,20 @@ absl::Status RunConvert(const ConvertArgs& a) {
 
 // ---- quantize ----
 struct QuantizeArgs {
-  std::string src, out, type = "int4";
+  std::string src, out, type = "int4", recipe, algorithm = "default", calib;
+  std::vector<std::string> overrides;
   int group = 32;
-  bool asym = false, force = false;
+  int64_t calib_tokens = 0, calib_ctx = 0;
+  bool asym = false, force = false, type_set = false, group_set = false, quiet = false;
 };
 absl::Status RunQuantize(const QuantizeArgs& a) {
   tessera::QuantizeOptions o;
-  if (a.type == "int4") {
+  if (!a.recipe.empty()) {
+    if (a.type_set || a.group_set || a.asym)
+      return absl::InvalidArgumentError("--recipe cannot be combined with --type/--group/--asym (use --override)");
+    TESSERA_RETURN_IF_ERROR(tessera::FindRecipe(a.recipe).status());
+    o.recipe = a.recipe;
+  } else if (a.type == "int4") {
     o.type = a.asym ? QType::kI4Asym : QType::kI4Sym;
   } else if (a.type == "int8") {
     o.type = QType::kI8;
@@ -120,11 +128,37 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unknown --type '", a.type, "' (int4, int8, f16, bf16, f32)"));
   }
-  if (a.asym && a.type != "int4") return absl::InvalidArgumentError("--asym applies to --type int4 only");
+  if (a.recipe.empty() && a.asym && a.type != "int4")
+    return absl::InvalidArgumentError("--asym applies to --type int4 only");
+  for (const std::string& ov : a.overrides) TESSERA_RETURN_IF_ERROR(tessera::ParseOverride(ov).status());
+  if (!tessera::QuantAlgorithmFromName(a.algorithm, &o.algorithm))
+    return absl::InvalidArgumentError(absl::StrCat("unknown --algorithm '", a.algorithm, "' (default, rtn, search)"));
+  if (!a.calib.empty() && o.algorithm == tessera::QuantAlgorithm::kRtn)
+    return absl::InvalidArgumentError("--calib needs --algorithm search (RTN does not use activation statistics)");
+  if (a.calib.empty() && (a.calib_tokens != 0 || a.calib_ctx != 0))
+    return absl::InvalidArgumentError("--calib-tokens / --calib-ctx need --calib TEXT");
+  if (a.calib_tokens < 0 || a.calib_ctx < 0)
+    return absl::InvalidArgumentError("--calib-tokens / --calib-ctx must not be negative");
+  o.overrides = a.overrides;
+  o.calib_text = a.calib;
+  o.calib_tokens = a.calib_tokens;
+  o.calib_ctx = a.calib_ctx;
   o.group = static_cast<uint32_t>(a.group);
   o.force = a.force;
   o.cmdline = g_cmdline;
   TESSERA_RETURN_IF_ERROR(tessera::QuantizePackage(a.src, a.out, o));
+  if (!a.quiet) {
+    auto pkg = tessera::Package::Open(a.out, {.verify_checksums = false});
+    if (pkg.ok()) {
+      const auto& q = (*pkg)->manifest()["quant"];
+      uint64_t bytes = 0;
+      for (const auto& f : (*pkg)->manifest()["files"]) bytes += f.value("bytes", uint64_t{0});
+      std::fprintf(stderr, "wrote %s (%s, %s, %.3f bits/weight, %llu bytes)\n", a.out.c_str(),
+                   q.value("recipe", "").c_str(), q.value("algorithm", "").c_str(), q.value("bits_per_weight", 0.0),
+                   static_cast<unsigned long long>(bytes));
+      return absl::OkStatus();
+    }
+  }
   std::fprintf(stderr, "wrote %s (%s)\n", a.out.c_str(), tessera::RecipeName(o).c_str());
   return absl::OkStatus();
 }
@@ -370,15 +404,32 @@ int main(int argc, char** argv) {
   conv->footer("Example:\n  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32");
 
   QuantizeArgs qa;
-  auto* quant = app.add_subcommand("quantize", "Quantize a package (group-wise INT4/INT8, FP16, BF16)");
+  auto* quant = app.add_subcommand("quantize", "Quantize a package (recipes: group-wise INT4/INT8, FP16, BF16, mixed)");
   quant->add_option("src", qa.src, "Source package")->required();
   quant->add_option("-o,--out", qa.out, "Output package directory")->required();
-  quant->add_option("--type", qa.type, "int4 | int8 | f16 | bf16 | f32")->capture_default_str();
-  quant->add_option("--group", qa.group, "Group size along K for int4 (32, 64, 128) and int8 (multiple of 32)")
+  quant->add_option("--recipe", qa.recipe, "Named recipe (see below); replaces --type/--group/--asym");
+  auto* type_opt = quant->add_option("--type", qa.type, "int4 | int8 | f16 | bf16 | f32 (without --recipe)")->capture_default_str();
+  auto* group_opt = quant->add_option("--group", qa.group, "Group size along K for int4 (32, 64, 128) and int8 (multiple of 32)")
       ->capture_default_str();
   quant->add_flag("--asym", qa.asym, "Asymmetric int4 (scale + min per group)");
+  quant->add_option("--override", qa.overrides,
+                    "PATTERN=SCHEME per tensor (repeatable, last match wins); PATTERN globs FILE_STEM/TENSOR, "
+                    "e.g. 'block_*/ffn_down=int8', 'lm/output=int8', 'embedding/token_embd=f16'; without '/' it "
+                    "matches the file stem or the tensor name ('lm=int8', 'attn_v=int4-g32-asym')");
+  quant->add_option("--algorithm", qa.algorithm,
+                    "default (search for int4, rtn for int8) | rtn (round to nearest) | search (error-minimising scales)")
+      ->capture_default_str();
+  quant->add_option("--calib", qa.calib,
+                    "Calibration text: run the source model on it and weight the search by per-channel activation "
+                    "energy (imatrix). Never the evaluation text");
+  quant->add_option("--calib-tokens", qa.calib_tokens, "Use at most N calibration tokens (default: all)");
+  quant->add_option("--calib-ctx", qa.calib_ctx, "Calibration chunk size in tokens (default: min(512, model ctx))");
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
-  quant->footer("Examples:\n  tessera quantize out/s260k-f32 -o out/s260k-q4 --type int4 --group 32\n"
+  quant->footer("Recipes:\n" + tessera::RecipeHelp() +
+                "Schemes: f32, f16, bf16, int8[-gG], int4[-gG][-sym|-asym]\n"
+                "Examples:\n  tessera quantize out/s260k-f32 -o out/s260k-q4 --recipe int4-g32\n"
+                "  tessera quantize out/kjv-f32 -o out/kjv-q4 --recipe int4-g32 --calib ../shared/fixtures/text/kjv_calib.txt\n"
+                "  tessera quantize out/kjv-f32 -o out/kjv-mix --recipe int4-mixed --override 'block_*/attn_v=int8'\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q4a --type int4 --group 64 --asym\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q8 --type int8");
 
@@ -452,7 +503,12 @@ int main(int argc, char** argv) {
   absl::Status st;
   try {
     if (*conv) st = RunConvert(ca);
-    else if (*quant) st = RunQuantize(qa);
+    else if (*quant) {
+      qa.type_set = type_opt->count() > 0;
+      qa.group_set = group_opt->count() > 0;
+      qa.quiet = quiet;
+      st = RunQuantize(qa);
+    }
     else if (*run) {
       ra.seed_set = seed_opt->count() > 0;
       ra.quiet = quiet;

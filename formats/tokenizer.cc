@@ -1298,6 +1298,94 @@ absl::StatusOr<json> ReadJsonFile(const std::string& path) {
   return j;
 }
 
+// Special-token metadata (bos/eos, add_bos/add_eos overrides, eos_ids, chat template) from
+// tokenizer_config.json (cfg = {} and tokenizer_config = "" without one).
+absl::Status ApplyTokenizerConfig(Tokenizer::Impl* im, const json& cfg,
+                                  const std::string& tokenizer_config) {
+  auto find_token = [&](const std::string& s) -> int32_t {
+    for (size_t id = 0; id < im->pieces.size(); ++id) {
+      if ((im->flags[id] & kFlagAdded) && im->pieces[id] == s) return static_cast<int32_t>(id);
+    }
+    for (size_t id = 0; id < im->pieces.size(); ++id) {
+      if ((im->flags[id] & kFlagModel) && im->pieces[id] == s) return static_cast<int32_t>(id);
+    }
+    return -1;
+  };
+  auto find_special = [&](std::initializer_list<const char*> names) -> int32_t {
+    for (const char* nm : names) {
+      const int32_t id = find_token(nm);
+      if (id >= 0 && (im->flags[id] & kFlagSpecial)) return id;
+    }
+    return -1;
+  };
+  try {
+    if (cfg.contains("bos_token") && !cfg["bos_token"].is_null()) {
+      const std::string s = TokenContent(cfg["bos_token"]);
+      im->bos = find_token(s);
+      if (im->bos < 0)
+        return FileError(tokenizer_config, absl::StrCat("bos_token '", s, "' not in vocab"));
+    } else if (tokenizer_config.empty()) {
+      if (!im->prefix.empty() && (im->flags[im->prefix[0]] & kFlagSpecial)) {
+        im->bos = im->prefix[0];
+      } else {
+        im->bos = find_special({"<s>", "<|begin_of_text|>", "<bos>"});
+      }
+    }
+    if (cfg.contains("eos_token") && !cfg["eos_token"].is_null()) {
+      const std::string s = TokenContent(cfg["eos_token"]);
+      im->eos = find_token(s);
+      if (im->eos < 0)
+        return FileError(tokenizer_config, absl::StrCat("eos_token '", s, "' not in vocab"));
+    } else if (tokenizer_config.empty()) {
+      im->eos = find_special({"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"});
+    }
+    auto in = [](const std::vector<int32_t>& v, int32_t x) {
+      return x >= 0 && std::find(v.begin(), v.end(), x) != v.end();
+    };
+    if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean() && im->bos >= 0) {
+      const bool want = cfg["add_bos_token"].get<bool>();
+      if (want && !in(im->prefix, im->bos)) im->prefix.insert(im->prefix.begin(), im->bos);
+      if (!want) std::erase(im->prefix, im->bos);
+    }
+    if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean() && im->eos >= 0) {
+      const bool want = cfg["add_eos_token"].get<bool>();
+      if (want && !in(im->suffix, im->eos)) im->suffix.push_back(im->eos);
+      if (!want) std::erase(im->suffix, im->eos);
+    }
+    im->add_bos = in(im->prefix, im->bos);
+    im->add_eos = in(im->suffix, im->eos);
+    if (im->eos >= 0) im->eos_list.push_back(im->eos);
+    for (const char* nm : {"<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
+                           "<|endoftext|>", "<|end_of_text|>"}) {
+      const int32_t id = find_special({nm});
+      if (id >= 0 && !in(im->eos_list, id)) im->eos_list.push_back(id);
+    }
+    if (cfg.contains("chat_template")) {
+      const json& ct = cfg["chat_template"];
+      if (ct.is_string()) {
+        im->chat_template = ct.get<std::string>();
+      } else if (ct.is_array()) {
+        for (const auto& e : ct) {
+          if (e.value("name", std::string()) == "default")
+            im->chat_template = e.at("template").get<std::string>();
+        }
+      } else if (!ct.is_null()) {
+        return FileError(tokenizer_config, "chat_template is neither a string nor a list");
+      }
+    } else if (!tokenizer_config.empty()) {
+      const auto jinja =
+          std::filesystem::path(tokenizer_config).parent_path() / "chat_template.jinja";
+      std::error_code ec;
+      if (std::filesystem::exists(jinja, ec)) {
+        TESSERA_ASSIGN_OR_RETURN(im->chat_template, ReadFileToString(jinja.string()));
+      }
+    }
+  } catch (const json::exception& e) {
+    return FileError(tokenizer_config, absl::StrCat("unexpected content: ", e.what()));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<Tokenizer> Tokenizer::FromHuggingFace(const std::string& tokenizer_json,
@@ -1424,88 +1512,7 @@ absl::StatusOr<Tokenizer> Tokenizer::FromHuggingFace(const std::string& tokenize
     return FileError(path, absl::StrCat("unexpected content: ", e.what()));
   }
 
-  // Special-token metadata from tokenizer_config.json.
-  auto find_token = [&](const std::string& s) -> int32_t {
-    for (size_t id = 0; id < im->pieces.size(); ++id) {
-      if ((im->flags[id] & kFlagAdded) && im->pieces[id] == s) return static_cast<int32_t>(id);
-    }
-    for (size_t id = 0; id < im->pieces.size(); ++id) {
-      if ((im->flags[id] & kFlagModel) && im->pieces[id] == s) return static_cast<int32_t>(id);
-    }
-    return -1;
-  };
-  auto find_special = [&](std::initializer_list<const char*> names) -> int32_t {
-    for (const char* nm : names) {
-      const int32_t id = find_token(nm);
-      if (id >= 0 && (im->flags[id] & kFlagSpecial)) return id;
-    }
-    return -1;
-  };
-  try {
-    if (cfg.contains("bos_token") && !cfg["bos_token"].is_null()) {
-      const std::string s = TokenContent(cfg["bos_token"]);
-      im->bos = find_token(s);
-      if (im->bos < 0)
-        return FileError(tokenizer_config, absl::StrCat("bos_token '", s, "' not in vocab"));
-    } else if (tokenizer_config.empty()) {
-      if (!im->prefix.empty() && (im->flags[im->prefix[0]] & kFlagSpecial)) {
-        im->bos = im->prefix[0];
-      } else {
-        im->bos = find_special({"<s>", "<|begin_of_text|>", "<bos>"});
-      }
-    }
-    if (cfg.contains("eos_token") && !cfg["eos_token"].is_null()) {
-      const std::string s = TokenContent(cfg["eos_token"]);
-      im->eos = find_token(s);
-      if (im->eos < 0)
-        return FileError(tokenizer_config, absl::StrCat("eos_token '", s, "' not in vocab"));
-    } else if (tokenizer_config.empty()) {
-      im->eos = find_special({"</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"});
-    }
-    auto in = [](const std::vector<int32_t>& v, int32_t x) {
-      return x >= 0 && std::find(v.begin(), v.end(), x) != v.end();
-    };
-    if (cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean() && im->bos >= 0) {
-      const bool want = cfg["add_bos_token"].get<bool>();
-      if (want && !in(im->prefix, im->bos)) im->prefix.insert(im->prefix.begin(), im->bos);
-      if (!want) std::erase(im->prefix, im->bos);
-    }
-    if (cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean() && im->eos >= 0) {
-      const bool want = cfg["add_eos_token"].get<bool>();
-      if (want && !in(im->suffix, im->eos)) im->suffix.push_back(im->eos);
-      if (!want) std::erase(im->suffix, im->eos);
-    }
-    im->add_bos = in(im->prefix, im->bos);
-    im->add_eos = in(im->suffix, im->eos);
-    if (im->eos >= 0) im->eos_list.push_back(im->eos);
-    for (const char* nm : {"<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>",
-                           "<|endoftext|>", "<|end_of_text|>"}) {
-      const int32_t id = find_special({nm});
-      if (id >= 0 && !in(im->eos_list, id)) im->eos_list.push_back(id);
-    }
-    if (cfg.contains("chat_template")) {
-      const json& ct = cfg["chat_template"];
-      if (ct.is_string()) {
-        im->chat_template = ct.get<std::string>();
-      } else if (ct.is_array()) {
-        for (const auto& e : ct) {
-          if (e.value("name", std::string()) == "default")
-            im->chat_template = e.at("template").get<std::string>();
-        }
-      } else if (!ct.is_null()) {
-        return FileError(tokenizer_config, "chat_template is neither a string nor a list");
-      }
-    } else if (!tokenizer_config.empty()) {
-      const auto jinja =
-          std::filesystem::path(tokenizer_config).parent_path() / "chat_template.jinja";
-      std::error_code ec;
-      if (std::filesystem::exists(jinja, ec)) {
-        TESSERA_ASSIGN_OR_RETURN(im->chat_template, ReadFileToString(jinja.string()));
-      }
-    }
-  } catch (const json::exception& e) {
-    return FileError(tokenizer_config, absl::StrCat("unexpected content: ", e.what()));
-  }
+  TESSERA_RETURN_IF_ERROR(ApplyTokenizerConfig(im.get(), cfg, tokenizer_config));
   TESSERA_RETURN_IF_ERROR(im->Finalize(path));
   return Tokenizer(std::move(im));
 }

@@ -1,0 +1,47 @@
+// tessera serve: an OpenAI- and Ollama-compatible HTTP server over runtime-lite.
+//
+// One port serves both API styles: /v1/* (OpenAI shapes and errors) and /api/* (Ollama shapes
+// and errors), plus /health, /metrics, /tokenize, /detokenize, /apply-template and /props.
+// Every model gets a scheduler thread doing continuous batching (scheduler.h).
+//
+// Policies (documented in docs/SERVING-TESSERA.md):
+//  - Names are `name:tag` (package directory name unless --name; tag `latest` by default); `x`
+//    and `x:latest` are accepted everywhere.
+//  - Context: a chat keeps its first system message and drops the oldest whole turns until the
+//    prompt fits in n_ctx - reserve, where reserve = min(max_tokens, n_ctx / 2) when the request
+//    sets a token limit and 1 otherwise. If the system message and the last message alone do not
+//    fit: 400 context_length_exceeded. Completion prompts are never truncated (400 instead).
+//    Usage counts the prompt actually used.
+//  - Embeddings: mean over the prompt tokens of the final hidden state (after the final norm);
+//    /v1/embeddings and /api/embed return it L2-normalised, the legacy /api/embeddings raw.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace tessera::server {
+
+struct ServeOptions {
+  std::vector<std::string> packages;
+  std::vector<std::string> names;  // --name, one per package (optional)
+  std::string host = "127.0.0.1";
+  int port = 11434;                // 0: any free port (printed)
+  std::string api_key;
+  int parallel = 4;                // 1..16
+  int max_queue = 32;
+  int64_t n_ctx = 0;               // 0: the model's max_ctx
+  std::string chat_template_file;  // overrides the models' templates
+  std::string memory = "mmap";     // mmap | full | stream
+  size_t max_body_bytes = 16u << 20;
+  int timeout_seconds = 600;       // read/write timeout per socket operation
+  double shutdown_grace_seconds = 5.0;
+  bool quiet = false;
+};
+
+// Loads the models, listens and serves until SIGINT/SIGTERM. Prints
+// "tessera serve: listening on http://HOST:PORT" to stderr once ready.
+absl::Status RunServer(const ServeOptions& opts);
+
+}  // namespace tessera::server
