@@ -919,6 +919,31 @@ class Lexer {
     const size_t n = src_.size();
     const size_t start = p;
     const bool after_dot = !out_.empty() && out_.back().type == Tok::kOp && out_.back().text == ".";
+    if (src_[p] == '0' && p + 2 < n) {  // 0x / 0o / 0b integers (underscores allowed)
+      const char r = static_cast<char>(src_[p + 1] | 0x20);
+      const int base = r == 'x' ? 16 : r == 'o' ? 8 : r == 'b' ? 2 : 0;
+      auto is_digit = [base](char c) {
+        int v = std::isdigit(static_cast<unsigned char>(c)) ? c - '0'
+                : std::isxdigit(static_cast<unsigned char>(c)) ? (c | 0x20) - 'a' + 10 : 99;
+        return v < base;
+      };
+      if (base && is_digit(src_[p + 2])) {
+        size_t q = p + 2;
+        std::string digits;
+        while (q < n && (is_digit(src_[q]) || (src_[q] == '_' && q + 1 < n && is_digit(src_[q + 1])))) {
+          if (src_[q] != '_') digits.push_back(src_[q]);
+          ++q;
+        }
+        Token t;
+        t.type = Tok::kInt;
+        t.text = src_.substr(p, q - p);
+        Locate(start, &t.line, &t.col);
+        auto r2 = std::from_chars(digits.data(), digits.data() + digits.size(), t.ival, base);
+        if (r2.ec != std::errc()) FailAtPos(start, "integer literal out of range");
+        out_.push_back(std::move(t));
+        return q;
+      }
+    }
     auto digits = [&](size_t q) {
       while (q < n && ((src_[q] >= '0' && src_[q] <= '9') ||
                        (src_[q] == '_' && q + 1 < n && src_[q + 1] >= '0' && src_[q + 1] <= '9')))
@@ -3188,6 +3213,9 @@ bool ApplyTest(const std::string& name, const Value& v, ValueList& a) {
   if (al != TestAliases().end()) n = al->second;
   auto it = Tests().find(n);
   if (it == Tests().end()) Fail("no test named '" + name + "'");
+  static const char* kWithArg[] = {"sameas", "in", "divisibleby", "eq", "ne", "lt", "le", "gt", "ge"};
+  if (!a.empty() && std::none_of(std::begin(kWithArg), std::end(kWithArg), [&](const char* t) { return n == t; }))
+    Fail("test '" + name + "' takes no arguments");
   return it->second(v, a);
 }
 
