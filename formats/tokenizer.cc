@@ -1518,6 +1518,222 @@ absl::StatusOr<Tokenizer> Tokenizer::FromHuggingFace(const std::string& tokenize
 }
 
 // ---------------------------------------------------------------------------------------------
+// SentencePiece tokenizer.model (protobuf ModelProto, read with a minimal wire-format parser).
+
+namespace {
+
+// Protobuf wire format reader over a byte range.
+class PbReader {
+ public:
+  explicit PbReader(std::string_view d) : d_(d) {}
+  bool done() const { return pos_ >= d_.size(); }
+  bool Varint(uint64_t* v) {
+    *v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+      if (pos_ >= d_.size()) return false;
+      const auto b = static_cast<unsigned char>(d_[pos_++]);
+      *v |= static_cast<uint64_t>(b & 0x7F) << shift;
+      if ((b & 0x80) == 0) return true;
+    }
+    return false;
+  }
+  // Next field: number, wire type; for type 2 *bytes is the payload, for 0 *v, for 5 *v (32 bits),
+  // for 1 *v (64 bits).
+  bool Next(uint32_t* field, uint32_t* wt, uint64_t* v, std::string_view* bytes) {
+    uint64_t key;
+    if (!Varint(&key)) return false;
+    *field = static_cast<uint32_t>(key >> 3);
+    *wt = static_cast<uint32_t>(key & 7);
+    switch (*wt) {
+      case 0:
+        return Varint(v);
+      case 1:
+      case 5: {
+        const size_t n = *wt == 1 ? 8 : 4;
+        if (pos_ + n > d_.size()) return false;
+        *v = 0;
+        for (size_t k = 0; k < n; ++k) {
+          *v |= static_cast<uint64_t>(static_cast<unsigned char>(d_[pos_ + k])) << (8 * k);
+        }
+        pos_ += n;
+        return true;
+      }
+      case 2: {
+        uint64_t len;
+        if (!Varint(&len) || len > d_.size() - pos_) return false;
+        *bytes = d_.substr(pos_, len);
+        pos_ += len;
+        return true;
+      }
+      default:
+        return false;  // groups (3/4) are not used by sentencepiece_model.proto
+    }
+  }
+
+ private:
+  std::string_view d_;
+  size_t pos_ = 0;
+};
+
+struct SpPiece {
+  std::string piece;
+  float score = 0;
+  int type = 1;  // NORMAL=1 UNKNOWN=2 CONTROL=3 USER_DEFINED=4 UNUSED=5 BYTE=6
+};
+
+struct SpModel {
+  std::vector<SpPiece> pieces;
+  int model_type = 1;  // UNIGRAM=1 BPE=2 WORD=3 CHAR=4
+  bool byte_fallback = false;
+  int64_t unk_id = 0, bos_id = 1, eos_id = 2;
+  bool add_dummy_prefix = true;
+};
+
+bool ParseSpModel(std::string_view data, SpModel* m) {
+  PbReader r(data);
+  uint32_t f, wt;
+  uint64_t v;
+  std::string_view b;
+  while (!r.done()) {
+    if (!r.Next(&f, &wt, &v, &b)) return false;
+    if (f == 1 && wt == 2) {  // SentencePiece
+      SpPiece p;
+      PbReader pr(b);
+      while (!pr.done()) {
+        if (!pr.Next(&f, &wt, &v, &b)) return false;
+        if (f == 1 && wt == 2) p.piece.assign(b);
+        if (f == 2 && wt == 5) {
+          const auto u = static_cast<uint32_t>(v);
+          std::memcpy(&p.score, &u, sizeof(float));
+        }
+        if (f == 3 && wt == 0) p.type = static_cast<int>(v);
+      }
+      m->pieces.push_back(std::move(p));
+    } else if (f == 2 && wt == 2) {  // TrainerSpec
+      PbReader tr(b);
+      while (!tr.done()) {
+        if (!tr.Next(&f, &wt, &v, &b)) return false;
+        if (wt != 0) continue;
+        const auto iv = static_cast<int64_t>(static_cast<int32_t>(v));
+        if (f == 3) m->model_type = static_cast<int>(v);
+        if (f == 35) m->byte_fallback = v != 0;
+        if (f == 40) m->unk_id = iv;
+        if (f == 41) m->bos_id = iv;
+        if (f == 42) m->eos_id = iv;
+      }
+    } else if (f == 3 && wt == 2) {  // NormalizerSpec
+      PbReader nr(b);
+      while (!nr.done()) {
+        if (!nr.Next(&f, &wt, &v, &b)) return false;
+        if (f == 3 && wt == 0) m->add_dummy_prefix = v != 0;
+      }
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<Tokenizer> Tokenizer::FromSentencePiece(const std::string& model_path,
+                                                       const std::string& tokenizer_config) {
+  const std::string& path = model_path;
+  TESSERA_ASSIGN_OR_RETURN(std::string data, ReadFileToString(path));
+  SpModel sp;
+  if (!ParseSpModel(data, &sp) || sp.pieces.empty()) {
+    return FileError(path, "not a SentencePiece model (invalid or empty ModelProto)");
+  }
+  if (sp.model_type != 2) {
+    return FileError(path, absl::StrCat("unsupported SentencePiece model type ", sp.model_type,
+                                        sp.model_type == 1 ? " (Unigram)" : "",
+                                        " (supported: BPE)"));
+  }
+  json cfg = json::object();
+  if (!tokenizer_config.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(cfg, ReadJsonFile(tokenizer_config));
+    if (!cfg.is_object()) return FileError(tokenizer_config, "top level is not a JSON object");
+  }
+  auto im = std::make_shared<Impl>();
+  const int32_t n = static_cast<int32_t>(sp.pieces.size());
+  im->pieces.resize(n);
+  im->scores.assign(n, 0.0f);
+  im->flags.assign(n, 0);
+  absl::flat_hash_map<std::string, int32_t> vocab;
+  for (int32_t id = 0; id < n; ++id) {
+    const SpPiece& p = sp.pieces[id];
+    im->pieces[id] = p.piece;
+    uint16_t fl = kFlagModel;
+    if (ParseByteToken(p.piece) >= 0) fl |= kFlagByte;
+    if (p.type == 2 || p.type == 3) fl |= kFlagAdded | kFlagSpecial;
+    if (p.type == 4) fl |= kFlagAdded;
+    if (p.piece.empty() && (fl & kFlagAdded)) fl &= ~(kFlagAdded | kFlagSpecial);
+    im->flags[id] = fl;
+    vocab.try_emplace(p.piece, id);
+  }
+  // transformers SentencePieceExtractor: for every piece (in id order), its splits into two vocab
+  // pieces (in split-position order); all merges stably sorted by the piece score, descending.
+  struct M {
+    int32_t l, r;
+    float score;
+  };
+  std::vector<M> merges;
+  for (int32_t id = 0; id < n; ++id) {
+    const std::string& s = sp.pieces[id].piece;
+    std::vector<M> local;
+    for (size_t k = 1; k < s.size(); ++k) {
+      if ((static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) continue;  // split on characters
+      auto li = vocab.find(s.substr(0, k)), ri = vocab.find(s.substr(k));
+      if (li != vocab.end() && ri != vocab.end()) {
+        local.push_back({li->second, ri->second, sp.pieces[id].score});
+      }
+    }
+    merges.insert(merges.end(), local.begin(), local.end());
+  }
+  std::stable_sort(merges.begin(), merges.end(),
+                   [](const M& a, const M& b) { return a.score > b.score; });
+  im->merges.reserve(merges.size());
+  for (const M& m : merges) im->merges.emplace_back(m.l, m.r);
+  im->byte_fallback = sp.byte_fallback;
+  im->fuse_unk = true;
+  // The converted tokenizer.json has unk_token null with byte fallback (every character has
+  // bytes); without byte fallback unknown characters map to the unk piece.
+  im->unk_id = (!sp.byte_fallback && sp.unk_id >= 0 && sp.unk_id < n)
+                   ? static_cast<int32_t>(sp.unk_id)
+                   : -1;
+  Impl::PreStep ms{};
+  ms.kind = Impl::PreStep::kMetaspace;
+  ms.a = "\xE2\x96\x81";
+  ms.prepend = sp.add_dummy_prefix ? Prepend::kFirst : Prepend::kNever;
+  ms.split = false;
+  im->pre.push_back(std::move(ms));
+  if (sp.bos_id >= 0 && sp.bos_id < n) im->prefix.push_back(static_cast<int32_t>(sp.bos_id));
+  using Step = Impl::Step;
+  Step rep{};
+  rep.kind = Step::kReplace;
+  rep.a = "\xE2\x96\x81";
+  rep.b = " ";
+  im->decoder.push_back(rep);
+  Step bf{};
+  bf.kind = Step::kByteFallback;
+  im->decoder.push_back(bf);
+  Step fu{};
+  fu.kind = Step::kFuse;
+  im->decoder.push_back(fu);
+  Step st{};
+  st.kind = Step::kStrip;
+  st.a = " ";
+  st.start = sp.add_dummy_prefix ? 1 : 0;
+  im->decoder.push_back(st);
+  // Without a tokenizer_config, bos/eos come from the trainer spec.
+  if (tokenizer_config.empty()) {
+    if (sp.bos_id >= 0 && sp.bos_id < n) cfg["bos_token"] = sp.pieces[sp.bos_id].piece;
+    if (sp.eos_id >= 0 && sp.eos_id < n) cfg["eos_token"] = sp.pieces[sp.eos_id].piece;
+  }
+  TESSERA_RETURN_IF_ERROR(ApplyTokenizerConfig(im.get(), cfg, tokenizer_config));
+  TESSERA_RETURN_IF_ERROR(im->Finalize(path));
+  return Tokenizer(std::move(im));
+}
+
+// ---------------------------------------------------------------------------------------------
 // tokenizer.txt
 
 std::string Tokenizer::Serialize() const {

@@ -80,6 +80,14 @@ class Tokenizer {
   // without a chat_template there, a sibling chat_template.jinja is used if it exists.
   static absl::StatusOr<Tokenizer> FromHuggingFace(const std::string& tokenizer_json,
                                                    const std::string& tokenizer_config);
+  // From a SentencePiece tokenizer.model (BPE model type only), converted like transformers'
+  // LlamaConverter (non-legacy): model vocab = all pieces (score 0), merges generated from the
+  // vocab ordered by the merged piece's score, byte_fallback from the trainer spec, Metaspace
+  // pre-tokenizer (prepend "first" if add_dummy_prefix, else "never"; no split), UNKNOWN/CONTROL
+  // pieces as special added tokens, USER_DEFINED pieces as added tokens, BOS prefix, decoder
+  // Replace/ByteFallback/Fuse/Strip. tokenizer_config as for FromHuggingFace ("" if absent).
+  static absl::StatusOr<Tokenizer> FromSentencePiece(const std::string& model_path,
+                                                     const std::string& tokenizer_config);
   // Lossless text serialization (tokenizer.txt, format above).
   absl::Status Save(const std::string& path) const;
   static absl::StatusOr<Tokenizer> Load(const std::string& path);

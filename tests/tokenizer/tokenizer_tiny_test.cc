@@ -365,3 +365,50 @@ TEST(TokenizerTxt, ByteLevelLines) {
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+// tokenizer.model converted like transformers' fast tokenizer == the shipped tokenizer.json.
+TEST(TokenizerSentencePiece, MatchesConvertedTokenizerJson) {
+  const std::string dir = kFixtures + "/stories260K/hf";
+  for (const std::string& cfg : {std::string(), dir + "/tokenizer_config.json"}) {
+    SCOPED_TRACE("config: " + cfg);
+    auto sp = Tokenizer::FromSentencePiece(dir + "/tokenizer.model", cfg);
+    ASSERT_TRUE(sp.ok()) << sp.status();
+    auto hf = Tokenizer::FromHuggingFace(dir + "/tokenizer.json", cfg);
+    ASSERT_TRUE(hf.ok()) << hf.status();
+    EXPECT_EQ(sp->Serialize(), hf->Serialize());
+    const json cases = ReadJson(kFixtures + "/stories260K/golden/tokenizer_cases.json")["cases"];
+    for (const auto& c : cases) {
+      const std::string text = c["text"];
+      SCOPED_TRACE("text: " + text);
+      EXPECT_EQ(sp->Encode(text, true), c["ids"].get<std::vector<int32_t>>());
+      EXPECT_EQ(sp->Decode(c["ids"].get<std::vector<int32_t>>(), true),
+                c["decode_skip_special"].get<std::string>());
+    }
+  }
+}
+
+TEST(TokenizerSentencePiece, Errors) {
+  const std::string path = TempPath("bad.model");
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f << "\xff\xff\xff";
+  }
+  auto tok = Tokenizer::FromSentencePiece(path, "");
+  ASSERT_FALSE(tok.ok());
+  EXPECT_NE(tok.status().message().find(path), std::string::npos) << tok.status();
+  // A Unigram model (trainer_spec.model_type = 1): one piece "a", then field 2 {field 3 = 1}.
+  {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f << std::string("\x0a\x08\x0a\x01" "a" "\x15\x00\x00\x00\x00" "\x12\x02\x18\x01", 16);
+  }
+  tok = Tokenizer::FromSentencePiece(path, "");
+  ASSERT_FALSE(tok.ok());
+  EXPECT_NE(tok.status().message().find("Unigram"), std::string::npos) << tok.status();
+  std::remove(path.c_str());
+}
+
+}  // namespace
+}  // namespace tessera
