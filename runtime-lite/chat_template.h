@@ -34,7 +34,9 @@ struct ChatTemplateOptions {
   std::string bos_token, eos_token;
   // Extra template variables (e.g. tools, enable_thinking, other special tokens); they override
   // the variables above. `tools` and `documents` default to None like in transformers.
-  nlohmann::json extra = nlohmann::json::object();
+  // ordered_json keeps object key order (it matters for `tools|tojson`); a nlohmann::json
+  // converts implicitly but arrives with sorted keys.
+  nlohmann::ordered_json extra = nlohmann::ordered_json::object();
 };
 
 namespace chat_internal {

@@ -206,6 +206,8 @@ TEST(Jinja, Expressions) {
             "a-3| 3.14|x   |1 and b");
   EXPECT_EQ(R("{{ range(5)|list }} {{ range(1, 10, 3)|list }} {{ dict(a=1, b=2) }}"),
             "[0, 1, 2, 3, 4] [1, 4, 7] {'a': 1, 'b': 2}");
+  EXPECT_EQ(R("{{ 1_000 }} {{ 0x1F }} {{ 0o17 }} {{ 0b101 }} {{ 1.5e3 }} {{ '\\x41\\u00e9\\101|' }}"),
+            "1000 31 15 5 1500.0 AéA|");
 }
 
 TEST(Jinja, Tests) {
@@ -291,6 +293,60 @@ TEST(Jinja, StringAndDictMethods) {
   EXPECT_EQ(R("{{ {'a': 1, 'b': 2}.keys()|list }} {{ {'a': 1}.values()|list }} {{ {'a': 1}.get('a') }} "
               "{{ {'a': 1}.get('b') }} {{ {'a': 1}.get('b', 5) }}"),
             "['a', 'b'] [1] 1 None 5");
+}
+
+// A tool-calling / reasoning template in the style of current Qwen/Phi templates: reverse loop with
+// a namespace, filtered loop, per-iteration scoping, split/strip/lstrip, tojson of ordered objects,
+// default filter, string-or-mapping tests. Expected output produced by jinja2 3.1 (transformers env).
+TEST(Jinja, ToolCallingTemplate) {
+  const std::string tmpl = R"TMPL({%- set ns = namespace(last_user=-1) %}
+{%- for m in messages[::-1] %}
+    {%- if ns.last_user < 0 and m.role == 'user' %}{% set ns.last_user = messages|length - 1 - loop.index0 %}{% endif %}
+{%- endfor %}
+{%- if tools %}
+<|system|>
+{{- messages[0].content if messages[0].role == 'system' else 'You can call tools.' }}
+# Tools
+{%- for t in tools %}
+{{ t | tojson }}
+{%- endfor %}<|end|>
+{%- endif %}
+{%- for m in messages if m.role != 'system' or not tools %}
+    {%- set content = m.content if m.content is string else '' %}
+    {%- if m.role == 'assistant' %}
+        {%- if '</think>' in content %}
+            {%- set think = content.split('</think>')[0].split('<think>')[-1].strip() %}
+            {%- set content = content.split('</think>')[-1].lstrip() %}
+        {%- endif %}
+<|assistant|>
+        {%- if think is defined and loop.index0 > ns.last_user %}<think>{{ think }}</think>{% endif %}
+        {{- content }}
+        {%- for call in m.tool_calls | default([]) %}
+            {%- set f = call.function if call.function is defined else call %}
+<tool_call>{"name": {{ f.name | tojson }}, "arguments": {{ f.arguments if f.arguments is string else f.arguments | tojson }}}</tool_call>
+        {%- endfor %}<|end|>
+    {%- elif m.role == 'tool' %}
+<|tool|>{{ content | trim }}<|end|>
+    {%- else %}
+<|{{ m.role }}|>{{ content | trim }}<|end|>
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+<|assistant|>
+{%- if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}
+{%- endif %})TMPL";
+  auto vars = nlohmann::ordered_json::parse(R"JSON({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": " Weather in Oslo? "}, {"role": "assistant", "content": null, "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo", "unit": "°C"}}}]}, {"role": "tool", "content": "{\"temp\": 5}\n"}, {"role": "assistant", "content": "<think> cold </think>\n\nIt is 5 °C."}], "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}], "add_generation_prompt": true, "enable_thinking": false})JSON");
+  EXPECT_EQ(R(tmpl, vars), R"OUT(<|system|>Be brief.
+# Tools{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}<|end|><|user|>Weather in Oslo?<|end|><|assistant|><tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "°C"}}</tool_call><|end|><|tool|>{"temp": 5}<|end|><|assistant|><think>cold</think>It is 5 °C.<|end|><|assistant|><think></think>)OUT");
+  // The same through Render() with options (tools/enable_thinking via `extra`).
+  auto t = ChatTemplate::Parse(tmpl);
+  ASSERT_TRUE(t.ok()) << t.status();
+  ChatTemplateOptions opts;
+  opts.extra = {{"tools", vars["tools"]}, {"enable_thinking", false}};
+  auto out = t->Render(vars["messages"], opts);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(*out, R"OUT(<|system|>Be brief.
+# Tools{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}<|end|><|user|>Weather in Oslo?<|end|><|assistant|><tool_call>{"name": "get_weather", "arguments": {"city": "Oslo", "unit": "°C"}}</tool_call><|end|><|tool|>{"temp": 5}<|end|><|assistant|><think>cold</think>It is 5 °C.<|end|><|assistant|><think></think>)OUT");
 }
 
 // ------------------------------------------------------------------------------- errors
