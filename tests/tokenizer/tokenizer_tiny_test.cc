@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <ostream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -49,6 +50,8 @@ struct TinyModel {
   std::vector<int32_t> more_eos;  // also in eos_ids()
   bool has_chat;
 };
+
+void PrintTo(const TinyModel& m, std::ostream* os) { *os << m.name; }
 
 class TinyTokenizer : public ::testing::TestWithParam<TinyModel> {
  protected:
