@@ -1,6 +1,8 @@
 #include "quantizer/quantize.h"
 
+#include <cstring>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
@@ -8,26 +10,64 @@
 #include "core/status.h"
 #include "core/thread_pool.h"
 #include "formats/package.h"
+#include "quantizer/imatrix.h"
 #include "quantizer/kernels/kernels.h"
+#include "quantizer/search.h"
 
 namespace tessera {
 namespace fs = std::filesystem;
 
-std::string RecipeName(const QuantizeOptions& o) {
-  switch (o.type) {
-    case QType::kI4Sym: return absl::StrCat("int4-g", o.group, "-sym");
-    case QType::kI4Asym: return absl::StrCat("int4-g", o.group, "-asym");
-    case QType::kI8: return absl::StrCat("int8-g", o.group);
-    default: return QTypeName(o.type);
+const char* QuantAlgorithmName(QuantAlgorithm a) {
+  switch (a) {
+    case QuantAlgorithm::kDefault: return "default";
+    case QuantAlgorithm::kRtn: return "rtn";
+    case QuantAlgorithm::kSearch: return "search";
   }
+  return "?";
+}
+
+bool QuantAlgorithmFromName(const std::string& name, QuantAlgorithm* out) {
+  for (QuantAlgorithm a : {QuantAlgorithm::kDefault, QuantAlgorithm::kRtn, QuantAlgorithm::kSearch}) {
+    if (name == QuantAlgorithmName(a)) {
+      *out = a;
+      return true;
+    }
+  }
+  return false;
+}
+
+namespace {
+TensorScheme LegacyScheme(const QuantizeOptions& o) {
+  TensorScheme s;
+  s.type = o.type;
+  s.group = IsQuantized(o.type) ? o.group : 0;
+  return s;
+}
+
+// The algorithm actually used for a scheme.
+QuantAlgorithm Effective(QuantAlgorithm a, const TensorScheme& s) {
+  const bool i4 = s.type == QType::kI4Sym || s.type == QType::kI4Asym;
+  if (!i4) return IsQuantized(s.type) ? QuantAlgorithm::kRtn : QuantAlgorithm::kDefault;
+  return a == QuantAlgorithm::kDefault ? QuantAlgorithm::kSearch : a;
+}
+}  // namespace
+
+std::string RecipeName(const QuantizeOptions& o) {
+  if (!o.recipe.empty()) return o.recipe;
+  return SchemeName(LegacyScheme(o));
 }
 
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeOptions& o) {
+  return QuantizeTensor(src, LegacyScheme(o), o.algorithm);
+}
+
+absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorScheme& scheme, QuantAlgorithm alg,
+                                          const float* act2) {
   TensorData d;
   d.name = src.name;
   d.shape = src.shape;
   const size_t rows = src.rows(), k = src.logical_cols();
-  const QType type = src.shape.size() == 2 ? o.type : QType::kF32;
+  const QType type = src.shape.size() == 2 ? scheme.type : QType::kF32;
   d.qtype = type;
   if (!IsQuantized(type)) {
     d.cols = k;
@@ -48,9 +88,10 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeO
     });
     return d;
   }
-  const size_t g = o.group;
+  const size_t g = scheme.group;
   if (g == 0 || g % 32 != 0 || (type != QType::kI8 && g > 128))
     return absl::InvalidArgumentError(absl::StrCat("unsupported group size ", g, " for ", QTypeName(type)));
+  const QuantAlgorithm eff = Effective(alg, scheme);
   const size_t kp = (k + g - 1) / g * g;
   d.group = static_cast<uint32_t>(g);
   d.cols = kp;
@@ -59,21 +100,36 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeO
   if (type == QType::kI4Asym) d.mins.resize(d.scales.size());
   const size_t ng = kp / g;
   ThreadPool::Global().ParallelFor(rows, 16, [&](size_t r0, size_t r1) {
-    std::vector<float> row(kp, 0.0f);
+    std::vector<float> row(kp, 0.0f), w(kp, 0.0f), a2;
+    const float* act = nullptr;
+    if (act2 != nullptr) {
+      a2.assign(kp, 0.0f);
+      std::copy(act2, act2 + k, a2.begin());
+      act = a2.data();
+    }
     for (size_t r = r0; r < r1; ++r) {
       src.RowToF32(r, row.data());
       uint16_t* sc = reinterpret_cast<uint16_t*>(d.scales.data()) + r * ng;
+      uint8_t* codes4 = d.data.data() + r * kp / 2;
+      if (eff == QuantAlgorithm::kSearch) quant::SearchWeights(row.data(), kp, k, act, w.data());
       switch (type) {
         case QType::kI8:
           kernels::QuantizeRowI8(row.data(), kp, g, reinterpret_cast<int8_t*>(d.data.data()) + r * kp, sc);
           break;
         case QType::kI4Sym:
-          kernels::QuantizeRowI4Sym(row.data(), kp, g, d.data.data() + r * kp / 2, sc);
+          if (eff == QuantAlgorithm::kSearch)
+            quant::QuantizeRowI4SymSearch_ref(row.data(), w.data(), kp, g, codes4, sc);
+          else
+            kernels::QuantizeRowI4Sym(row.data(), kp, g, codes4, sc);
           break;
-        default:
-          kernels::QuantizeRowI4Asym(row.data(), kp, g, d.data.data() + r * kp / 2, sc,
-                                     reinterpret_cast<uint16_t*>(d.mins.data()) + r * ng);
+        default: {
+          uint16_t* mn = reinterpret_cast<uint16_t*>(d.mins.data()) + r * ng;
+          if (eff == QuantAlgorithm::kSearch)
+            quant::QuantizeRowI4AsymSearch_ref(row.data(), w.data(), kp, g, codes4, sc, mn);
+          else
+            kernels::QuantizeRowI4Asym(row.data(), kp, g, codes4, sc, mn);
           break;
+        }
       }
     }
   });
@@ -81,15 +137,69 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeO
 }
 
 absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o) {
+  // Resolve the recipe and the overrides before touching anything.
+  TensorScheme default_scheme = LegacyScheme(o);
+  std::vector<QuantRule> overrides;
+  for (const std::string& s : o.overrides) {
+    TESSERA_ASSIGN_OR_RETURN(QuantRule r, ParseOverride(s));
+    overrides.push_back(std::move(r));
+  }
   TESSERA_ASSIGN_OR_RETURN(auto pkg, Package::Open(src_dir));
-  TESSERA_ASSIGN_OR_RETURN(auto writer, PackageWriter::Create(out_dir, o.force));
   const auto& cfg = pkg->config();
+  std::vector<QuantRule> rules;
+  if (!o.recipe.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(Recipe recipe, FindRecipe(o.recipe));
+    default_scheme = recipe.default_scheme;
+    rules = recipe.Rules(cfg.layers);
+  }
+  if (IsQuantized(default_scheme.type)) {
+    const size_t g = default_scheme.group;
+    if (g == 0 || g % 32 != 0 || (default_scheme.type != QType::kI8 && g > 128))
+      return absl::InvalidArgumentError(
+          absl::StrCat("unsupported group size ", g, " for ", QTypeName(default_scheme.type)));
+  }
+
+  // Calibration: activation statistics of the unquantized source model.
+  ActivationStats stats;
+  nlohmann::ordered_json calib_info;
+  if (!o.calib_text.empty()) {
+    TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, &calib_info));
+  }
+
+  TESSERA_ASSIGN_OR_RETURN(auto writer, PackageWriter::Create(out_dir, o.force));
   Progress progress("quantize", static_cast<size_t>(cfg.layers + 2));
+  nlohmann::ordered_json per_tensor = nlohmann::ordered_json::object();
+  std::map<std::string, size_t> scheme_weights;  // scheme name -> number of weights
+  uint64_t matrix_bytes = 0, matrix_weights = 0;
+  std::set<std::string> algorithms;
   auto do_pack = [&](const TensorPack& pack, const std::string& file, const std::string& role,
                      int64_t layer) -> absl::Status {
+    const std::string stem = fs::path(file).stem().string();
     std::vector<TensorData> out;
     for (const auto& t : pack.tensors()) {
-      TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, o));
+      const std::string key = stem + "/" + t.name;
+      const bool matrix = t.shape.size() == 2;
+      TensorScheme s{QType::kF32, 0};
+      if (matrix) s = ResolveScheme(default_scheme, rules, overrides, key);
+      // Activation statistics for this matrix's input (token_embd doubles as the output when tied).
+      std::string akey = key;
+      if (key == "embedding/token_embd" && cfg.tie_embeddings) akey = "lm/output";
+      const float* act2 = nullptr;
+      auto it = stats.mean_sq.find(akey);
+      if (it != stats.mean_sq.end() && it->second.size() == t.logical_cols()) act2 = it->second.data();
+      TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, s, o.algorithm, act2));
+      if (matrix) {
+        const QuantAlgorithm eff = Effective(o.algorithm, s);
+        const std::string alg = eff == QuantAlgorithm::kDefault ? "none" : QuantAlgorithmName(eff);
+        nlohmann::ordered_json e{{"scheme", SchemeName(s)}, {"algorithm", alg}};
+        if (eff == QuantAlgorithm::kSearch) e["weights"] = act2 ? "imatrix" : "x2";
+        per_tensor[key] = e;
+        algorithms.insert(alg);
+        const uint64_t bytes = q.data.size() + q.scales.size() + q.mins.size();
+        matrix_bytes += bytes;
+        matrix_weights += t.numel();
+        scheme_weights[SchemeName(s)] += t.numel();
+      }
       out.push_back(std::move(q));
     }
     TESSERA_RETURN_IF_ERROR(writer->WritePack(file, role, layer, out));
@@ -108,16 +218,32 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     m[k] = v;
   }
   m["producer"] = {{"tool", "tessera"}, {"version", kTesseraVersion}, {"cmdline", o.cmdline}};
-  nlohmann::ordered_json q{{"recipe", RecipeName(o)}, {"type", QTypeName(o.type)}};
-  if (IsQuantized(o.type)) {
-    q["group"] = o.group;
-    q["sym"] = o.type != QType::kI4Asym;
+  nlohmann::ordered_json q{{"recipe", RecipeName(o)}, {"type", QTypeName(default_scheme.type)}};
+  if (IsQuantized(default_scheme.type)) {
+    q["group"] = default_scheme.group;
+    q["sym"] = default_scheme.type != QType::kI4Asym;
     q["scale_dtype"] = "f16";
-    q["algorithm"] = "rtn";
-  } else {
-    q["algorithm"] = "none";
   }
-  q["base"] = {{"path", fs::absolute(src_dir).string()}, {"recipe", pkg->manifest().contains("quant") ? pkg->manifest()["quant"].value("recipe", "") : ""}};
+  // "rtn", "search", "none", or e.g. "rtn+search" for mixed recipes.
+  std::string alg;
+  for (const std::string& a : algorithms)
+    if (a != "none") absl::StrAppend(&alg, alg.empty() ? "" : "+", a);
+  q["algorithm"] = alg.empty() ? "none" : alg;
+  if (!overrides.empty()) {
+    nlohmann::ordered_json ov = nlohmann::ordered_json::array();
+    for (const auto& r : overrides) ov.push_back(r.text);
+    q["overrides"] = ov;
+  }
+  if (!calib_info.is_null()) q["calibration"] = calib_info;
+  q["bits_per_weight"] = matrix_weights ? 8.0 * static_cast<double>(matrix_bytes) / static_cast<double>(matrix_weights) : 0.0;
+  q["matrix_bytes"] = matrix_bytes;
+  q["matrix_weights"] = matrix_weights;
+  nlohmann::ordered_json mix = nlohmann::ordered_json::object();
+  for (const auto& [name, n] : scheme_weights) mix[name] = n;
+  q["weights_by_scheme"] = mix;
+  q["tensors"] = per_tensor;
+  q["base"] = {{"path", fs::absolute(src_dir).string()},
+               {"recipe", pkg->manifest().contains("quant") ? pkg->manifest()["quant"].value("recipe", "") : ""}};
   m["quant"] = q;
   return writer->Commit(std::move(m));
 }

@@ -1,24 +1,56 @@
-// Package -> package quantization (round to nearest, group-wise).
+// Package -> package quantization: recipes (quantizer/recipes.h), per-tensor overrides,
+// round-to-nearest or error-minimising scale search (quantizer/search.h), optionally weighted by
+// activation statistics collected on calibration text (quantizer/imatrix.h).
 #pragma once
 
+#include <map>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "formats/tensor_pack.h"
+#include "quantizer/recipes.h"
 
 namespace tessera {
 
+enum class QuantAlgorithm {
+  kDefault,  // search for int4 schemes, rtn for int8 / float
+  kRtn,      // round to nearest (kernels::QuantizeRow*)
+  kSearch,   // error-minimising scale (and min) search per group
+};
+const char* QuantAlgorithmName(QuantAlgorithm a);
+bool QuantAlgorithmFromName(const std::string& name, QuantAlgorithm* out);
+
 struct QuantizeOptions {
+  // Without a recipe: every matrix gets `type` / `group` (the pre-recipe CLI: --type/--group/--asym).
   QType type = QType::kI4Sym;  // kF32, kF16, kBF16, kI8, kI4Sym, kI4Asym
   uint32_t group = 32;         // for int8 / int4
+  std::string recipe;          // a name from AllRecipes(), or empty
+  std::vector<std::string> overrides;  // "PATTERN=SCHEME", applied after the recipe (last wins)
+  QuantAlgorithm algorithm = QuantAlgorithm::kDefault;
+  // Calibration (imatrix-style activation statistics of the unquantized source model).
+  std::string calib_text;      // path of a UTF-8 text file; empty: no calibration
+  int64_t calib_tokens = 0;    // 0: the whole file
+  int64_t calib_ctx = 0;       // 0: min(512, the model's context)
   bool force = false;
   std::string cmdline;
 };
 
-// The recipe name written to the manifest, e.g. "int4-g32-sym", "int8-g32", "bf16".
+// The recipe name written to the manifest, e.g. "int4-g32-sym", "int8-g32", "bf16", "int4-mixed".
 std::string RecipeName(const QuantizeOptions& o);
 
-// Quantizes one tensor. Matrices (2-D) get `o.type`; vectors stay F32.
+// Per-input-channel activation statistics: key ("block_3/ffn_down", "lm/output") -> mean(x^2)
+// over the calibration tokens, one value per input channel (logical K).
+struct ActivationStats {
+  std::map<std::string, std::vector<float>> mean_sq;
+  int64_t tokens = 0;
+};
+
+// Quantizes one tensor with `scheme` (matrices only; vectors stay F32). act2: mean(x^2) per
+// input channel (logical K values) or null.
+absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorScheme& scheme, QuantAlgorithm alg,
+                                          const float* act2 = nullptr);
+// Quantizes one tensor with `o.type` / `o.group` and `o.algorithm`.
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeOptions& o);
 
 absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o);

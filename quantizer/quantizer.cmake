@@ -1,2 +1,9 @@
-add_library(tessera_quantizer STATIC ${CMAKE_CURRENT_LIST_DIR}/quantize.cc)
-target_link_libraries(tessera_quantizer PUBLIC tessera_kernels tessera_formats tessera_core)
+# tessera_quantizer: recipes, RTN / error-minimising search quantization, calibration (imatrix).
+add_library(tessera_quantizer STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/quantize.cc
+  ${CMAKE_CURRENT_LIST_DIR}/recipes.cc
+  ${CMAKE_CURRENT_LIST_DIR}/search.cc
+  ${CMAKE_CURRENT_LIST_DIR}/imatrix.cc
+)
+# tessera_runtime (the forward pass) runs the source model for calibration.
+target_link_libraries(tessera_quantizer PUBLIC tessera_runtime tessera_kernels tessera_formats tessera_core)

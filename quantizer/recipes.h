@@ -1,0 +1,71 @@
+// Quantization recipes: which storage scheme every tensor of a package gets.
+//
+// A tensor is addressed by its key FILE_STEM/TENSOR_NAME, e.g. "embedding/token_embd",
+// "block_3/ffn_down", "lm/output". A recipe is a default scheme plus ordered glob rules
+// (the last matching rule wins); `--override PATTERN=SCHEME` rules are applied after the
+// recipe's own (again, the last match wins). A pattern without '/' matches either the file
+// stem or the tensor name ("lm=int8" or "ffn_down=int8"). Vectors (norms, biases) are
+// always f32 and never matched.
+//
+// Schemes: f32 | f16 | bf16 | int8[-gG] | int4[-gG][-sym|-asym]   (G: 32, 64, 128; int8 any
+// multiple of 32; int4 defaults to g32 sym, int8 to g32).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "formats/tensor_pack.h"
+
+namespace tessera {
+
+struct TensorScheme {
+  QType type = QType::kF32;
+  uint32_t group = 0;  // 0 for float types
+  bool operator==(const TensorScheme&) const = default;
+};
+
+// "int4-g32-sym", "int4-g64-asym", "int8-g32", "f16", ...
+std::string SchemeName(const TensorScheme& s);
+// Bits per weight of the stored planes (codes + f16 scales [+ f16 mins]), padding excluded.
+double SchemeBitsPerWeight(const TensorScheme& s);
+absl::StatusOr<TensorScheme> ParseScheme(const std::string& text);
+
+struct QuantRule {
+  std::string pattern;  // glob over FILE_STEM/TENSOR_NAME ('*' and '?' ; '*' crosses '/')
+  TensorScheme scheme;
+  std::string text;  // as written, "pattern=scheme"
+};
+
+// "PATTERN=SCHEME". Errors name the override.
+absl::StatusOr<QuantRule> ParseOverride(const std::string& text);
+
+bool GlobMatch(const std::string& pattern, const std::string& text);
+// Does `rule_pattern` select the tensor with this key (see the header comment)?
+bool PatternMatchesKey(const std::string& pattern, const std::string& key);
+
+struct Recipe {
+  std::string name;
+  std::string summary;  // one line: bits/weight, groups, which tensors get more bits
+  TensorScheme default_scheme;
+  bool int4_default = false;  // an int4 recipe (default algorithm: search)
+  // Rules for a model with `n_layers` blocks (some recipes depend on the layer index).
+  std::vector<QuantRule> Rules(int64_t n_layers) const;
+  std::vector<QuantRule> fixed_rules;
+  bool more_bits_layers = false;  // int4-mixed: llama.cpp's use_more_bits() layer pattern
+};
+
+const std::vector<Recipe>& AllRecipes();
+// Errors list the known recipe names.
+absl::StatusOr<Recipe> FindRecipe(const std::string& name);
+
+// The scheme for the matrix `key` given the recipe rules and the overrides (overrides win).
+TensorScheme ResolveScheme(const TensorScheme& default_scheme, const std::vector<QuantRule>& recipe_rules,
+                           const std::vector<QuantRule>& overrides, const std::string& key,
+                           std::string* matched_rule = nullptr);
+
+// Human-readable recipe list for --help.
+std::string RecipeHelp();
+
+}  // namespace tessera

@@ -1,0 +1,244 @@
+#include "quantizer/search.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/half.h"
+
+namespace tessera::quant {
+namespace {
+
+constexpr size_t kMaxGroup = 128;
+
+inline int RoundClamp(float v, float lo, float hi) {
+  v = std::min(std::max(v, lo), hi);
+  return static_cast<int>(std::nearbyint(v));
+}
+inline float Wt(const float* w, size_t i) { return w ? w[i] : 1.0f; }
+
+// f16 of a scale; -0 / underflow -> 0.
+inline uint16_t ScaleBits(float s) {
+  const uint16_t h = F32ToF16(s);
+  return F16ToF32(h) == 0.0f ? uint16_t{0} : h;
+}
+
+// ---- symmetric: x ~ l * d, l = q - 8 in [-8, 7] -------------------------------------------
+struct SymEval {
+  double err;
+  uint16_t h;
+  int l[kMaxGroup];
+};
+
+void EvalSym(const float* x, const float* w, size_t G, uint16_t h, SymEval* e) {
+  e->h = h;
+  const float d = F16ToF32(h);
+  double err = 0.0;
+  if (d == 0.0f) {
+    e->h = 0;
+    for (size_t i = 0; i < G; ++i) {
+      e->l[i] = 0;
+      err += static_cast<double>(Wt(w, i)) * x[i] * x[i];
+    }
+    e->err = err;
+    return;
+  }
+  const float inv = 1.0f / d;
+  for (size_t i = 0; i < G; ++i) {
+    const int l = RoundClamp(x[i] * inv, -8.0f, 7.0f);
+    e->l[i] = l;
+    const float diff = x[i] - static_cast<float>(l) * d;
+    err += static_cast<double>(Wt(w, i)) * diff * diff;
+  }
+  e->err = err;
+}
+
+// Weighted least-squares scale for fixed codes; false when undefined.
+bool RefitSym(const float* x, const float* w, size_t G, const int* l, uint16_t* h) {
+  double sxl = 0.0, sll = 0.0;
+  for (size_t i = 0; i < G; ++i) {
+    const double wi = Wt(w, i);
+    sxl += wi * x[i] * l[i];
+    sll += wi * l[i] * l[i];
+  }
+  if (!(sll > 0.0)) return false;
+  *h = ScaleBits(static_cast<float>(sxl / sll));
+  return *h != 0;
+}
+
+void SearchGroupSym(const float* x, const float* w, size_t G, uint8_t* codes, uint16_t* scale) {
+  float vmax = -INFINITY, amax = 0.0f;
+  for (size_t i = 0; i < G; ++i) {
+    vmax = std::max(vmax, x[i]);
+    amax = std::max(amax, std::fabs(x[i]));
+  }
+  const float m = (vmax >= amax) ? amax : -amax;
+  SymEval best, cur;
+  EvalSym(x, w, G, ScaleBits(m / -8.0f), &best);  // RTN first
+  if (amax > 0.0f && best.h != 0) {
+    auto consider = [&](uint16_t h) {
+      if (h == 0) return;
+      EvalSym(x, w, G, h, &cur);
+      if (cur.err < best.err) best = cur;
+      uint16_t h2;
+      if (RefitSym(x, w, G, cur.l, &h2) && h2 != cur.h) {
+        EvalSym(x, w, G, h2, &cur);
+        if (cur.err < best.err) best = cur;
+      }
+    };
+    // Extreme mapped to -(8 + t) (clipping when t > 0) and to +(7 + t).
+    for (int k = -12; k <= 16; ++k) consider(ScaleBits(m / -(8.0f + 0.125f * static_cast<float>(k))));
+    for (int k = -8; k <= 16; ++k) consider(ScaleBits(m / (7.0f + 0.125f * static_cast<float>(k))));
+    // Polish the winner: alternate codes <-> least-squares scale while it improves.
+    for (int it = 0; it < 4; ++it) {
+      uint16_t h2;
+      if (!RefitSym(x, w, G, best.l, &h2) || h2 == best.h) break;
+      EvalSym(x, w, G, h2, &cur);
+      if (!(cur.err < best.err)) break;
+      best = cur;
+    }
+  }
+  *scale = best.h;
+  const size_t half = G / 2;
+  for (size_t j = 0; j < half; ++j)
+    codes[j] = static_cast<uint8_t>((best.l[j] + 8) | ((best.l[j + half] + 8) << 4));
+}
+
+// ---- asymmetric: x ~ q * s + mn, q in [0, 15] ----------------------------------------------
+struct AsymEval {
+  double err;
+  uint16_t hs, hm;
+  int q[kMaxGroup];
+};
+
+void EvalAsym(const float* x, const float* w, size_t G, uint16_t hs, uint16_t hm, AsymEval* e) {
+  e->hs = hs;
+  e->hm = hm;
+  const float s = F16ToF32(hs), mn = F16ToF32(hm);
+  double err = 0.0;
+  const float inv = s != 0.0f ? 1.0f / s : 0.0f;
+  for (size_t i = 0; i < G; ++i) {
+    const int q = s != 0.0f ? RoundClamp((x[i] - mn) * inv, 0.0f, 15.0f) : 0;
+    e->q[i] = q;
+    const float p = static_cast<float>(q) * s;  // two roundings, as the dequantizer
+    const float diff = x[i] - (p + mn);
+    err += static_cast<double>(Wt(w, i)) * diff * diff;
+  }
+  e->err = err;
+}
+
+bool RefitAsym(const float* x, const float* w, size_t G, const int* q, uint16_t* hs, uint16_t* hm) {
+  double a = 0, b = 0, c = 0, d = 0, e = 0;
+  for (size_t i = 0; i < G; ++i) {
+    const double wi = Wt(w, i), qi = q[i];
+    a += wi * qi * qi;
+    b += wi * qi;
+    c += wi;
+    d += wi * qi * x[i];
+    e += wi * x[i];
+  }
+  const double det = a * c - b * b;
+  if (!(det > 0.0)) return false;
+  const double s = (c * d - b * e) / det;
+  double mn = (a * e - b * d) / det;
+  if (!(s > 0.0)) return false;
+  *hs = ScaleBits(static_cast<float>(s));
+  if (*hs == 0) return false;
+  float mf = static_cast<float>(mn);
+  *hm = F32ToF16(mf == 0.0f ? 0.0f : mf);
+  if (F16ToF32(*hm) == 0.0f) *hm = 0;
+  return true;
+}
+
+void SearchGroupAsym(const float* x, const float* w, size_t G, uint8_t* codes, uint16_t* scale, uint16_t* min) {
+  float vmin = x[0], vmax = x[0];
+  for (size_t i = 0; i < G; ++i) {
+    vmin = std::min(vmin, x[i]);
+    vmax = std::max(vmax, x[i]);
+  }
+  if (vmin == 0.0f) vmin = 0.0f;
+  const uint16_t hmin = F32ToF16(vmin);
+  AsymEval best, cur;
+  EvalAsym(x, w, G, ScaleBits((vmax - vmin) / 15.0f), hmin, &best);  // RTN first
+  if (best.hs != 0) {
+    auto consider = [&](uint16_t hs, uint16_t hm) {
+      if (hs == 0) return;
+      EvalAsym(x, w, G, hs, hm, &cur);
+      if (cur.err < best.err) best = cur;
+      uint16_t hs2, hm2;
+      if (RefitAsym(x, w, G, cur.q, &hs2, &hm2) && (hs2 != cur.hs || hm2 != cur.hm)) {
+        EvalAsym(x, w, G, hs2, hm2, &cur);
+        if (cur.err < best.err) best = cur;
+      }
+    };
+    for (int k = -8; k <= 12; ++k)
+      consider(ScaleBits((vmax - vmin) / (15.0f + 0.125f * static_cast<float>(k))), hmin);
+    for (int it = 0; it < 4; ++it) {
+      uint16_t hs2, hm2;
+      if (!RefitAsym(x, w, G, best.q, &hs2, &hm2) || (hs2 == best.hs && hm2 == best.hm)) break;
+      EvalAsym(x, w, G, hs2, hm2, &cur);
+      if (!(cur.err < best.err)) break;
+      best = cur;
+    }
+  }
+  *scale = best.hs;
+  *min = best.hm;
+  const size_t half = G / 2;
+  for (size_t j = 0; j < half; ++j) codes[j] = static_cast<uint8_t>(best.q[j] | (best.q[j + half] << 4));
+}
+
+}  // namespace
+
+void QuantizeRowI4SymSearch_ref(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
+                                uint16_t* scales) {
+  for (size_t g = 0; g < n / group; ++g)
+    SearchGroupSym(x + g * group, w ? w + g * group : nullptr, group, codes + g * group / 2, scales + g);
+}
+
+void QuantizeRowI4AsymSearch_ref(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
+                                 uint16_t* scales, uint16_t* mins) {
+  for (size_t g = 0; g < n / group; ++g)
+    SearchGroupAsym(x + g * group, w ? w + g * group : nullptr, group, codes + g * group / 2, scales + g,
+                    mins + g);
+}
+
+double GroupErrorI4Sym(const float* x, const float* w, size_t group, const uint8_t* codes, uint16_t scale) {
+  const float d = F16ToF32(scale);
+  const size_t half = group / 2;
+  double err = 0.0;
+  for (size_t i = 0; i < group; ++i) {
+    const int c = i < half ? (codes[i] & 0xF) : (codes[i - half] >> 4);
+    const float diff = x[i] - static_cast<float>(c - 8) * d;
+    err += static_cast<double>(Wt(w, i)) * diff * diff;
+  }
+  return err;
+}
+
+double GroupErrorI4Asym(const float* x, const float* w, size_t group, const uint8_t* codes, uint16_t scale,
+                        uint16_t min) {
+  const float s = F16ToF32(scale), mn = F16ToF32(min);
+  const size_t half = group / 2;
+  double err = 0.0;
+  for (size_t i = 0; i < group; ++i) {
+    const int c = i < half ? (codes[i] & 0xF) : (codes[i - half] >> 4);
+    const float p = static_cast<float>(c) * s;
+    const float diff = x[i] - (p + mn);
+    err += static_cast<double>(Wt(w, i)) * diff * diff;
+  }
+  return err;
+}
+
+void SearchWeights(const float* x, size_t n, size_t k_logical, const float* act2, float* w) {
+  (void)x;
+  for (size_t i = 0; i < n; ++i) {
+    if (i >= k_logical) {
+      w[i] = 0.0f;
+    } else if (act2) {
+      w[i] = act2[i];
+    } else {
+      w[i] = 1.0f;
+    }
+  }
+}
+
+}  // namespace tessera::quant

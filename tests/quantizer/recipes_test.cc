@@ -1,0 +1,89 @@
+// Recipes, schemes, overrides and glob matching (quantizer/recipes.h).
+#include "gtest/gtest.h"
+#include "quantizer/recipes.h"
+
+namespace tessera {
+namespace {
+
+TEST(Scheme, ParsesAndNames) {
+  struct Case {
+    const char* in;
+    const char* name;
+  };
+  for (const Case& c : {Case{"int4", "int4-g32-sym"}, Case{"int4-g64", "int4-g64-sym"},
+                        Case{"int4-g128-asym", "int4-g128-asym"}, Case{"int4-asym", "int4-g32-asym"},
+                        Case{"int8", "int8-g32"}, Case{"int8-g256", "int8-g256"}, Case{"f16", "f16"},
+                        Case{"bf16", "bf16"}, Case{"f32", "f32"}}) {
+    auto s = ParseScheme(c.in);
+    ASSERT_TRUE(s.ok()) << c.in << ": " << s.status();
+    EXPECT_EQ(SchemeName(*s), c.name);
+    EXPECT_EQ(*ParseScheme(SchemeName(*s)), *s);
+  }
+  for (const char* bad : {"", "int3", "int4-g48", "int4-g256", "int8-asym", "f16-g32", "int4-g32-sym-x", "int4-g"}) {
+    auto s = ParseScheme(bad);
+    EXPECT_FALSE(s.ok()) << bad;
+  }
+  EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int4-g32")), 4.5);
+  EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int4-g64-asym")), 4.5);
+  EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int4-g128-asym")), 4.25);
+  EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int8")), 8.5);
+}
+
+TEST(Glob, Matches) {
+  EXPECT_TRUE(GlobMatch("block_*/ffn_down", "block_12/ffn_down"));
+  EXPECT_FALSE(GlobMatch("block_*/ffn_down", "block_12/ffn_up"));
+  EXPECT_TRUE(GlobMatch("block_?/attn_*", "block_3/attn_v"));
+  EXPECT_FALSE(GlobMatch("block_?/attn_*", "block_13/attn_v"));
+  EXPECT_TRUE(GlobMatch("*", "lm/output"));
+  EXPECT_TRUE(GlobMatch("*a*b*c", "xaxxbxxc"));
+  EXPECT_FALSE(GlobMatch("*a*b*c", "xaxxbxxcd"));
+  EXPECT_TRUE(PatternMatchesKey("lm", "lm/output"));
+  EXPECT_TRUE(PatternMatchesKey("ffn_down", "block_0/ffn_down"));
+  EXPECT_TRUE(PatternMatchesKey("block_1", "block_1/attn_q"));
+  EXPECT_FALSE(PatternMatchesKey("block_1", "block_11/attn_q"));
+  EXPECT_TRUE(PatternMatchesKey("embedding/token_embd", "embedding/token_embd"));
+  EXPECT_FALSE(PatternMatchesKey("embedding/output", "lm/output"));
+}
+
+TEST(Override, ParsesAndErrorsNameTheOverride) {
+  auto r = ParseOverride("block_*/ffn_down=int8");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->pattern, "block_*/ffn_down");
+  EXPECT_EQ(SchemeName(r->scheme), "int8-g32");
+  for (const char* bad : {"block_*/ffn_down", "=int8", "lm=", "lm=int5", "lm=int8=f16", "lm=int4-g96"}) {
+    auto b = ParseOverride(bad);
+    ASSERT_FALSE(b.ok()) << bad;
+    EXPECT_NE(std::string(b.status().message()).find(std::string("'") + bad + "'"), std::string::npos)
+        << b.status().message();
+    EXPECT_EQ(std::string(b.status().message()).find('\n'), std::string::npos);
+  }
+}
+
+TEST(Resolve, LastMatchWinsOverridesAfterRecipe) {
+  const TensorScheme def = *ParseScheme("int4-g32");
+  std::vector<QuantRule> recipe{*ParseOverride("lm/output=int8"), *ParseOverride("ffn_*=int4-g64-asym")};
+  std::vector<QuantRule> ov{*ParseOverride("block_*/ffn_down=f16"), *ParseOverride("block_2/*=bf16")};
+  std::string why;
+  EXPECT_EQ(SchemeName(ResolveScheme(def, recipe, ov, "lm/output", &why)), "int8-g32");
+  EXPECT_EQ(why, "lm/output=int8");
+  EXPECT_EQ(SchemeName(ResolveScheme(def, recipe, ov, "block_1/ffn_up")), "int4-g64-asym");
+  EXPECT_EQ(SchemeName(ResolveScheme(def, recipe, ov, "block_1/ffn_down")), "f16");
+  EXPECT_EQ(SchemeName(ResolveScheme(def, recipe, ov, "block_2/ffn_down")), "bf16");
+  EXPECT_EQ(SchemeName(ResolveScheme(def, recipe, ov, "block_1/attn_q", &why)), "int4-g32-sym");
+  EXPECT_EQ(why, "");
+}
+
+TEST(Recipes, KnownAndUnknown) {
+  for (const char* n : {"int4-g32", "int4-g64-asym", "int4-g128-asym", "int4-mixed", "int8", "f16", "bf16"})
+    EXPECT_TRUE(FindRecipe(n).ok()) << n;
+  auto r = FindRecipe("int3");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("int4-mixed"), std::string::npos);
+  EXPECT_EQ(SchemeName(FindRecipe("int4-g32")->default_scheme), "int4-g32-sym");
+  EXPECT_EQ(SchemeName(FindRecipe("int4-g64-asym")->default_scheme), "int4-g64-asym");
+  EXPECT_EQ(SchemeName(FindRecipe("int4-g128-asym")->default_scheme), "int4-g128-asym");
+  EXPECT_EQ(SchemeName(FindRecipe("int8")->default_scheme), "int8-g32");
+}
+
+}  // namespace
+}  // namespace tessera
