@@ -15,7 +15,6 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "converter/hf_converter.h"
-#include "converter/onnx_converter.h"
 #include "core/mapped_file.h"
 #include "core/npy.h"
 #include "core/progress.h"
@@ -25,6 +24,9 @@
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/quantize.h"
 #include "quantizer/recipes.h"
+#include "core/thread_pool.h"
+#include "runtime-lite/bench.h"
+#include "runtime-lite/chat.h"
 #include "runtime-lite/generate.h"
 #include "runtime-lite/model.h"
 #include "verify/perplexity.h"
@@ -89,23 +91,10 @@ absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t vocab) {
 
 // ---- convert ----
 struct ConvertArgs {
-  std::string src, out, tokenizer;
-  bool force = false, quiet = false;
+  std::string src, out;
+  bool force = false;
 };
 absl::Status RunConvert(const ConvertArgs& a) {
-  if (a.src.size() > 5 && a.src.compare(a.src.size() - 5, 5, ".onnx") == 0) {
-    tessera::OnnxConvertOptions o;
-    o.force = a.force;
-    o.cmdline = g_cmdline;
-    o.tokenizer_dir = a.tokenizer;
-    tessera::OnnxConvertReport report;
-    TESSERA_RETURN_IF_ERROR(tessera::ConvertOnnx(a.src, a.out, o, &report));
-    if (!a.quiet)
-      for (const auto& n : report.notes) std::fprintf(stderr, "onnx import: %s\n", n.c_str());
-    std::fprintf(stderr, "wrote %s\n", a.out.c_str());
-    return absl::OkStatus();
-  }
-  if (!a.tokenizer.empty()) return absl::InvalidArgumentError("--tokenizer applies to ONNX models (SRC ending in .onnx)");
   tessera::ConvertOptions o;
   o.force = a.force;
   o.cmdline = g_cmdline;
@@ -187,9 +176,52 @@ struct RunArgs {
   uint64_t seed = 0;
   bool seed_set = false, no_bos = false, quiet = false;
   std::string memory = "mmap";
+  bool chat = false;
+  std::string system, chat_template;
 };
+
+// Interactive multi-turn chat on stdin/stdout; the KV cache is kept across turns.
+absl::Status RunChat(const RunArgs& a, const tessera::Model& model) {
+  TESSERA_ASSIGN_OR_RETURN(auto tpl, tessera::LoadChatTemplate(model.tokenizer(), a.chat_template));
+  tessera::SamplingParams sp;
+  sp.temperature = a.temp;
+  sp.top_k = a.top_k;
+  sp.top_p = a.top_p;
+  sp.min_p = a.min_p;
+  sp.repeat_penalty = a.repeat_penalty;
+  sp.seed = a.seed_set ? a.seed : static_cast<uint64_t>(std::random_device{}());
+  tessera::ChatSession chat(model, std::move(tpl), a.ctx, sp);
+  if (!a.system.empty()) chat.AddMessage("system", a.system);
+  const bool tty = isatty(STDIN_FILENO);
+  if (tty && !a.quiet) std::fprintf(stderr, "chat with %s (Ctrl-D or /exit to quit)\n", a.pkg.c_str());
+  std::string line;
+  bool first = true;
+  for (;;) {
+    if (tty) {
+      std::fputs("> ", stdout);
+      std::fflush(stdout);
+    }
+    if (!std::getline(std::cin, line)) break;
+    if (line == "/exit" || line == "/quit") break;
+    if (line.empty()) continue;
+    if (first && !a.prompt.empty()) line = a.prompt + line;
+    first = false;
+    TESSERA_ASSIGN_OR_RETURN(std::string reply, chat.Reply(line, a.n, [](const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
+      std::fflush(stdout);
+      return true;
+    }));
+    std::fputc('\n', stdout);
+    std::fflush(stdout);
+    if (!a.quiet)
+      std::fprintf(stderr, "[%zu prompt tokens reused from the cache, %zu computed]\n", chat.last_reused(),
+                   chat.last_computed());
+  }
+  return absl::OkStatus();
+}
 absl::Status RunRun(const RunArgs& a) {
   TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, a.memory));
+  if (a.chat) return RunChat(a, *model);
   const auto& tok = model->tokenizer();
   std::vector<int32_t> prompt = tok.Encode(a.prompt, !a.no_bos);
   if (prompt.empty()) {
@@ -342,6 +374,88 @@ absl::Status RunVerify(const VerifyArgs& a) {
   return absl::OkStatus();
 }
 
+// ---- template ----
+struct TemplateArgs {
+  std::string pkg, messages, chat_template;
+  bool no_generation_prompt = false;
+};
+absl::Status RunTemplate(const TemplateArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto tok, tessera::Tokenizer::Load((fs::path(a.pkg) / "tokenizer.txt").string()));
+  TESSERA_ASSIGN_OR_RETURN(auto tpl, tessera::LoadChatTemplate(tok, a.chat_template));
+  TESSERA_ASSIGN_OR_RETURN(std::string text, tessera::ReadFileToString(a.messages));
+  nlohmann::ordered_json j;
+  try {
+    j = nlohmann::ordered_json::parse(text);
+  } catch (const std::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(a.messages, ": invalid JSON: ", e.what()));
+  }
+  // Either a list of messages or {"messages": [...], ...extra variables}.
+  nlohmann::ordered_json messages = j.is_object() && j.contains("messages") ? j["messages"] : j;
+  if (!messages.is_array())
+    return absl::InvalidArgumentError(absl::StrCat(a.messages, ": expected a JSON array of {role, content} messages"));
+  auto opts = tessera::ChatOptionsFor(tok, !a.no_generation_prompt);
+  if (j.is_object())
+    for (auto& [k, v] : j.items())
+      if (k != "messages") opts.extra[k] = v;
+  TESSERA_ASSIGN_OR_RETURN(std::string out, tpl.Render(messages, opts));
+  std::fwrite(out.data(), 1, out.size(), stdout);
+  return absl::OkStatus();
+}
+
+// ---- bench ----
+struct BenchArgs {
+  std::string pkg, memory = "mmap";
+  int pp = 128, tg = 64, reps = 5, threads = 0;
+  double bandwidth_gbs = 0;
+  bool json = false;
+};
+absl::Status RunBenchCmd(const BenchArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, a.memory));
+  tessera::BenchOptions o;
+  o.pp = a.pp;
+  o.tg = a.tg;
+  o.reps = std::max(1, a.reps);
+  TESSERA_ASSIGN_OR_RETURN(auto r, tessera::RunBench(*model, o));
+  const double gb_per_tok = static_cast<double>(r.weight_bytes_per_token) / 1e9;
+  const double roofline = a.bandwidth_gbs > 0 ? a.bandwidth_gbs / gb_per_tok : 0.0;
+  const std::string recipe = model->package().manifest().contains("quant")
+                                 ? model->package().manifest()["quant"].value("recipe", "") : "";
+  auto stat_json = [](const tessera::BenchStat& s) {
+    return nlohmann::ordered_json{{"median", s.median}, {"min", s.min}, {"max", s.max}, {"mean", s.mean},
+                                  {"sd", s.sd}, {"samples", s.samples}};
+  };
+  if (a.json) {
+    nlohmann::ordered_json j{{"package", a.pkg}, {"recipe", recipe}, {"memory", a.memory},
+                             {"threads", tessera::ThreadPool::Global().size()}, {"pp", a.pp}, {"tg", a.tg},
+                             {"reps", o.reps}, {"pp_tok_s", r.pp.median}, {"tg_tok_s", r.tg.median},
+                             {"pp_stats", stat_json(r.pp)}, {"tg_stats", stat_json(r.tg)},
+                             {"peak_rss_bytes", PeakRssBytes()}, {"weight_bytes_per_token", r.weight_bytes_per_token},
+                             {"kernels", tessera::kernels::ActiveTargetName()}};
+    if (roofline > 0) {
+      j["bandwidth_gbs"] = a.bandwidth_gbs;
+      j["tg_roofline_tok_s"] = roofline;
+      j["tg_share_of_roofline"] = r.tg.median / roofline;
+    }
+    if (model->package().streaming()) j["loader_stall_seconds"] = model->stream_stats().stall_seconds;
+    std::cout << j.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+  std::printf("package  %s (%s), %d threads, kernels %s, memory %s\n", a.pkg.c_str(), recipe.c_str(),
+              tessera::ThreadPool::Global().size(), tessera::kernels::ActiveTargetName(), a.memory.c_str());
+  auto line = [](const char* name, int n, const tessera::BenchStat& s) {
+    std::string samples;
+    for (double x : s.samples) absl::StrAppend(&samples, samples.empty() ? "" : ",", absl::StrFormat("%.2f", x));
+    std::printf("test=%s%d  tok/s median %.2f  min %.2f  max %.2f  sd %.2f  samples=%s\n", name, n, s.median, s.min,
+                s.max, s.sd, samples.c_str());
+  };
+  if (a.pp > 0) line("pp", a.pp, r.pp);
+  if (a.tg > 0) line("tg", a.tg, r.tg);
+  std::printf("weights  %.1f MB read per generated token", gb_per_tok * 1e3);
+  if (roofline > 0) std::printf(", roofline %.2f tok/s at %.2f GB/s -> %.1f %%", roofline, a.bandwidth_gbs, 100.0 * r.tg.median / roofline);
+  std::printf("\npeak RSS %.1f MiB\n", PeakRssBytes() / 1048576.0);
+  return absl::OkStatus();
+}
+
 // ---- inspect ----
 struct InspectArgs {
   std::string pkg;
@@ -412,13 +526,10 @@ int main(int argc, char** argv) {
 
   ConvertArgs ca;
   auto* conv = app.add_subcommand("convert", "Convert a Hugging Face model directory into a Tessera package");
-  conv->add_option("src", ca.src, "Hugging Face directory (config.json, *.safetensors, tokenizer.json) or MODEL.onnx")->required();
+  conv->add_option("src", ca.src, "Hugging Face directory (config.json, *.safetensors, tokenizer.json)")->required();
   conv->add_option("-o,--out", ca.out, "Output package directory")->required();
   conv->add_flag("--force", ca.force, "Replace OUT if it exists");
-  conv->add_option("--tokenizer", ca.tokenizer,
-                   "ONNX only: folder with tokenizer.json (default: beside the model, then its parent folder)");
-  conv->footer("Examples:\n  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32\n"
-               "  tessera convert ../shared/fixtures/stories260K/onnx/model.onnx --tokenizer ../shared/fixtures/stories260K/hf -o out/s260k-onnx");
+  conv->footer("Example:\n  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32");
 
   QuantizeArgs qa;
   auto* quant = app.add_subcommand("quantize", "Quantize a package (recipes: group-wise INT4/INT8, FP16, BF16, mixed)");
@@ -468,7 +579,10 @@ int main(int argc, char** argv) {
                   "full: read the package into RAM; mmap: map it (default); stream: at most two blocks "
                   "resident, loaded ahead on a thread, embedding rows read from disk")
       ->capture_default_str();
-  run->footer("Example:\n  tessera run out/s260k-f32 -p \"Once upon a time\" -n 252 --temp 0");
+  run->add_flag("--chat", ra.chat, "Interactive multi-turn chat with the model's chat template (stdin/stdout)");
+  run->add_option("--system", ra.system, "System message for --chat");
+  run->add_option("--chat-template", ra.chat_template, "Jinja chat template file (overrides the model's)");
+  run->footer("Examples:\n  tessera run out/s260k-f32 -p \"Once upon a time\" -n 252 --temp 0\n  tessera run out/qwen --chat --system \"You are terse.\"");
 
   LogitsArgs la;
   auto* lg = app.add_subcommand("logits", "Write fp32 logits [T, vocab] for token ids as .npy");
@@ -505,6 +619,26 @@ int main(int argc, char** argv) {
   vf->footer("Example:\n  tessera verify out/s260k-q4 --text ../shared/fixtures/text/tinystories_valid_sample.txt "
              "--ctx 128 --base out/s260k-f32 --json");
 
+  TemplateArgs tpa;
+  auto* tp = app.add_subcommand("template", "Print the prompt the model's chat template renders for a conversation");
+  tp->add_option("pkg", tpa.pkg, "Package directory")->required();
+  tp->add_option("--messages", tpa.messages, "JSON file: [{\"role\":..., \"content\":...}, ...]")->required();
+  tp->add_flag("--no-generation-prompt", tpa.no_generation_prompt, "Do not open an assistant turn at the end");
+  tp->add_option("--chat-template", tpa.chat_template, "Jinja chat template file (overrides the model's)");
+  tp->footer("Example:\n  tessera template out/qwen --messages chat.json > prompt.txt   (exact bytes, no newline added)");
+
+  BenchArgs ba;
+  auto* bn = app.add_subcommand("bench", "Prompt-processing and generation speed (llama-bench method)");
+  bn->add_option("pkg", ba.pkg, "Package directory")->required();
+  bn->add_option("--pp", ba.pp, "Prompt tokens per repetition (0 = skip)")->capture_default_str();
+  bn->add_option("--tg", ba.tg, "Generated tokens per repetition (0 = skip)")->capture_default_str();
+  bn->add_option("--reps", ba.reps, "Repetitions after one warm-up")->capture_default_str();
+  bn->add_option("--threads", ba.threads, "Threads (default: all cores)");
+  bn->add_option("--bandwidth", ba.bandwidth_gbs, "Memory read bandwidth in GB/s (e.g. from membw) for the roofline share");
+  bn->add_option("--memory", ba.memory, "full | mmap | stream")->capture_default_str();
+  bn->add_flag("--json", ba.json, "Print one JSON object (pp_tok_s, tg_tok_s, peak_rss_bytes, weight_bytes_per_token)");
+  bn->footer("Example:\n  tessera bench out/tinyllama-q4 --pp 128 --tg 64 --threads 2 --reps 5 --json");
+
   InspectArgs ia;
   auto* insp = app.add_subcommand("inspect", "Show a package's manifest, files and tensors (verifies checksums)");
   insp->add_option("pkg", ia.pkg, "Package directory")->required();
@@ -519,10 +653,8 @@ int main(int argc, char** argv) {
   tessera::Progress::SetQuiet(quiet);
   absl::Status st;
   try {
-    if (*conv) {
-      ca.quiet = quiet;
-      st = RunConvert(ca);
-    } else if (*quant) {
+    if (*conv) st = RunConvert(ca);
+    else if (*quant) {
       qa.type_set = type_opt->count() > 0;
       qa.group_set = group_opt->count() > 0;
       qa.quiet = quiet;
@@ -537,6 +669,11 @@ int main(int argc, char** argv) {
     else if (*dt) st = RunDetokenize(da);
     else if (*vf) st = RunVerify(va);
     else if (*insp) st = RunInspect(ia);
+    else if (*tp) st = RunTemplate(tpa);
+    else if (*bn) {
+      if (ba.threads > 0) setenv("TESSERA_THREADS", std::to_string(ba.threads).c_str(), 1);
+      st = RunBenchCmd(ba);
+    }
   } catch (const std::exception& e) {
     st = absl::InternalError(e.what());
   }

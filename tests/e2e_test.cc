@@ -13,6 +13,7 @@
 #include "formats/package.h"
 #include "gtest/gtest.h"
 #include "quantizer/quantize.h"
+#include "runtime-lite/chat.h"
 #include "runtime-lite/generate.h"
 #include "runtime-lite/model.h"
 #include "tests/testutil.h"
@@ -25,6 +26,7 @@ using testing::Fixture;
 using testing::ReadJson;
 using testing::RunTessera;
 using testing::TempDir;
+using testing::TesseraBin;
 
 // Packages are built once per test process and shared.
 class Packages {
@@ -608,6 +610,83 @@ TEST(MemoryModes, StreamReportsCorruptBlockWhenLoaded) {
     f.put('\x11');
   }
   ExpectOneLineError(RunTessera({"run", p, "-p", "Once", "-n", "2", "--memory", "stream"}), "block_2.bin");
+}
+
+
+// ---- chat templates: `tessera template` is byte-exact with transformers' apply_chat_template ----
+TEST(ChatTemplates, TemplateCommandMatchesTransformers) {
+  for (const char* m : {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma"}) {
+    const std::string pkg = Packages::Get().Converted(std::string("tiny/") + m);
+    const auto cases = ReadJson(Fixture(std::string("tiny/") + m + "/golden/chat_template_cases.json"));
+    ASSERT_FALSE(cases.empty());
+    for (size_t i = 0; i < cases.size(); ++i) {
+      TempDir tmp;
+      std::ofstream(tmp / "m.json") << cases[i]["messages"].dump();
+      std::vector<std::string> args = {"template", pkg, "--messages", tmp / "m.json"};
+      if (!cases[i].value("add_generation_prompt", true)) args.push_back("--no-generation-prompt");
+      auto r = RunTessera(args);
+      ASSERT_EQ(r.exit_code, 0) << m << ": " << r.err;
+      EXPECT_EQ(r.out, cases[i]["text"].get<std::string>()) << m << " case " << i;
+      // And as ids: the rendered text encoded without added specials.
+      auto tok = Tokenizer::Load(pkg + "/tokenizer.txt");
+      ASSERT_TRUE(tok.ok());
+      EXPECT_EQ(tok->Encode(r.out, false), cases[i]["ids"].get<std::vector<int32_t>>()) << m << " case " << i;
+    }
+  }
+}
+
+TEST(ChatTemplates, ModelWithoutTemplateNeedsOne) {
+  const std::string pkg = Packages::Get().Converted("stories260K/hf");
+  TempDir tmp;
+  std::ofstream(tmp / "m.json") << R"([{"role":"user","content":"hi"}])";
+  ExpectOneLineError(RunTessera({"template", pkg, "--messages", tmp / "m.json"}), "--chat-template");
+  std::ofstream(tmp / "t.jinja") << "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}";
+  auto r = RunTessera({"template", pkg, "--messages", tmp / "m.json", "--chat-template", tmp / "t.jinja"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "[user] hi\n");
+  std::ofstream(tmp / "bad.jinja") << "{% for m in messages %}";
+  ExpectOneLineError(RunTessera({"template", pkg, "--messages", tmp / "m.json", "--chat-template", tmp / "bad.jinja"}),
+                     "bad.jinja");
+}
+
+TEST(ChatTemplates, ChatSessionReusesTheKvCache) {
+  auto m = LoadModel(Packages::Get().Converted("tiny/qwen2"));
+  ASSERT_NE(m, nullptr);
+  auto tpl = LoadChatTemplate(m->tokenizer(), "");
+  ASSERT_TRUE(tpl.ok()) << tpl.status();
+  SamplingParams sp;
+  sp.temperature = 0;
+  ChatSession chat(*m, *tpl, 256, sp);
+  chat.AddMessage("system", "Be brief.");
+  auto nop = [](const std::string&) { return true; };
+  auto r1 = chat.Reply("Hello there", 8, nop);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(chat.last_reused(), 0u);
+  auto r2 = chat.Reply("And again?", 8, nop);
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  EXPECT_GT(chat.last_reused(), 10u);  // the first turn's prompt was not recomputed
+  // A fresh session on the same conversation (no reuse) gives the same second reply.
+  ChatSession fresh(*m, *tpl, 256, sp);
+  fresh.AddMessage("system", "Be brief.");
+  fresh.AddMessage("user", "Hello there");
+  fresh.AddMessage("assistant", *r1);
+  auto r2b = fresh.Reply("And again?", 8, nop);
+  ASSERT_TRUE(r2b.ok());
+  EXPECT_EQ(*r2b, *r2);
+  EXPECT_EQ(fresh.last_reused(), 0u);
+}
+
+TEST(ChatTemplates, RunChatCommand) {
+  const std::string pkg = Packages::Get().Converted("tiny/qwen2");
+  TempDir tmp;
+  std::ofstream(tmp / "in.txt") << "Hello there\nAnd again?\n";
+  // stdin from a file through a tiny shell wrapper.
+  const std::string cmd = TesseraBin() + " run " + pkg + " --chat -n 6 --temp 0 --quiet < " + (tmp / "in.txt") +
+                          " > " + (tmp / "out.txt");
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  auto out = ReadFileToString(tmp / "out.txt");
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(std::count(out->begin(), out->end(), '\n'), 2) << *out;  // one line per reply
 }
 
 }  // namespace
