@@ -436,9 +436,14 @@ absl::Status Importer::Attention(Block* b, const Norm& norm, const std::string& 
       } else if (op == "Add" || op == "Where") {
         // The mask operand is not derived from a MatMul; follow the one that is.
         std::string next;
+        int best = 0;
         for (int s = (op == "Where" ? 1 : 0); s < nd.input_size(); ++s) {
           const int q = m_.Producer(nd.input(s));
-          if (q >= 0 && (IsOp(q, "MatMul") || IsOp(q, "Mul") || IsOp(q, "Div") || IsOp(q, "Cast"))) next = nd.input(s);
+          const int rank = IsOp(q, "MatMul") ? 3 : (IsOp(q, "Mul") || IsOp(q, "Div")) ? 2 : IsOp(q, "Cast") ? 1 : 0;
+          if (rank > best) {
+            best = rank;
+            next = nd.input(s);
+          }
         }
         if (next.empty()) return Err(p, "expected the attention scores as one operand");
         cur = next;
@@ -1217,8 +1222,9 @@ absl::Status ConvertOnnx(const std::string& model_path, const std::string& out, 
     else recipe = stats.exact == 0 ? "f32" : "mixed";
     mj["quant"] = {{"recipe", recipe}, {"type", recipe}, {"algorithm", "onnxruntime-matmulnbits"},
                    {"import", {{"exact", stats.exact}, {"dequantized", stats.dequant}, {"tensors", stats.records}}}};
-    notes.push_back(absl::StrCat("MatMulNBits: ", stats.exact, " weights imported code for code (",
-                                 absl::StrJoin(stats.exact_schemes, ", "), "), ", stats.dequant, " dequantized to f32"));
+    notes.push_back(absl::StrCat("MatMulNBits: ", stats.exact, " weights imported code for code",
+                                 stats.exact ? " as " + absl::StrJoin(stats.exact_schemes, ", ") : std::string(), ", ",
+                                 stats.dequant, " dequantized to f32"));
     std::map<std::string, int> reasons;
     for (const auto& r : stats.records)
       if (r.contains("category")) reasons[r["category"].get<std::string>()]++;
