@@ -29,6 +29,7 @@
 #include "runtime-lite/chat.h"
 #include "runtime-lite/generate.h"
 #include "runtime-lite/model.h"
+#include "runtime-lite/server/server.h"
 #include "verify/perplexity.h"
 
 namespace fs = std::filesystem;
@@ -507,6 +508,12 @@ absl::Status RunInspect(const InspectArgs& a) {
   return absl::OkStatus();
 }
 
+// ---- serve ----
+absl::Status RunServe(tessera::server::ServeOptions o, bool quiet) {
+  o.quiet = quiet;
+  return tessera::server::RunServer(o);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -645,6 +652,23 @@ int main(int argc, char** argv) {
   insp->add_flag("--json", ia.json, "Print JSON");
   insp->footer("Example:\n  tessera inspect out/s260k-q4");
 
+  tessera::server::ServeOptions sa;
+  auto* srv = app.add_subcommand("serve", "Serve packages over HTTP (OpenAI- and Ollama-compatible APIs)");
+  srv->add_option("pkg", sa.packages, "Package directories")->required();
+  srv->add_option("--host", sa.host, "Address to listen on")->capture_default_str();
+  srv->add_option("--port", sa.port, "Port (0: any free port, printed at start)")->capture_default_str();
+  srv->add_option("--api-key", sa.api_key, "Require 'Authorization: Bearer KEY' on every route but /health");
+  srv->add_option("--parallel", sa.parallel, "Sequences decoded together per model (continuous batching, 1..16)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 16));
+  srv->add_option("--queue", sa.max_queue, "Requests waiting per model before 429")->capture_default_str();
+  srv->add_option("--ctx", sa.n_ctx, "Context size per sequence (default: the model's)");
+  srv->add_option("--name", sa.names, "Model name (name[:tag]) per package (default: directory name, tag latest)");
+  srv->add_option("--chat-template", sa.chat_template_file, "Jinja chat template file (overrides the models')");
+  srv->add_option("--memory", sa.memory, "mmap | full | stream")->capture_default_str();
+  srv->footer("Example:\n  tessera serve out/qwen2 --port 11434 --parallel 8\n"
+              "  curl localhost:11434/v1/chat/completions -d '{\"model\":\"qwen2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -669,6 +693,7 @@ int main(int argc, char** argv) {
     else if (*dt) st = RunDetokenize(da);
     else if (*vf) st = RunVerify(va);
     else if (*insp) st = RunInspect(ia);
+    else if (*srv) st = RunServe(sa, quiet);
     else if (*tp) st = RunTemplate(tpa);
     else if (*bn) {
       if (ba.threads > 0) setenv("TESSERA_THREADS", std::to_string(ba.threads).c_str(), 1);
