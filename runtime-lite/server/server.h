@@ -4,7 +4,7 @@
 // and errors), plus /health, /metrics, /tokenize, /detokenize, /apply-template and /props.
 // Every model gets a scheduler thread doing continuous batching (scheduler.h).
 //
-// Policies (documented in docs/SERVING-TESSERA.md):
+// Policies (documented in runtime-lite/server/README.md):
 //  - Names are `name:tag` (package directory name unless --name; tag `latest` by default); `x`
 //    and `x:latest` are accepted everywhere.
 //  - Context: a chat keeps its first system message and drops the oldest whole turns until the
