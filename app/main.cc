@@ -136,7 +136,9 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
     return absl::InvalidArgumentError("--asym applies to --type int4 only");
   for (const std::string& ov : a.overrides) TESSERA_RETURN_IF_ERROR(tessera::ParseOverride(ov).status());
   if (!tessera::QuantAlgorithmFromName(a.algorithm, &o.algorithm))
-    return absl::InvalidArgumentError(absl::StrCat("unknown --algorithm '", a.algorithm, "' (default, rtn, search)"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown --algorithm '", a.algorithm, "' (default, rtn, search, gptq)"));
+  if (a.calib.empty() && o.algorithm == tessera::QuantAlgorithm::kGptq)
+    return absl::InvalidArgumentError("--algorithm gptq needs --calib TEXT");
   if (!a.calib.empty() && o.algorithm == tessera::QuantAlgorithm::kRtn)
     return absl::InvalidArgumentError("--calib needs --algorithm search (RTN does not use activation statistics)");
   if (a.calib.empty() && (a.calib_tokens != 0 || a.calib_ctx != 0))
@@ -552,7 +554,8 @@ int main(int argc, char** argv) {
                     "e.g. 'block_*/ffn_down=int8', 'lm/output=int8', 'embedding/token_embd=f16'; without '/' it "
                     "matches the file stem or the tensor name ('lm=int8', 'attn_v=int4-g32-asym')");
   quant->add_option("--algorithm", qa.algorithm,
-                    "default (search for int4, rtn for int8) | rtn (round to nearest) | search (error-minimising scales)")
+                    "default (int4: gptq with --calib, else search; int8: rtn) | rtn (round to nearest) | search "
+                    "(error-minimising scales) | gptq (GPTQ error feedback over the calibration covariance)")
       ->capture_default_str();
   quant->add_option("--calib", qa.calib,
                     "Calibration text: run the source model on it and weight the search by per-channel activation "

@@ -7,13 +7,15 @@
 #include "core/mapped_file.h"
 #include "core/progress.h"
 #include "core/status.h"
+#include "core/thread_pool.h"
+#include "quantizer/kernels/kernels.h"
 #include "formats/package.h"
 #include "runtime-lite/model.h"
 
 namespace tessera {
 
 absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_dir, const QuantizeOptions& o,
-                                                       nlohmann::ordered_json* info) {
+                                                       bool want_cov, nlohmann::ordered_json* info) {
   TESSERA_ASSIGN_OR_RETURN(auto model, Model::Load(src_dir));
   TESSERA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(o.calib_text));
   TESSERA_ASSIGN_OR_RETURN(std::string hash, HashFile(o.calib_text));
@@ -29,11 +31,26 @@ absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_di
     return FileError(o.calib_text, absl::StrCat("calibration text has only ", tokens.size(), " tokens"));
 
   struct Acc {
-    std::vector<double> sum;
+    std::vector<double> sum, cov;
     int64_t n = 0;
   };
   std::map<std::string, Acc> acc;
+  // Matrices that read the same input (attn_q/k/v, ffn_gate/up) share one accumulator.
+  std::map<std::string, std::string> alias;
+  const float* last_x = nullptr;
+  size_t last_T = 0, last_k = 0;
+  std::string last_key;
+  std::vector<float> xt, prod;
   model->SetActivationObserver([&](const std::string& key, const float* x, size_t T, size_t ldx, size_t k) {
+    auto stem = [](const std::string& s) { return s.substr(0, s.find('/')); };
+    if (x == last_x && T == last_T && k == last_k && stem(key) == stem(last_key)) {
+      alias[key] = last_key;
+      return;
+    }
+    last_x = x;
+    last_T = T;
+    last_k = k;
+    last_key = key;
     Acc& a = acc[key];
     if (a.sum.size() < k) a.sum.resize(k, 0.0);
     for (size_t t = 0; t < T; ++t) {
@@ -41,6 +58,22 @@ absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_di
       for (size_t i = 0; i < k; ++i) a.sum[i] += static_cast<double>(row[i]) * row[i];
     }
     a.n += static_cast<int64_t>(T);
+    if (!want_cov) return;
+    // X^T X for this chunk with the SIMD matmul: W = X^T (k rows of T), activations = X^T.
+    xt.assign(k * T, 0.0f);
+    for (size_t t = 0; t < T; ++t)
+      for (size_t i = 0; i < k; ++i) xt[i * T + t] = x[t * ldx + i];
+    prod.assign(k * k, 0.0f);
+    kernels::WeightMatrix w;
+    w.type = kernels::WType::kF32;
+    w.data = xt.data();
+    w.rows = k;
+    w.cols = T;
+    ThreadPool::Global().ParallelFor(k, 8, [&](size_t r0, size_t r1) {
+      kernels::MatMul(w, xt.data(), k, T, prod.data(), k, r0, r1);
+    });
+    if (a.cov.empty()) a.cov.assign(k * k, 0.0);
+    for (size_t i = 0; i < k * k; ++i) a.cov[i] += prod[i];
   });
   const int32_t bos = model->tokenizer().bos_id() >= 0 ? model->tokenizer().bos_id() : c.bos_id;
   const size_t n_tok = tokens.size(), uctx = static_cast<size_t>(ctx);
@@ -53,6 +86,7 @@ absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_di
                                tokens.begin() + static_cast<std::ptrdiff_t>(std::min(n_tok, (ch + 1) * uctx)));
     if (bos >= 0 && model->tokenizer().add_bos()) chunk[0] = bos;
     TESSERA_RETURN_IF_ERROR(model->Forward(cache, chunk.data(), chunk.size(), 0, logits.data(), true));
+    last_x = nullptr;  // buffers of the next Forward may reuse addresses
     progress.Add();
   }
   progress.Finish();
@@ -61,9 +95,22 @@ absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_di
   ActivationStats st;
   st.tokens = static_cast<int64_t>(n_tok);
   for (auto& [key, a] : acc) {
+    const double inv_n = a.n ? 1.0 / static_cast<double>(a.n) : 0.0;
     std::vector<float> v(a.sum.size());
-    for (size_t i = 0; i < v.size(); ++i) v[i] = a.n ? static_cast<float>(a.sum[i] / static_cast<double>(a.n)) : 0.0f;
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(a.sum[i] * inv_n);
     st.mean_sq[key] = std::move(v);
+    if (!a.cov.empty()) {
+      // Symmetrise (the SIMD products of (i, j) and (j, i) may differ in the last bit).
+      const size_t k = a.sum.size();
+      std::vector<double> c(k * k);
+      for (size_t i = 0; i < k; ++i)
+        for (size_t j = 0; j < k; ++j) c[i * k + j] = 0.5 * (a.cov[i * k + j] + a.cov[j * k + i]) * inv_n;
+      st.cov[key] = std::move(c);
+    }
+  }
+  for (const auto& [key, target] : alias) {
+    st.mean_sq[key] = st.mean_sq[target];
+    if (st.cov.count(target)) st.cov[key] = st.cov[target];
   }
   *info = {{"file", std::filesystem::path(o.calib_text).filename().string()},
            {"path", std::filesystem::absolute(o.calib_text).string()},
@@ -72,7 +119,7 @@ absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_di
            {"tokens", st.tokens},
            {"ctx", ctx},
            {"chunks", n_chunks},
-           {"statistic", "mean(x^2) per input channel"}};
+           {"statistic", want_cov ? "mean(x^2) per input channel + E[x x^T] (GPTQ)" : "mean(x^2) per input channel"}};
   return st;
 }
 

@@ -15,9 +15,10 @@
 
 namespace tessera {
 
-// Uses o.calib_text / o.calib_tokens / o.calib_ctx. *info receives the manifest record:
-// {file, bytes, xxh3_64, tokens, ctx, chunks}.
+// Uses o.calib_text / o.calib_tokens / o.calib_ctx. With want_cov, also E[x x^T] per key (for
+// GPTQ; K x K doubles per matrix input). *info receives the manifest record:
+// {file, path, bytes, xxh3_64, tokens, ctx, chunks, statistic}.
 absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_dir, const QuantizeOptions& o,
-                                                       nlohmann::ordered_json* info);
+                                                       bool want_cov, nlohmann::ordered_json* info);
 
 }  // namespace tessera

@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "core/thread_pool.h"
 #include "formats/package.h"
+#include "quantizer/gptq.h"
 #include "quantizer/imatrix.h"
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/search.h"
@@ -22,12 +23,13 @@ const char* QuantAlgorithmName(QuantAlgorithm a) {
     case QuantAlgorithm::kDefault: return "default";
     case QuantAlgorithm::kRtn: return "rtn";
     case QuantAlgorithm::kSearch: return "search";
+    case QuantAlgorithm::kGptq: return "gptq";
   }
   return "?";
 }
 
 bool QuantAlgorithmFromName(const std::string& name, QuantAlgorithm* out) {
-  for (QuantAlgorithm a : {QuantAlgorithm::kDefault, QuantAlgorithm::kRtn, QuantAlgorithm::kSearch}) {
+  for (QuantAlgorithm a : {QuantAlgorithm::kDefault, QuantAlgorithm::kRtn, QuantAlgorithm::kSearch, QuantAlgorithm::kGptq}) {
     if (name == QuantAlgorithmName(a)) {
       *out = a;
       return true;
@@ -44,11 +46,13 @@ TensorScheme LegacyScheme(const QuantizeOptions& o) {
   return s;
 }
 
-// The algorithm actually used for a scheme.
-QuantAlgorithm Effective(QuantAlgorithm a, const TensorScheme& s) {
+// The algorithm actually used for a scheme (kGptq only where a covariance is available).
+QuantAlgorithm Effective(QuantAlgorithm a, const TensorScheme& s, bool have_cov) {
   const bool i4 = s.type == QType::kI4Sym || s.type == QType::kI4Asym;
   if (!i4) return IsQuantized(s.type) ? QuantAlgorithm::kRtn : QuantAlgorithm::kDefault;
-  return a == QuantAlgorithm::kDefault ? QuantAlgorithm::kSearch : a;
+  if (a == QuantAlgorithm::kDefault) return have_cov ? QuantAlgorithm::kGptq : QuantAlgorithm::kSearch;
+  if (a == QuantAlgorithm::kGptq && !have_cov) return QuantAlgorithm::kSearch;
+  return a;
 }
 }  // namespace
 
@@ -62,7 +66,7 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeO
 }
 
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorScheme& scheme, QuantAlgorithm alg,
-                                          const float* act2) {
+                                          const float* act2, const double* cov) {
   TensorData d;
   d.name = src.name;
   d.shape = src.shape;
@@ -91,7 +95,11 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
   const size_t g = scheme.group;
   if (g == 0 || g % 32 != 0 || (type != QType::kI8 && g > 128))
     return absl::InvalidArgumentError(absl::StrCat("unsupported group size ", g, " for ", QTypeName(type)));
-  const QuantAlgorithm eff = Effective(alg, scheme);
+  const QuantAlgorithm eff = Effective(alg, scheme, cov != nullptr);
+  quant::GptqFactor factor;
+  if (eff == QuantAlgorithm::kGptq) {
+    TESSERA_ASSIGN_OR_RETURN(factor, quant::GptqPrepare(cov, k));
+  }
   const size_t kp = (k + g - 1) / g * g;
   d.group = static_cast<uint32_t>(g);
   d.cols = kp;
@@ -112,6 +120,15 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
       uint16_t* sc = reinterpret_cast<uint16_t*>(d.scales.data()) + r * ng;
       uint8_t* codes4 = d.data.data() + r * kp / 2;
       if (eff == QuantAlgorithm::kSearch) quant::SearchWeights(row.data(), kp, k, act, w.data());
+      if (eff == QuantAlgorithm::kGptq) {
+        if (type == QType::kI4Sym) {
+          quant::QuantizeRowI4SymGptq_ref(row.data(), k, kp, g, factor, act2, codes4, sc);
+        } else {
+          quant::QuantizeRowI4AsymGptq_ref(row.data(), k, kp, g, factor, act2, codes4, sc,
+                                           reinterpret_cast<uint16_t*>(d.mins.data()) + r * ng);
+        }
+        continue;
+      }
       switch (type) {
         case QType::kI8:
           kernels::QuantizeRowI8(row.data(), kp, g, reinterpret_cast<int8_t*>(d.data.data()) + r * kp, sc);
@@ -146,11 +163,14 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   }
   TESSERA_ASSIGN_OR_RETURN(auto pkg, Package::Open(src_dir));
   const auto& cfg = pkg->config();
-  std::vector<QuantRule> rules;
+  std::vector<QuantRule> rules, upgrades;
+  double max_bpw = 0;
   if (!o.recipe.empty()) {
     TESSERA_ASSIGN_OR_RETURN(Recipe recipe, FindRecipe(o.recipe));
     default_scheme = recipe.default_scheme;
-    rules = recipe.Rules(cfg.layers);
+    rules = recipe.rules;
+    upgrades = recipe.upgrades;
+    max_bpw = recipe.max_bits_per_weight;
   }
   if (IsQuantized(default_scheme.type)) {
     const size_t g = default_scheme.group;
@@ -158,12 +178,24 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       return absl::InvalidArgumentError(
           absl::StrCat("unsupported group size ", g, " for ", QTypeName(default_scheme.type)));
   }
+  // Every matrix's scheme, decided up front (budgeted recipes need the whole model's shapes).
+  std::vector<MatrixShape> shapes;
+  auto add_shapes = [&](const TensorPack& pack, const std::string& file) {
+    const std::string stem = fs::path(file).stem().string();
+    for (const auto& t : pack.tensors())
+      if (t.shape.size() == 2) shapes.push_back({stem + "/" + t.name, t.shape[0], t.shape[1]});
+  };
+  add_shapes(pkg->embedding(), "embedding.bin");
+  for (int64_t i = 0; i < cfg.layers; ++i) add_shapes(pkg->block(i), BlockFileName(i));
+  add_shapes(pkg->lm(), "lm.bin");
+  const QuantPlan plan = PlanQuantization(default_scheme, rules, upgrades, max_bpw, overrides, shapes, cfg.layers);
 
   // Calibration: activation statistics of the unquantized source model.
   ActivationStats stats;
   nlohmann::ordered_json calib_info;
   if (!o.calib_text.empty()) {
-    TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, &calib_info));
+    const bool want_cov = o.algorithm == QuantAlgorithm::kDefault || o.algorithm == QuantAlgorithm::kGptq;
+    TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, want_cov, &calib_info));
   }
 
   TESSERA_ASSIGN_OR_RETURN(auto writer, PackageWriter::Create(out_dir, o.force));
@@ -180,19 +212,24 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       const std::string key = stem + "/" + t.name;
       const bool matrix = t.shape.size() == 2;
       TensorScheme s{QType::kF32, 0};
-      if (matrix) s = ResolveScheme(default_scheme, rules, overrides, key);
+      if (matrix) s = plan.scheme.at(key);
       // Activation statistics for this matrix's input (token_embd doubles as the output when tied).
       std::string akey = key;
       if (key == "embedding/token_embd" && cfg.tie_embeddings) akey = "lm/output";
       const float* act2 = nullptr;
+      const double* cov = nullptr;
       auto it = stats.mean_sq.find(akey);
       if (it != stats.mean_sq.end() && it->second.size() == t.logical_cols()) act2 = it->second.data();
-      TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, s, o.algorithm, act2));
+      auto ic = stats.cov.find(akey);
+      if (ic != stats.cov.end() && ic->second.size() == t.logical_cols() * t.logical_cols()) cov = ic->second.data();
+      TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, s, o.algorithm, act2, cov));
       if (matrix) {
-        const QuantAlgorithm eff = Effective(o.algorithm, s);
+        const QuantAlgorithm eff = Effective(o.algorithm, s, cov != nullptr);
         const std::string alg = eff == QuantAlgorithm::kDefault ? "none" : QuantAlgorithmName(eff);
         nlohmann::ordered_json e{{"scheme", SchemeName(s)}, {"algorithm", alg}};
-        if (eff == QuantAlgorithm::kSearch) e["weights"] = act2 ? "imatrix" : "x2";
+        if (!plan.reason.at(key).empty()) e["rule"] = plan.reason.at(key);
+        if (eff == QuantAlgorithm::kSearch) e["weights"] = act2 ? "imatrix" : "unit";
+        if (eff == QuantAlgorithm::kGptq) e["weights"] = "covariance";
         per_tensor[key] = e;
         algorithms.insert(alg);
         const uint64_t bytes = q.data.size() + q.scales.size() + q.mins.size();
@@ -233,6 +270,11 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     nlohmann::ordered_json ov = nlohmann::ordered_json::array();
     for (const auto& r : overrides) ov.push_back(r.text);
     q["overrides"] = ov;
+  }
+  if (max_bpw > 0) {
+    q["max_bits_per_weight"] = max_bpw;
+    q["upgrades_applied"] = plan.upgrades_applied;
+    q["upgrades_skipped"] = plan.upgrades_skipped;
   }
   if (!calib_info.is_null()) q["calibration"] = calib_info;
   q["bits_per_weight"] = matrix_weights ? 8.0 * static_cast<double>(matrix_bytes) / static_cast<double>(matrix_weights) : 0.0;

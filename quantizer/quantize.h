@@ -17,6 +17,7 @@ enum class QuantAlgorithm {
   kDefault,  // search for int4 schemes, rtn for int8 / float
   kRtn,      // round to nearest (kernels::QuantizeRow*)
   kSearch,   // error-minimising scale (and min) search per group
+  kGptq,     // GPTQ error feedback over the calibration covariance + per-group search (needs --calib)
 };
 const char* QuantAlgorithmName(QuantAlgorithm a);
 bool QuantAlgorithmFromName(const std::string& name, QuantAlgorithm* out);
@@ -41,15 +42,18 @@ std::string RecipeName(const QuantizeOptions& o);
 
 // Per-input-channel activation statistics: key ("block_3/ffn_down", "lm/output") -> mean(x^2)
 // over the calibration tokens, one value per input channel (logical K).
+// With covariances (for GPTQ): key -> E[x x^T], K x K row-major.
 struct ActivationStats {
   std::map<std::string, std::vector<float>> mean_sq;
+  std::map<std::string, std::vector<double>> cov;
   int64_t tokens = 0;
 };
 
 // Quantizes one tensor with `scheme` (matrices only; vectors stay F32). act2: mean(x^2) per
-// input channel (logical K values) or null.
+// input channel (logical K values) or null; cov: E[x x^T] (K x K), needed by kGptq (which falls
+// back to kSearch without it).
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorScheme& scheme, QuantAlgorithm alg,
-                                          const float* act2 = nullptr);
+                                          const float* act2 = nullptr, const double* cov = nullptr);
 // Quantizes one tensor with `o.type` / `o.group` and `o.algorithm`.
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeOptions& o);
 

@@ -1,5 +1,7 @@
 #include "quantizer/recipes.h"
 
+#include <set>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -110,37 +112,140 @@ QuantRule R(const char* pattern, const char* scheme) {
 }
 // llama.cpp's use_more_bits(i, n) (Q4_K_M gives these layers' attn_v / ffn_down more bits).
 bool UseMoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+const char* kMixedSummary =
+    "int4-g32-sym plus upgrades, each kept only while all matrices stay <= 4.9 bits/weight, in this order: "
+    "lm/output -> int4-g32-asym, every attn_v -> int8-g32, ffn_down of llama.cpp's use_more_bits layers -> "
+    "int8-g32 (one layer at a time), every attn_k -> int8-g32";
+std::vector<QuantRule> MixedUpgrades() {
+  return {R("lm/output", "int4-g32-asym"), R("block_*/attn_v", "int8-g32"), R("{more_bits}/ffn_down", "int8-g32"),
+          R("block_*/attn_k", "int8-g32")};
+}
+
+std::vector<QuantRule> Expand(const QuantRule& r, int64_t n_layers) {
+  const std::string tag = "{more_bits}";
+  const size_t pos = r.pattern.find(tag);
+  if (pos == std::string::npos) return {r};
+  std::vector<QuantRule> out;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    if (!UseMoreBits(i, n_layers)) continue;
+    QuantRule e = r;
+    e.pattern = r.pattern.substr(0, pos) + absl::StrCat("block_", i) + r.pattern.substr(pos + tag.size());
+    e.text = absl::StrCat(e.pattern, "=", SchemeName(e.scheme));
+    out.push_back(e);
+  }
+  return out;
+}
 }  // namespace
 
-std::vector<QuantRule> Recipe::Rules(int64_t n_layers) const {
-  std::vector<QuantRule> r = fixed_rules;
-  if (more_bits_layers) {
-    for (int64_t i = 0; i < n_layers; ++i) {
-      if (!UseMoreBits(i, n_layers)) continue;
-      r.push_back(R(absl::StrCat("block_", i, "/ffn_down").c_str(), "int8-g32"));
+uint64_t SchemeBytes(const TensorScheme& s, int64_t rows, int64_t cols) {
+  const size_t r = static_cast<size_t>(rows);
+  size_t k = static_cast<size_t>(cols);
+  if (!IsQuantized(s.type)) return DataPlaneBytes(s.type, r, k);
+  k = (k + s.group - 1) / s.group * s.group;
+  const size_t sc = ScalePlaneBytes(s.type, r, k, s.group);
+  return DataPlaneBytes(s.type, r, k) + sc * (s.type == QType::kI4Asym ? 2 : 1);
+}
+
+TensorScheme FitGroup(const TensorScheme& s, int64_t cols) {
+  if (!IsQuantized(s.type) || cols <= 0) return s;
+  TensorScheme best = s;
+  auto padded = [&](uint32_t g) { return (static_cast<uint64_t>(cols) + g - 1) / g * g; };
+  for (uint32_t g = s.group / 2; g >= 32 && g % 32 == 0; g /= 2)
+    if (padded(g) < padded(best.group)) best.group = g;
+  return best;
+}
+
+QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector<QuantRule>& rules,
+                           const std::vector<QuantRule>& upgrades, double max_bits_per_weight,
+                           const std::vector<QuantRule>& overrides, const std::vector<MatrixShape>& matrices,
+                           int64_t n_layers) {
+  QuantPlan p;
+  auto total = [&]() {
+    uint64_t b = 0;
+    for (const MatrixShape& m : matrices) b += SchemeBytes(FitGroup(p.scheme[m.key], m.cols), m.rows, m.cols);
+    return b;
+  };
+  std::set<std::string> forced;
+  for (const MatrixShape& m : matrices) {
+    std::string why;
+    p.scheme[m.key] = ResolveScheme(default_scheme, rules, {}, m.key, &why);
+    p.reason[m.key] = why;
+    p.weights += static_cast<uint64_t>(m.rows * m.cols);
+    for (const QuantRule& o : overrides)
+      if (PatternMatchesKey(o.pattern, m.key)) forced.insert(m.key);
+  }
+  // Overrides first (they are fixed costs), then the upgrades in order while within budget.
+  for (const MatrixShape& m : matrices) {
+    std::string why;
+    const TensorScheme s = ResolveScheme(p.scheme[m.key], {}, overrides, m.key, &why);
+    if (!why.empty()) {
+      p.scheme[m.key] = s;
+      p.reason[m.key] = why;
     }
   }
-  return r;
+  const double budget_bits = max_bits_per_weight * static_cast<double>(p.weights);
+  for (const QuantRule& u0 : upgrades) {
+    for (const QuantRule& u : Expand(u0, n_layers)) {
+      std::map<std::string, TensorScheme> saved = p.scheme;
+      bool any = false;
+      for (const MatrixShape& m : matrices) {
+        if (forced.count(m.key) || !PatternMatchesKey(u.pattern, m.key)) continue;
+        p.scheme[m.key] = u.scheme;
+        any = true;
+      }
+      if (!any) continue;
+      if (max_bits_per_weight > 0 && 8.0 * static_cast<double>(total()) > budget_bits) {
+        p.scheme = std::move(saved);
+        p.upgrades_skipped.push_back(u.text);
+        continue;
+      }
+      for (const MatrixShape& m : matrices)
+        if (!forced.count(m.key) && PatternMatchesKey(u.pattern, m.key)) p.reason[m.key] = u.text;
+      p.upgrades_applied.push_back(u.text);
+    }
+  }
+  for (const MatrixShape& m : matrices) {
+    const TensorScheme fit = FitGroup(p.scheme[m.key], m.cols);
+    if (!(fit == p.scheme[m.key])) {
+      p.reason[m.key] = absl::StrCat(p.reason[m.key], p.reason[m.key].empty() ? "" : "; ", "group ",
+                                     p.scheme[m.key].group, " -> ", fit.group, " (K = ", m.cols, ")");
+      p.scheme[m.key] = fit;
+    }
+  }
+  p.bytes = total();
+  return p;
 }
 
 const std::vector<Recipe>& AllRecipes() {
   static const std::vector<Recipe> recipes = [] {
     std::vector<Recipe> v;
-    v.push_back({"int4-g32", "int4 symmetric, groups of 32, f16 scales: 4.5 bits/weight everywhere (Q4_0's size)",
-                 S("int4-g32-sym"), true, {}, false});
-    v.push_back({"int4-g64-asym", "int4 asymmetric, groups of 64, f16 scale + f16 min: 4.5 bits/weight everywhere",
-                 S("int4-g64-asym"), true, {}, false});
-    v.push_back({"int4-g128-asym", "int4 asymmetric, groups of 128, f16 scale + f16 min: 4.25 bits/weight everywhere",
-                 S("int4-g128-asym"), true, {}, false});
-    v.push_back({"int4-mixed",
-                 "<= 4.9 bits/weight overall: int4-g32-sym, with output at int8-g32 and token_embd at "
-                 "int4-g128-asym, attn_v and the first/last layers' ffn_down (llama.cpp's use_more_bits) at int4-g32-asym",
-                 S("int4-g32-sym"), true, {R("lm/output", "int8-g32")}, true});
-    v.push_back({"int8", "int8 symmetric, groups of 32, f16 scales: 8.5 bits/weight everywhere (Q8_0's size)",
-                 S("int8-g32"), false, {}, false});
-    v.push_back({"f16", "IEEE half precision, 16 bits/weight", S("f16"), false, {}, false});
-    v.push_back({"bf16", "bfloat16, 16 bits/weight", S("bf16"), false, {}, false});
-    v.push_back({"f32", "float32, 32 bits/weight", S("f32"), false, {}, false});
+    auto plain = [&](const char* name, const char* summary, const char* scheme) {
+      Recipe r;
+      r.name = name;
+      r.summary = summary;
+      r.default_scheme = S(scheme);
+      v.push_back(r);
+    };
+    plain("int4-g32", "int4 symmetric, groups of 32, f16 scales: 4.5 bits/weight everywhere (Q4_0's size)",
+          "int4-g32-sym");
+    plain("int4-g64-asym", "int4 asymmetric, groups of 64, f16 scale + f16 min: 4.5 bits/weight everywhere",
+          "int4-g64-asym");
+    plain("int4-g128-asym", "int4 asymmetric, groups of 128, f16 scale + f16 min: 4.25 bits/weight everywhere",
+          "int4-g128-asym");
+    {
+      Recipe r;
+      r.name = "int4-mixed";
+      r.summary = kMixedSummary;
+      r.default_scheme = S("int4-g32-sym");
+      r.max_bits_per_weight = 4.9;
+      r.upgrades = MixedUpgrades();
+      v.push_back(r);
+    }
+    plain("int8", "int8 symmetric, groups of 32, f16 scales: 8.5 bits/weight everywhere (Q8_0's size)", "int8-g32");
+    plain("f16", "IEEE half precision, 16 bits/weight", "f16");
+    plain("bf16", "bfloat16, 16 bits/weight", "bf16");
+    plain("f32", "float32, 32 bits/weight", "f32");
     return v;
   }();
   return recipes;

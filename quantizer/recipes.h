@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -49,12 +50,40 @@ struct Recipe {
   std::string name;
   std::string summary;  // one line: bits/weight, groups, which tensors get more bits
   TensorScheme default_scheme;
-  bool int4_default = false;  // an int4 recipe (default algorithm: search)
-  // Rules for a model with `n_layers` blocks (some recipes depend on the layer index).
-  std::vector<QuantRule> Rules(int64_t n_layers) const;
-  std::vector<QuantRule> fixed_rules;
-  bool more_bits_layers = false;  // int4-mixed: llama.cpp's use_more_bits() layer pattern
+  std::vector<QuantRule> rules;  // always applied (last match wins)
+  // Budgeted recipes: `upgrades` are tried in order and kept only while the matrices' total
+  // stays within max_bits_per_weight (computed from the exact stored bytes, padding included).
+  // "{more_bits}" in a pattern expands to each layer of llama.cpp's use_more_bits(i, n)
+  // (first and last eighth of the layers and every third one between).
+  double max_bits_per_weight = 0;
+  std::vector<QuantRule> upgrades;
 };
+
+struct MatrixShape {
+  std::string key;  // FILE_STEM/TENSOR_NAME
+  int64_t rows = 0, cols = 0;
+};
+// Exact stored bytes (all planes) of a [rows, cols] matrix with scheme s.
+uint64_t SchemeBytes(const TensorScheme& s, int64_t rows, int64_t cols);
+
+// The group actually used for a matrix with `cols` inputs: the scheme's group, halved (down to
+// 32) while that strictly reduces the zero padding (e.g. K = 64 with g128 -> g64; K = 172 with
+// g128 -> g64), so a small matrix never pays for a group longer than its rows.
+TensorScheme FitGroup(const TensorScheme& s, int64_t cols);
+
+struct QuantPlan {
+  std::map<std::string, TensorScheme> scheme;  // per matrix key
+  std::map<std::string, std::string> reason;   // the rule that decided it ("" = recipe default)
+  std::vector<std::string> upgrades_applied, upgrades_skipped;
+  uint64_t bytes = 0, weights = 0;
+  double bits_per_weight() const { return weights ? 8.0 * static_cast<double>(bytes) / static_cast<double>(weights) : 0.0; }
+};
+// Chooses every matrix's scheme: recipe default, recipe rules, the overrides, then budgeted
+// upgrades (skipping keys an override decides); groups fitted with FitGroup.
+QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector<QuantRule>& rules,
+                           const std::vector<QuantRule>& upgrades, double max_bits_per_weight,
+                           const std::vector<QuantRule>& overrides, const std::vector<MatrixShape>& matrices,
+                           int64_t n_layers);
 
 const std::vector<Recipe>& AllRecipes();
 // Errors list the known recipe names.

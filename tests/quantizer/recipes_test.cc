@@ -87,3 +87,48 @@ TEST(Recipes, KnownAndUnknown) {
 
 }  // namespace
 }  // namespace tessera
+
+namespace tessera {
+namespace {
+
+TEST(Plan, FitGroupAvoidsPadding) {
+  EXPECT_EQ(FitGroup(*ParseScheme("int4-g128-asym"), 64).group, 64u);
+  EXPECT_EQ(FitGroup(*ParseScheme("int4-g128-asym"), 172).group, 64u);
+  EXPECT_EQ(FitGroup(*ParseScheme("int4-g128-asym"), 256).group, 128u);
+  EXPECT_EQ(FitGroup(*ParseScheme("int4-g32"), 172).group, 32u);
+  EXPECT_EQ(FitGroup(*ParseScheme("int8-g256"), 96).group, 32u);
+  EXPECT_EQ(FitGroup(*ParseScheme("f16"), 7).type, QType::kF16);
+}
+
+TEST(Plan, BudgetedUpgradesStayWithinBudget) {
+  std::vector<MatrixShape> m;
+  for (int i = 0; i < 6; ++i) {
+    const std::string b = "block_" + std::to_string(i) + "/";
+    m.push_back({b + "attn_q", 256, 256});
+    m.push_back({b + "attn_v", 64, 256});
+    m.push_back({b + "ffn_down", 256, 768});
+  }
+  m.push_back({"lm/output", 4096, 256});
+  const auto r = FindRecipe("int4-mixed");
+  ASSERT_TRUE(r.ok());
+  auto p = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, m, 6);
+  EXPECT_LE(p.bits_per_weight(), 4.9);
+  EXPECT_GT(p.bits_per_weight(), 4.5);
+  EXPECT_FALSE(p.upgrades_applied.empty());
+  uint64_t bytes = 0;
+  for (const auto& x : m) bytes += SchemeBytes(p.scheme[x.key], x.rows, x.cols);
+  EXPECT_EQ(bytes, p.bytes);
+  // An override decides its tensors; the upgrades do not touch them.
+  auto p2 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight,
+                             {*ParseOverride("lm/output=f16")}, m, 6);
+  EXPECT_EQ(SchemeName(p2.scheme["lm/output"]), "f16");
+  EXPECT_EQ(p2.reason["lm/output"], "lm/output=f16");
+  // use_more_bits layers of 6: 2 and 5.
+  bool saw2 = false;
+  for (const auto& u : p.upgrades_applied) saw2 |= u == "block_2/ffn_down=int8-g32";
+  for (const auto& u : p.upgrades_skipped) saw2 |= u == "block_2/ffn_down=int8-g32";
+  EXPECT_TRUE(saw2);
+}
+
+}  // namespace
+}  // namespace tessera
