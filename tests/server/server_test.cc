@@ -743,16 +743,19 @@ TEST(Serve, QueueFullIs429) {
     req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return !stop.load(); };
     cli.send(req);
   };
+  // Bounded wait for a metrics line.
+  auto wait_for = [&](const std::string& line) {
+    for (int i = 0; i < 1500; ++i) {
+      if (Get(s, "/metrics").body.find(line) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+  };
+  // One active (parallel 1), then one queued (queue 1): the next request is refused.
   std::thread a(long_stream);
+  const bool active = wait_for("tessera_requests_processing{model=\"s260k:latest\"} 1");
   std::thread b(long_stream);
-  // Wait until one is active and one is queued.
-  bool ready = false;
-  for (int i = 0; i < 300 && !ready; ++i) {
-    const std::string m = Get(s, "/metrics").body;
-    ready = m.find("tessera_requests_deferred{model=\"s260k:latest\"} 1") != std::string::npos &&
-            m.find("tessera_requests_processing{model=\"s260k:latest\"} 1") != std::string::npos;
-    if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  const bool ready = active && wait_for("tessera_requests_deferred{model=\"s260k:latest\"} 1");
   if (ready) {
     Reply r = Post(s, "/v1/completions", Completion("Once", 3));
     EXPECT_EQ(r.status, 429) << r.body;
