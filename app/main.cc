@@ -15,6 +15,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "converter/hf_converter.h"
+#include "converter/onnx_converter.h"
 #include "core/mapped_file.h"
 #include "core/npy.h"
 #include "core/progress.h"
@@ -92,10 +93,23 @@ absl::Status CheckIds(const std::vector<int32_t>& ids, int64_t vocab) {
 
 // ---- convert ----
 struct ConvertArgs {
-  std::string src, out;
-  bool force = false;
+  std::string src, out, tokenizer;
+  bool force = false, quiet = false;
 };
 absl::Status RunConvert(const ConvertArgs& a) {
+  if (a.src.size() > 5 && a.src.compare(a.src.size() - 5, 5, ".onnx") == 0) {
+    tessera::OnnxConvertOptions o;
+    o.force = a.force;
+    o.cmdline = g_cmdline;
+    o.tokenizer_dir = a.tokenizer;
+    tessera::OnnxConvertReport report;
+    TESSERA_RETURN_IF_ERROR(tessera::ConvertOnnx(a.src, a.out, o, &report));
+    if (!a.quiet)
+      for (const auto& n : report.notes) std::fprintf(stderr, "onnx import: %s\n", n.c_str());
+    std::fprintf(stderr, "wrote %s\n", a.out.c_str());
+    return absl::OkStatus();
+  }
+  if (!a.tokenizer.empty()) return absl::InvalidArgumentError("--tokenizer applies to ONNX models (SRC ending in .onnx)");
   tessera::ConvertOptions o;
   o.force = a.force;
   o.cmdline = g_cmdline;
@@ -535,10 +549,13 @@ int main(int argc, char** argv) {
 
   ConvertArgs ca;
   auto* conv = app.add_subcommand("convert", "Convert a Hugging Face model directory into a Tessera package");
-  conv->add_option("src", ca.src, "Hugging Face directory (config.json, *.safetensors, tokenizer.json)")->required();
+  conv->add_option("src", ca.src, "Hugging Face directory (config.json, *.safetensors, tokenizer.json) or MODEL.onnx")->required();
   conv->add_option("-o,--out", ca.out, "Output package directory")->required();
   conv->add_flag("--force", ca.force, "Replace OUT if it exists");
-  conv->footer("Example:\n  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32");
+  conv->add_option("--tokenizer", ca.tokenizer,
+                   "ONNX only: folder with tokenizer.json (default: beside the model, then its parent folder)");
+  conv->footer("Examples:\n  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32\n"
+               "  tessera convert ../shared/fixtures/stories260K/onnx/model.onnx --tokenizer ../shared/fixtures/stories260K/hf -o out/s260k-onnx");
 
   QuantizeArgs qa;
   auto* quant = app.add_subcommand("quantize", "Quantize a package (recipes: group-wise INT4/INT8, FP16, BF16, mixed)");
@@ -680,8 +697,10 @@ int main(int argc, char** argv) {
   tessera::Progress::SetQuiet(quiet);
   absl::Status st;
   try {
-    if (*conv) st = RunConvert(ca);
-    else if (*quant) {
+    if (*conv) {
+      ca.quiet = quiet;
+      st = RunConvert(ca);
+    } else if (*quant) {
       qa.type_set = type_opt->count() > 0;
       qa.group_set = group_opt->count() > 0;
       qa.quiet = quiet;
@@ -696,12 +715,12 @@ int main(int argc, char** argv) {
     else if (*dt) st = RunDetokenize(da);
     else if (*vf) st = RunVerify(va);
     else if (*insp) st = RunInspect(ia);
-    else if (*srv) st = RunServe(sa, quiet);
     else if (*tp) st = RunTemplate(tpa);
     else if (*bn) {
       if (ba.threads > 0) setenv("TESSERA_THREADS", std::to_string(ba.threads).c_str(), 1);
       st = RunBenchCmd(ba);
     }
+    else if (*srv) st = RunServe(sa, quiet);
   } catch (const std::exception& e) {
     st = absl::InternalError(e.what());
   }

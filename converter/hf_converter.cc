@@ -197,11 +197,13 @@ class TensorSource {
       d.shape = want;
       d.cols = static_cast<uint64_t>(in);
       d.data.assign(t->data, t->data + t->bytes);
+      st_.Release(*t);
       res.push_back(std::move(d));
       return res;
     }
     std::vector<float> f(t->numel());
     TESSERA_RETURN_IF_ERROR(t->ToF32(f.data()));
+    st_.Release(*t);
     int64_t row0 = 0;
     for (const auto& [pname, rows] : parts) {
       TensorData d;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -49,6 +50,14 @@ MappedFile::~MappedFile() {
   } else {
     ::munmap(const_cast<uint8_t*>(data_), size_);
   }
+}
+
+void MappedFile::DropPages(size_t offset, size_t n) const {
+  if (heap_ || data_ == nullptr || n == 0) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const size_t begin = offset / page * page;
+  const size_t end = std::min(size_, (offset + n + page - 1) / page * page);
+  if (end > begin) ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
 }
 
 absl::Status PreadFull(int fd, void* buf, size_t n, size_t offset, const std::string& path) {

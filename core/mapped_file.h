@@ -24,6 +24,9 @@ class MappedFile {
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Tells the kernel this process is done with [offset, offset + n) for now: the pages leave
+  // the process's resident set (they stay in the page cache). No-op for heap copies.
+  void DropPages(size_t offset, size_t n) const;
 
  private:
   MappedFile() = default;

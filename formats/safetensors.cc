@@ -170,6 +170,11 @@ absl::StatusOr<SafetensorsSet> SafetensorsSet::Open(const std::string& path) {
   return set;
 }
 
+void SafetensorsSet::Release(const SafeTensor& t) const {
+  for (const auto& m : maps_)
+    if (m->path() == t.file) m->DropPages(t.offset, t.bytes);
+}
+
 const SafeTensor* SafetensorsSet::Find(const std::string& name) const {
   auto it = tensors_.find(name);
   return it == tensors_.end() ? nullptr : &it->second;

@@ -43,6 +43,9 @@ class SafetensorsSet {
   absl::Status AddFile(const std::string& path);
 
   const SafeTensor* Find(const std::string& name) const;
+  // Drops the tensor's mapped pages from the resident set once it has been copied (bounded-memory
+  // conversion of models larger than RAM).
+  void Release(const SafeTensor& t) const;
   const std::map<std::string, SafeTensor>& tensors() const { return tensors_; }
   const std::vector<std::string>& files() const { return files_; }
 

@@ -101,6 +101,8 @@ class TensorPack {
                                                           bool verify_checksums = true,
                                                           LoadMode mode = LoadMode::kMmap);
   const PackTensor* Find(const std::string& name) const;
+  // Drops the file's mapped pages from the resident set (mmap mode; see MappedFile::DropPages).
+  void ReleasePages() const { file_->DropPages(0, file_->size()); }
   // Like Find, but an error naming the file when missing.
   absl::StatusOr<const PackTensor*> Get(const std::string& name) const;
   const std::vector<PackTensor>& tensors() const { return tensors_; }
