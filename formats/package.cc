@@ -1,7 +1,10 @@
 #include "formats/package.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -20,8 +23,32 @@ namespace fs = std::filesystem;
 std::string BlockFileName(int64_t layer) { return absl::StrCat("block_", layer, ".bin"); }
 
 absl::StatusOr<std::string> HashFile(const std::string& path) {
-  TESSERA_ASSIGN_OR_RETURN(auto mf, MappedFile::Open(path));
-  return absl::StrFormat("%016x", XXH3_64bits(mf->data(), mf->size()));
+  // Streamed in chunks with pread: hashing a multi-GB source never holds it in memory.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    return absl::InternalError(absl::StrCat(path, ": cannot stat"));
+  }
+  XXH3_state_t* state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  std::vector<uint8_t> buf(4 << 20);
+  size_t off = 0;
+  const size_t size = static_cast<size_t>(st.st_size);
+  absl::Status status;
+  while (off < size) {
+    const size_t n = std::min(buf.size(), size - off);
+    status = PreadFull(fd, buf.data(), n, off, path);
+    if (!status.ok()) break;
+    XXH3_64bits_update(state, buf.data(), n);
+    off += n;
+  }
+  ::close(fd);
+  const uint64_t h = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  if (!status.ok()) return status;
+  return absl::StrFormat("%016x", h);
 }
 
 std::vector<const TensorPack*> Package::all_packs() const {
