@@ -344,6 +344,9 @@ absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& 
     pack->by_name_[t.name] = pack->tensors_.size();
     pack->tensors_.push_back(std::move(t));
   }
+  // Hashing touched every page of a mapped file: let them go until they are used (keeps the
+  // resident set of conversion and quantization bounded by what is being worked on).
+  if (verify_checksums && mode == LoadMode::kMmap) pack->file_->DropPages(0, pack->file_bytes_);
   return pack;
 }
 

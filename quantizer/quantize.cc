@@ -240,6 +240,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       out.push_back(std::move(q));
     }
     TESSERA_RETURN_IF_ERROR(writer->WritePack(file, role, layer, out));
+    pack.ReleasePages();  // bounded memory: the source block leaves the resident set
     progress.Add();
     return absl::OkStatus();
   };
