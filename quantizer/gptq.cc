@@ -95,12 +95,122 @@ absl::StatusOr<GptqFactor> GptqPrepare(const double* h, size_t k, double damp, b
     f.u = std::move(u);
     f.perm = perm;
     f.act_order = act_order;
+    f.h.assign(h, h + k * k);
     return f;
   }
   return absl::InternalError(absl::StrCat("GPTQ: the activation covariance (", k, " x ", k, ") is not positive definite"));
 }
 
 namespace {
+
+// Small dense SPD solve (Cholesky); false if not positive definite.
+bool SolveSpd(std::vector<double> a, std::vector<double> b, size_t n, std::vector<double>* x) {
+  if (!CholeskyLower(a, n)) return false;
+  for (size_t i = 0; i < n; ++i) {
+    double s = b[i];
+    for (size_t m = 0; m < i; ++m) s -= a[i * n + m] * b[m];
+    b[i] = s / a[i * n + i];
+  }
+  for (size_t i = n; i-- > 0;) {
+    double s = b[i];
+    for (size_t m = i + 1; m < n; ++m) s -= a[m * n + i] * b[m];
+    b[i] = s / a[i * n + i];
+  }
+  *x = std::move(b);
+  return true;
+}
+
+template <bool kAsym>
+void Dequant(const std::vector<int>& q, size_t k, size_t group, const uint16_t* scales, const uint16_t* mins,
+             std::vector<double>* out) {
+  out->resize(k);
+  for (size_t c = 0; c < k; ++c) {
+    const size_t g = c / group;
+    const float d = F16ToF32(scales[g]);
+    if constexpr (kAsym) {
+      const float p = static_cast<float>(q[c]) * d;
+      (*out)[c] = static_cast<double>(p + F16ToF32(mins[g]));
+    } else {
+      (*out)[c] = static_cast<double>(static_cast<float>(q[c] - 8) * d);
+    }
+  }
+}
+
+double HError(const float* x, const std::vector<double>& deq, size_t k, const double* h) {
+  std::vector<double> e(k);
+  for (size_t i = 0; i < k; ++i) e[i] = static_cast<double>(x[i]) - deq[i];
+  double s = 0.0;
+  for (size_t i = 0; i < k; ++i) {
+    double r = 0.0;
+    const double* hr = h + i * k;
+    for (size_t j = 0; j < k; ++j) r += hr[j] * e[j];
+    s += e[i] * r;
+  }
+  return s;
+}
+
+template <bool kAsym>
+void RefitScales(const float* x, size_t k, size_t group, size_t ng, const double* h, const std::vector<int>& q,
+                 uint16_t* scales, uint16_t* mins) {
+  // Parameters: per group with real columns, the scale (and the min).
+  const size_t ngr = (k + group - 1) / group;
+  const size_t per = kAsym ? 2 : 1, n = ngr * per;
+  auto basis = [&](size_t p, size_t c) -> double {  // b_p[c]
+    const size_t g = p / per;
+    if (c / group != g) return 0.0;
+    if constexpr (kAsym) return (p % 2 == 0) ? static_cast<double>(q[c]) : 1.0;
+    return static_cast<double>(q[c] - 8);
+  };
+  std::vector<double> hb(n * k, 0.0);  // (H b_p)[i]
+  for (size_t p = 0; p < n; ++p) {
+    const size_t g = p / per, c0 = g * group, c1 = std::min(k, c0 + group);
+    for (size_t i = 0; i < k; ++i) {
+      double s = 0.0;
+      for (size_t c = c0; c < c1; ++c) s += h[i * k + c] * basis(p, c);
+      hb[p * k + i] = s;
+    }
+  }
+  std::vector<double> a(n * n), rhs(n);
+  double tr = 0.0;
+  for (size_t p = 0; p < n; ++p) {
+    const size_t g = p / per, c0 = g * group, c1 = std::min(k, c0 + group);
+    for (size_t r = 0; r < n; ++r) {
+      double s = 0.0;
+      for (size_t c = c0; c < c1; ++c) s += basis(p, c) * hb[r * k + c];
+      a[p * n + r] = s;
+    }
+    double s = 0.0;
+    for (size_t i = 0; i < k; ++i) s += static_cast<double>(x[i]) * hb[p * k + i];
+    rhs[p] = s;
+    tr += a[p * n + p];
+  }
+  for (size_t p = 0; p < n; ++p) a[p * n + p] += 1e-9 * tr / static_cast<double>(n) + 1e-30;
+  std::vector<double> theta;
+  if (!SolveSpd(a, rhs, n, &theta)) return;
+  std::vector<uint16_t> ns(scales, scales + ng), nm;
+  if constexpr (kAsym) nm.assign(mins, mins + ng);
+  for (size_t g = 0; g < ngr; ++g) {
+    const float sv = static_cast<float>(theta[g * per]);
+    uint16_t hs = F32ToF16(sv);
+    if (F16ToF32(hs) == 0.0f) hs = 0;
+    if (!std::isfinite(F16ToF32(hs))) return;
+    ns[g] = hs;
+    if constexpr (kAsym) {
+      const float mv = static_cast<float>(theta[g * per + 1]);
+      uint16_t hm = F32ToF16(mv == 0.0f ? 0.0f : mv);
+      if (F16ToF32(hm) == 0.0f) hm = 0;
+      if (!std::isfinite(F16ToF32(hm))) return;
+      nm[g] = hm;
+    }
+  }
+  std::vector<double> d_old, d_new;
+  Dequant<kAsym>(q, k, group, scales, mins, &d_old);
+  Dequant<kAsym>(q, k, group, ns.data(), kAsym ? nm.data() : nullptr, &d_new);
+  if (HError(x, d_new, k, h) < HError(x, d_old, k, h)) {
+    std::copy(ns.begin(), ns.end(), scales);
+    if constexpr (kAsym) std::copy(nm.begin(), nm.end(), mins);
+  }
+}
 
 template <bool kAsym>
 void GptqRow(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f, const float* act2,
@@ -154,6 +264,7 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, const GptqFactor
     if (!f.act_order && c % group == 0) choose(c / group);
     quantize(c, 0.0f);
   }
+  RefitScales<kAsym>(x, k, group, ng, f.h.data(), q, scales, mins);
   for (size_t g = 0; g < ng; ++g)
     for (size_t j = 0; j < half; ++j)
       codes[g * half + j] = static_cast<uint8_t>(q[g * group + j] | (q[g * group + j + half] << 4));

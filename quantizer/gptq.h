@@ -25,6 +25,7 @@ struct GptqFactor {
   std::vector<uint32_t> perm;
   bool act_order = false;
   std::vector<double> u;  // row-major k x k, upper triangular: (P (H + damp I) P^T)^-1 = U^T U
+  std::vector<double> h;  // H itself (original order), for the final scale refit
 };
 
 // h: k x k symmetric (mean of x x^T). damp: fraction of mean(diag(H)) added to the diagonal;
@@ -34,6 +35,9 @@ struct GptqFactor {
 // by default; damp 0.001 / 0.1 gave 0.0158 / 0.0156).
 absl::StatusOr<GptqFactor> GptqPrepare(const double* h, size_t k, double damp = 0.01, bool act_order = false);
 
+// After the column pass, the group scales (and mins) of the row are re-fitted jointly by least
+// squares in the H metric with the codes fixed, rounded to f16, and kept only if
+// (x - deq) H (x - deq)^T decreases.
 // One row: x has k logical values; codes/scales(/mins) cover kp = k rounded up to `group`
 // (padding quantizes zeros). act2: diag(H) (k values), the weights of the per-group scale search.
 void QuantizeRowI4SymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
