@@ -194,7 +194,12 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   ActivationStats stats;
   nlohmann::ordered_json calib_info;
   if (!o.calib_text.empty()) {
-    const bool want_cov = o.algorithm == QuantAlgorithm::kDefault || o.algorithm == QuantAlgorithm::kGptq;
+    // GPTQ keeps E[x x^T] (K x K doubles, three copies at most: accumulator, result, aliases) for
+    // every matrix input at once; by default fall back to search + imatrix when that is too big.
+    double cov_bytes = 0;
+    for (const MatrixShape& m : shapes) cov_bytes += 3.0 * 8.0 * static_cast<double>(m.cols) * static_cast<double>(m.cols);
+    const bool cov_fits = cov_bytes <= 4.0 * (1ull << 30);
+    const bool want_cov = o.algorithm == QuantAlgorithm::kGptq || (o.algorithm == QuantAlgorithm::kDefault && cov_fits);
     TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, want_cov, &calib_info));
   }
 
