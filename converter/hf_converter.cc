@@ -273,6 +273,17 @@ void Append(std::vector<TensorData>* dst, std::vector<TensorData>&& src) {
 
 }  // namespace
 
+absl::Status ReconcileTokenizer(const Tokenizer& tok, const std::string& tok_json, ModelConfig* c) {
+  if (tok.vocab_size() > c->vocab)
+    return FileError(tok_json, absl::StrCat("tokenizer has ", tok.vocab_size(), " tokens but the model's vocab is ", c->vocab));
+  if (c->bos_id < 0) c->bos_id = tok.bos_id();
+  if (c->eos_id < 0) c->eos_id = tok.eos_id();
+  for (int32_t id : tok.eos_ids())
+    if (std::find(c->eos_ids.begin(), c->eos_ids.end(), id) == c->eos_ids.end()) c->eos_ids.push_back(id);
+  if (c->eos_ids.empty() && c->eos_id >= 0) c->eos_ids.push_back(c->eos_id);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ModelConfig> ReadHfConfig(const std::string& hf_dir) {
   const std::string path = (fs::path(hf_dir) / "config.json").string();
   TESSERA_ASSIGN_OR_RETURN(nlohmann::json j, ReadJsonFile(path));
@@ -300,13 +311,7 @@ absl::Status ConvertHuggingFace(const std::string& src, const std::string& out, 
   const std::string tok_cfg = (fs::path(src) / "tokenizer_config.json").string();
   if (!fs::exists(tok_json)) return FileError(tok_json, "missing (a tokenizer.json is required)");
   TESSERA_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromHuggingFace(tok_json, fs::exists(tok_cfg) ? tok_cfg : ""));
-  if (tok.vocab_size() > c.vocab)
-    return FileError(tok_json, absl::StrCat("tokenizer has ", tok.vocab_size(), " tokens but the model's vocab is ", c.vocab));
-  if (c.bos_id < 0) c.bos_id = tok.bos_id();
-  if (c.eos_id < 0) c.eos_id = tok.eos_id();
-  for (int32_t id : tok.eos_ids())
-    if (std::find(c.eos_ids.begin(), c.eos_ids.end(), id) == c.eos_ids.end()) c.eos_ids.push_back(id);
-  if (c.eos_ids.empty() && c.eos_id >= 0) c.eos_ids.push_back(c.eos_id);
+  TESSERA_RETURN_IF_ERROR(ReconcileTokenizer(tok, tok_json, &c));
 
   TESSERA_ASSIGN_OR_RETURN(auto writer, PackageWriter::Create(out, opts.force));
   TensorSource ts(st);

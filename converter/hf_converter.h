@@ -15,6 +15,11 @@ struct ConvertOptions {
   std::string cmdline;
 };
 
+class Tokenizer;
+// Checks the tokenizer fits the model's vocabulary and fills bos/eos ids the config left open
+// (eos_ids gets the tokenizer's end-of-turn tokens too). Shared by the HF and ONNX importers.
+absl::Status ReconcileTokenizer(const Tokenizer& tok, const std::string& tok_json, ModelConfig* c);
+
 // Reads config.json and returns the canonical architecture (errors name the file and field).
 absl::StatusOr<ModelConfig> ReadHfConfig(const std::string& hf_dir);
 

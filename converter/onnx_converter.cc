@@ -1122,13 +1122,7 @@ absl::Status ConvertOnnx(const std::string& model_path, const std::string& out, 
                                                 : "missing (a tokenizer.json is required)");
   const std::string tok_cfg = (fs::path(tok_json).parent_path() / "tokenizer_config.json").string();
   TESSERA_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::FromHuggingFace(tok_json, fs::exists(tok_cfg) ? tok_cfg : ""));
-  if (tok.vocab_size() > c.vocab)
-    return FileError(tok_json, absl::StrCat("tokenizer has ", tok.vocab_size(), " tokens but the model's vocab is ", c.vocab));
-  if (c.bos_id < 0) c.bos_id = tok.bos_id();
-  if (c.eos_id < 0) c.eos_id = tok.eos_id();
-  for (int32_t id : tok.eos_ids())
-    if (std::find(c.eos_ids.begin(), c.eos_ids.end(), id) == c.eos_ids.end()) c.eos_ids.push_back(id);
-  if (c.eos_ids.empty() && c.eos_id >= 0) c.eos_ids.push_back(c.eos_id);
+  TESSERA_RETURN_IF_ERROR(ReconcileTokenizer(tok, tok_json, &c));
   TESSERA_RETURN_IF_ERROR(c.Validate(m.path()));
 
   // Tensors.
