@@ -3,8 +3,9 @@
 //   T <= kFusedMaxT : fused dequant + dot per (row, token) (HIGHWAY.md recipe 7.5). A row's
 //            result for a token does not depend on T, so a sequence decoded alone or batched
 //            with others (the server's continuous batching) gets bit-identical logits.
-//   T  > kFusedMaxT : each weight row is dequantized/promoted once into a thread-local f32
-//            buffer and dotted with all T activation rows (prefill).
+//   T  > kFusedMaxT : blocks of kBlockRows weight rows are dequantized/promoted once into a
+//            thread-local f32 buffer and multiplied with all T activation rows in
+//            register-blocked kTileR x kTileT tiles (prefill).
 #if defined(TESSERA_KERNELS_MATMUL_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TESSERA_KERNELS_MATMUL_INL_H_
 #undef TESSERA_KERNELS_MATMUL_INL_H_
@@ -137,6 +138,168 @@ HWY_INLINE float DotI4Row(const uint8_t* HWY_RESTRICT codes, const float* HWY_RE
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
+// kR int4 rows . x at once (decode): each x load is shared by kR rows. Every row gets exactly
+// the arithmetic of kR == 1 (own accumulators, same op order), so a row's result does not
+// depend on the blocking. sc[i] / mn[i] are row i's f32 group scales / mins.
+// AVX-512: each group's 16 possible weight values (q - 8) * d (sym) or q * s + min (asym) are
+// put in one register and the nibbles pick from it with a lane permute (no int->float convert,
+// no per-group scale multiply of the partial sums).
+template <size_t kR, bool kAsym>
+HWY_INLINE void DotI4Rows(const uint8_t* const* HWY_RESTRICT codes, const float* const* sc,
+                          const float* const* mn, const float* HWY_RESTRICT x, size_t n,
+                          size_t group, float* out, size_t out_stride) {
+  const QuantTag df;
+  using V = hn::Vec<decltype(df)>;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<uint8_t, decltype(df)> du8;
+  const size_t N = hn::Lanes(df);
+  const size_t half = group / 2;
+  const auto mask = hn::Set(di, 0xF);
+  V acc[kR], acc2[kR];
+#pragma GCC unroll 8
+  for (size_t i = 0; i < kR; ++i) acc[i] = acc2[i] = hn::Zero(df);
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+  static_assert(hn::MaxLanes(QuantTag()) == 16, "16-entry LUT needs 16 f32 lanes");
+  HWY_ALIGN static constexpr float kLut[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const V lut = hn::Load(df, kLut);
+  const V eight = hn::Set(df, 8.0f);
+  for (size_t g = 0; g < n / group; ++g) {
+    const float* xg = x + g * group;
+    V tbl[kR];
+#pragma GCC unroll 8
+    for (size_t i = 0; i < kR; ++i) {
+      tbl[i] = kAsym ? hn::MulAdd(lut, hn::Set(df, sc[i][g]), hn::Set(df, mn[i][g]))
+                     : hn::Mul(hn::Sub(lut, eight), hn::Set(df, sc[i][g]));
+    }
+    for (size_t j = 0; j < half; j += N) {
+      const V xlo = hn::LoadU(df, xg + j);
+      const V xhi = hn::LoadU(df, xg + j + half);
+#pragma GCC unroll 8
+      for (size_t i = 0; i < kR; ++i) {
+        const auto b = hn::PromoteTo(di, hn::LoadU(du8, codes[i] + g * half + j));
+        const V wlo = hn::TableLookupLanes(tbl[i], hn::IndicesFromVec(df, hn::And(b, mask)));
+        const V whi = hn::TableLookupLanes(tbl[i], hn::IndicesFromVec(df, hn::ShiftRight<4>(b)));
+        acc[i] = hn::MulAdd(wlo, xlo, acc[i]);
+        acc2[i] = hn::MulAdd(whi, xhi, acc2[i]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (size_t i = 0; i < kR; ++i) {
+    out[i * out_stride] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[i], acc2[i])));
+  }
+#else
+  const auto ieight = hn::Set(di, 8);
+  for (size_t g = 0; g < n / group; ++g) {
+    const float* xg = x + g * group;
+    V alo[kR], ahi[kR];
+#pragma GCC unroll 8
+    for (size_t i = 0; i < kR; ++i) alo[i] = ahi[i] = hn::Zero(df);
+    auto xs = hn::Zero(df);
+    for (size_t j = 0; j < half; j += N) {
+      const V xlo = hn::LoadU(df, xg + j);
+      const V xhi = hn::LoadU(df, xg + j + half);
+      if (kAsym) xs = hn::Add(xs, hn::Add(xlo, xhi));
+#pragma GCC unroll 8
+      for (size_t i = 0; i < kR; ++i) {
+        const auto b = hn::PromoteTo(di, hn::LoadU(du8, codes[i] + g * half + j));
+        auto qlo = hn::And(b, mask);
+        auto qhi = hn::ShiftRight<4>(b);
+        if (!kAsym) {
+          qlo = hn::Sub(qlo, ieight);
+          qhi = hn::Sub(qhi, ieight);
+        }
+        alo[i] = hn::MulAdd(hn::ConvertTo(df, qlo), xlo, alo[i]);
+        ahi[i] = hn::MulAdd(hn::ConvertTo(df, qhi), xhi, ahi[i]);
+      }
+    }
+#pragma GCC unroll 8
+    for (size_t i = 0; i < kR; ++i) {
+      acc[i] = hn::MulAdd(hn::Set(df, sc[i][g]), hn::Add(alo[i], ahi[i]), acc[i]);
+      if (kAsym) acc[i] = hn::MulAdd(hn::Set(df, mn[i][g]), xs, acc[i]);
+    }
+  }
+#pragma GCC unroll 8
+  for (size_t i = 0; i < kR; ++i) out[i * out_stride] = hn::GetLane(hn::SumOfLanes(df, acc[i]));
+  (void)acc2;
+#endif
+}
+
+// ---- prefill: register-blocked f32 tiles --------------------------------------------------
+// y[t * ldy + i] = rows[i] . x[t * ldx], i < kR, t < kT, over K floats. kR x kT accumulators
+// share each row / activation load (the old path did one row load per activation load).
+template <size_t kR, size_t kT, class DF>
+HWY_INLINE void TileF32(DF df, const float* const* HWY_RESTRICT rows, const float* HWY_RESTRICT x,
+                        size_t ldx, size_t K, float* HWY_RESTRICT y, size_t ldy) {
+  using V = hn::Vec<DF>;
+  const size_t N = hn::Lanes(df);
+  V acc[kR][kT];
+#pragma GCC unroll 8
+  for (size_t i = 0; i < kR; ++i) {
+#pragma GCC unroll 8
+    for (size_t t = 0; t < kT; ++t) acc[i][t] = hn::Zero(df);
+  }
+  size_t k = 0;
+  for (; k + N <= K; k += N) {
+    V w[kR];
+#pragma GCC unroll 8
+    for (size_t i = 0; i < kR; ++i) w[i] = hn::LoadU(df, rows[i] + k);
+#pragma GCC unroll 8
+    for (size_t t = 0; t < kT; ++t) {
+      const V xv = hn::LoadU(df, x + t * ldx + k);
+#pragma GCC unroll 8
+      for (size_t i = 0; i < kR; ++i) acc[i][t] = hn::MulAdd(w[i], xv, acc[i][t]);
+    }
+  }
+  if (k < K) {
+    const auto m = hn::FirstN(df, K - k);
+    V w[kR];
+#pragma GCC unroll 8
+    for (size_t i = 0; i < kR; ++i) w[i] = hn::MaskedLoad(m, df, rows[i] + k);
+#pragma GCC unroll 8
+    for (size_t t = 0; t < kT; ++t) {
+      const V xv = hn::MaskedLoad(m, df, x + t * ldx + k);
+#pragma GCC unroll 8
+      for (size_t i = 0; i < kR; ++i) acc[i][t] = hn::MulAdd(w[i], xv, acc[i][t]);
+    }
+  }
+#pragma GCC unroll 8
+  for (size_t t = 0; t < kT; ++t) {
+#pragma GCC unroll 8
+    for (size_t i = 0; i < kR; ++i) y[t * ldy + i] = hn::GetLane(hn::SumOfLanes(df, acc[i][t]));
+  }
+}
+
+// Token tile width: AVX-512 has 32 vector registers (4x4 accumulators + 4 rows + 1 x), the
+// others 16 (4x2 + 4 + 1).
+#if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
+constexpr size_t kTileT = 4;
+#else
+constexpr size_t kTileT = 2;
+#endif
+constexpr size_t kTileR = 4;
+// Rows dequantized per block (kept in L2 while every token tile sweeps them).
+constexpr size_t kBlockRows = 16;
+
+// rows[0..nr) (nr <= kBlockRows) times all T activation rows; y points at column r0.
+template <class DF>
+HWY_INLINE void BlockTimesAll(DF df, const float* const* rows, size_t nr, const float* x, size_t T,
+                              size_t ldx, size_t K, float* y, size_t ldy) {
+  size_t t = 0;
+  for (; t + kTileT <= T; t += kTileT) {
+    size_t i = 0;
+    for (; i + kTileR <= nr; i += kTileR)
+      TileF32<kTileR, kTileT>(df, rows + i, x + t * ldx, ldx, K, y + t * ldy + i, ldy);
+    for (; i < nr; ++i) TileF32<1, kTileT>(df, rows + i, x + t * ldx, ldx, K, y + t * ldy + i, ldy);
+  }
+  for (; t < T; ++t) {
+    size_t i = 0;
+    for (; i + kTileR <= nr; i += kTileR)
+      TileF32<kTileR, 1>(df, rows + i, x + t * ldx, ldx, K, y + t * ldy + i, ldy);
+    for (; i < nr; ++i) TileF32<1, 1>(df, rows + i, x + t * ldx, ldx, K, y + t * ldy + i, ldy);
+  }
+}
+
 constexpr size_t kFusedMaxT = 16;
 
 HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_t T, size_t ldx,
@@ -147,53 +310,76 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
   const size_t G = w.group;
   const size_t ng = (G != 0) ? K / G : 0;
 
-  // Dots a promoted/dequantized row with every activation row.
-  const auto dot_all = [&](size_t r, const float* row) HWY_ATTR {
-    for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotF32(df, row, x + t * ldx, K);
-  };
+  if (T > kFusedMaxT) {
+    // Prefill: dequantize/promote kBlockRows rows once, then register-blocked tiles.
+    const float* rows[kBlockRows];
+    float* buf = (w.type == WType::kF32) ? nullptr : ScratchFloats<1>(kBlockRows * K);
+    float* sc = ScratchFloats<2>(2 * ng + 1);
+    float* mn = sc + ng;
+    for (size_t r0 = row_begin; r0 < row_end; r0 += kBlockRows) {
+      const size_t nr = (row_end - r0 < kBlockRows) ? row_end - r0 : kBlockRows;
+      for (size_t i = 0; i < nr; ++i) {
+        const size_t r = r0 + i;
+        float* out = buf ? buf + i * K : nullptr;
+        switch (w.type) {
+          case WType::kF32:
+            rows[i] = static_cast<const float*>(w.data) + r * K;
+            continue;
+          case WType::kF16:
+            F16ToF32(static_cast<const uint16_t*>(w.data) + r * K, K, out);
+            break;
+          case WType::kBF16:
+            BF16ToF32(static_cast<const uint16_t*>(w.data) + r * K, K, out);
+            break;
+          case WType::kI8:
+            F16ToF32(w.scales + r * ng, ng, sc);
+            DequantI8F(static_cast<const int8_t*>(w.data) + r * K, sc, K, G, out);
+            break;
+          case WType::kI4Sym:
+            F16ToF32(w.scales + r * ng, ng, sc);
+            DequantI4SymF(static_cast<const uint8_t*>(w.data) + r * (K / 2), sc, K, G, out);
+            break;
+          case WType::kI4Asym:
+            F16ToF32(w.scales + r * ng, ng, sc);
+            F16ToF32(w.mins + r * ng, ng, mn);
+            DequantI4AsymF(static_cast<const uint8_t*>(w.data) + r * (K / 2), sc, mn, K, G, out);
+            break;
+        }
+        rows[i] = out;
+      }
+      BlockTimesAll(df, rows, nr, x, T, ldx, K, y + r0, ldy);
+    }
+    return;
+  }
 
+  // Decode (T <= kFusedMaxT): fused dequant + dot per (row, token); a token's result does not
+  // depend on T or on the other tokens.
   switch (w.type) {
     case WType::kF32: {
       const float* W = static_cast<const float*>(w.data);
-      for (size_t r = row_begin; r < row_end; ++r) dot_all(r, W + r * K);
+      for (size_t r = row_begin; r < row_end; ++r) {
+        for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotF32(df, W + r * K, x + t * ldx, K);
+      }
       return;
     }
     case WType::kF16:
     case WType::kBF16: {
       const uint16_t* W = static_cast<const uint16_t*>(w.data);
       const bool f16 = w.type == WType::kF16;
-      if (T <= kFusedMaxT) {
-        for (size_t r = row_begin; r < row_end; ++r) {
-          for (size_t t = 0; t < T; ++t) {
-            const float* xt = x + t * ldx;
-            y[t * ldy + r] = f16 ? DotF16Row(df, W + r * K, xt, K) : DotBF16Row(df, W + r * K, xt, K);
-          }
-        }
-        return;
-      }
-      float* buf = ScratchFloats<1>(K);
       for (size_t r = row_begin; r < row_end; ++r) {
-        if (f16) {
-          F16ToF32(W + r * K, K, buf);
-        } else {
-          BF16ToF32(W + r * K, K, buf);
+        for (size_t t = 0; t < T; ++t) {
+          const float* xt = x + t * ldx;
+          y[t * ldy + r] = f16 ? DotF16Row(df, W + r * K, xt, K) : DotBF16Row(df, W + r * K, xt, K);
         }
-        dot_all(r, buf);
       }
       return;
     }
     case WType::kI8: {
       const int8_t* W = static_cast<const int8_t*>(w.data);
       float* sc = ScratchFloats<2>(ng);
-      float* buf = (T <= kFusedMaxT) ? nullptr : ScratchFloats<1>(K);
       for (size_t r = row_begin; r < row_end; ++r) {
         F16ToF32(w.scales + r * ng, ng, sc);
-        if (T <= kFusedMaxT) {
-          for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI8Row(W + r * K, sc, x + t * ldx, K, G);
-        } else {
-          DequantI8F(W + r * K, sc, K, G, buf);
-          dot_all(r, buf);
-        }
+        for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI8Row(W + r * K, sc, x + t * ldx, K, G);
       }
       return;
     }
@@ -201,26 +387,40 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
     case WType::kI4Asym: {
       const uint8_t* W = static_cast<const uint8_t*>(w.data);
       const bool asym = w.type == WType::kI4Asym;
-      float* sc = ScratchFloats<2>(2 * ng);
-      float* mn = sc + ng;
-      float* buf = (T <= kFusedMaxT) ? nullptr : ScratchFloats<1>(K);
-      for (size_t r = row_begin; r < row_end; ++r) {
-        const uint8_t* codes = W + r * (K / 2);
-        F16ToF32(w.scales + r * ng, ng, sc);
-        if (asym) F16ToF32(w.mins + r * ng, ng, mn);
-        if (T <= kFusedMaxT) {
-          for (size_t t = 0; t < T; ++t) {
-            const float* xt = x + t * ldx;
-            y[t * ldy + r] = asym ? DotI4Row<true>(codes, sc, mn, xt, K, G)
-                                  : DotI4Row<false>(codes, sc, nullptr, xt, K, G);
-          }
-        } else {
-          if (asym) {
-            DequantI4AsymF(codes, sc, mn, K, G, buf);
+      constexpr size_t kR = 4;
+      float* sbuf = ScratchFloats<2>(2 * kR * ng);
+      const uint8_t* codes[kR];
+      const float* sc[kR];
+      const float* mn[kR];
+      for (size_t r0 = row_begin; r0 < row_end; r0 += kR) {
+        const size_t nr = (row_end - r0 < kR) ? row_end - r0 : kR;
+        for (size_t i = 0; i < nr; ++i) {
+          const size_t r = r0 + i;
+          codes[i] = W + r * (K / 2);
+          float* s = sbuf + 2 * i * ng;
+          F16ToF32(w.scales + r * ng, ng, s);
+          if (asym) F16ToF32(w.mins + r * ng, ng, s + ng);
+          sc[i] = s;
+          mn[i] = s + ng;
+        }
+        for (size_t t = 0; t < T; ++t) {
+          const float* xt = x + t * ldx;
+          float* yt = y + t * ldy + r0;
+          if (nr == kR) {
+            if (asym) {
+              DotI4Rows<kR, true>(codes, sc, mn, xt, K, G, yt, 1);
+            } else {
+              DotI4Rows<kR, false>(codes, sc, mn, xt, K, G, yt, 1);
+            }
           } else {
-            DequantI4SymF(codes, sc, K, G, buf);
+            for (size_t i = 0; i < nr; ++i) {
+              if (asym) {
+                DotI4Rows<1, true>(codes + i, sc + i, mn + i, xt, K, G, yt + i, 1);
+              } else {
+                DotI4Rows<1, false>(codes + i, sc + i, mn + i, xt, K, G, yt + i, 1);
+              }
+            }
           }
-          dot_all(r, buf);
         }
       }
       return;

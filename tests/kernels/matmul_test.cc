@@ -148,12 +148,71 @@ void TestMatMulAllTypes() {
   }
 }
 
+// Every T in 1..20 (fused path up to kFusedMaxT, tiled prefill path above, tiles with token and
+// row tails) and a few larger T; row counts crossing the kBlockRows/kTileR boundaries; row
+// sub-ranges. Also: for T <= kFusedMaxT a token's result is bit-identical to computing it alone.
+void TestMatMulAllT() {
+  struct TC {
+    WType type;
+    size_t rows, cols, group;
+  };
+  const TC cases[] = {{WType::kF32, 37, 45, 0},   {WType::kF16, 21, 100, 0},
+                      {WType::kBF16, 19, 64, 0},  {WType::kI8, 37, 96, 32},
+                      {WType::kI8, 18, 192, 64},  {WType::kI4Sym, 37, 96, 32},
+                      {WType::kI4Sym, 23, 128, 64}, {WType::kI4Sym, 17, 256, 128},
+                      {WType::kI4Asym, 37, 64, 32}, {WType::kI4Asym, 21, 256, 128}};
+  uint32_t seed = 1000;
+  for (const TC& c : cases) {
+    const size_t misalign = seed % 3;
+    ktest::OwnedMatrix m = ktest::MakeMatrix(c.type, c.rows, c.cols, c.group, seed++, misalign);
+    std::vector<size_t> Ts;
+    for (size_t T = 1; T <= 20; ++T) Ts.push_back(T);
+    Ts.push_back(33);
+    Ts.push_back(64);
+    for (size_t T : Ts) {
+      const size_t ldx = c.cols + 1;
+      const size_t ldy = c.rows + 3;
+      ktest::Buf<float> x(T * ldx, seed % 2);
+      ktest::FillUniform(x.data(), T * ldx, seed++, -2.0f, 2.0f);
+      ktest::Buf<float> y(T * ldy, 1);
+      const float kSentinel = -777.0f;
+      for (size_t i = 0; i < T * ldy; ++i) y[i] = kSentinel;
+      const size_t rb = T % 3, re = c.rows - (T % 2);
+      HWY_NAMESPACE::MatMul(m.w, x.data(), T, ldx, y.data(), ldy, rb, re);
+      const std::string what = "type=" + std::to_string(static_cast<int>(c.type)) +
+                               " rows=" + std::to_string(c.rows) + " cols=" +
+                               std::to_string(c.cols) + " T=" + std::to_string(T);
+      for (size_t t = 0; t < T; ++t) {
+        for (size_t r = 0; r < ldy; ++r) {
+          const float got = y[t * ldy + r];
+          if (r < rb || r >= re) {
+            ASSERT_EQ(got, kSentinel) << what << " wrote outside rows, r=" << r;
+            continue;
+          }
+          double abs_sum = 0.0;
+          const double ref = DotRow_ref(m.w, r, x.data() + t * ldx, &abs_sum);
+          ASSERT_NEAR(got, ref, 1e-5 * abs_sum + 1e-30) << what << " t=" << t << " r=" << r;
+        }
+      }
+      if (T <= kFusedMaxT) {
+        std::vector<float> y1(c.rows);
+        for (size_t t = 0; t < T; ++t) {
+          HWY_NAMESPACE::MatMul(m.w, x.data() + t * ldx, 1, ldx, y1.data(), c.rows, rb, re);
+          for (size_t r = rb; r < re; ++r) {
+            ASSERT_EQ(y1[r], y[t * ldy + r]) << what << " solo != batched t=" << t << " r=" << r;
+          }
+        }
+      }
+    }
+  }
+}
+
 // Large-K accuracy check (4096 like a real layer) for the quantized fused and batched paths.
 void TestMatMulLargeK() {
   for (WType t : {WType::kF32, WType::kBF16, WType::kI8, WType::kI4Sym, WType::kI4Asym}) {
     const size_t rows = 5, cols = 4096;
     ktest::OwnedMatrix m = ktest::MakeMatrix(t, rows, cols, 32, 77, 0);
-    for (size_t T : {1, 3}) {
+    for (size_t T : {1, 3, 17, 24}) {
       std::vector<float> x(T * cols);
       ktest::FillUniform(x.data(), x.size(), 78, -1.0f, 1.0f);
       std::vector<float> y(T * rows);
@@ -181,6 +240,7 @@ namespace tessera::kernels {
 HWY_BEFORE_TEST(MatMulTest);
 HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulAllTypes);
 HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulLargeK);
+HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulAllT);
 
 TEST(MatMulDispatchTest, PublicApiMatchesRef) {
   for (WType t :
