@@ -1,9 +1,36 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 
 namespace tessera {
+namespace {
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+// Spins until done() or about kSpinMicros have passed. Only a hint: callers re-check under the
+// mutex and then sleep on their condition variable as before.
+template <class F>
+void SpinUntil(const F& done) {
+  constexpr int kSpinMicros = 200;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kSpinMicros);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return;
+      CpuRelax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return;
+  }
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
   if (num_threads <= 0) num_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -23,7 +50,13 @@ void ThreadPool::WorkerLoop() {
   uint64_t seen = 0;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return stop_ || (job_ != nullptr && generation_ != seen && next_ < n_); });
+    const auto ready = [&] { return stop_ || (job_ != nullptr && generation_ != seen && next_ < n_); };
+    if (!ready()) {
+      lock.unlock();
+      SpinUntil([&] { return generation_hint_.load(std::memory_order_acquire) != seen; });
+      lock.lock();
+    }
+    cv_.wait(lock, ready);
     if (stop_) return;
     seen = generation_;
     while (job_ != nullptr && next_ < n_) {
@@ -34,7 +67,8 @@ void ThreadPool::WorkerLoop() {
       lock.unlock();
       (*job)(b, e);
       lock.lock();
-      if (--pending_ == 0) done_cv_.notify_all();
+      pending_hint_.store(--pending_, std::memory_order_release);
+      if (pending_ == 0) done_cv_.notify_all();
     }
   }
 }
@@ -55,7 +89,9 @@ void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
   chunk_ = chunk;
   next_ = 0;
   pending_ = (n + chunk - 1) / chunk;
+  pending_hint_.store(pending_, std::memory_order_relaxed);
   ++generation_;
+  generation_hint_.store(generation_, std::memory_order_release);
   cv_.notify_all();
   while (next_ < n_) {
     const size_t b = next_;
@@ -64,7 +100,12 @@ void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
     lock.unlock();
     fn(b, e);
     lock.lock();
-    --pending_;
+    pending_hint_.store(--pending_, std::memory_order_release);
+  }
+  if (pending_ != 0) {
+    lock.unlock();
+    SpinUntil([&] { return pending_hint_.load(std::memory_order_acquire) == 0; });
+    lock.lock();
   }
   done_cv_.wait(lock, [&] { return pending_ == 0; });
   job_ = nullptr;
