@@ -270,10 +270,10 @@ HWY_INLINE void TileF32(DF df, const float* const* HWY_RESTRICT rows, const floa
   }
 }
 
-// Token tile width: AVX-512 has 32 vector registers (4x4 accumulators + 4 rows + 1 x), the
+// Token tile width: AVX-512 has 32 vector registers (4x6 accumulators + 4 rows + 1 x), the
 // others 16 (4x2 + 4 + 1).
 #if HWY_TARGET == HWY_AVX3 || HWY_TARGET == HWY_AVX3_DL
-constexpr size_t kTileT = 4;
+constexpr size_t kTileT = 6;
 #else
 constexpr size_t kTileT = 2;
 #endif
