@@ -100,44 +100,6 @@ HWY_INLINE float DotI8Row(const int8_t* HWY_RESTRICT q, const float* HWY_RESTRIC
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
-// int4 row . x: sym  sum_g d_g * sum (q - 8) x ;  asym  sum_g s_g * sum q x + min_g * sum x.
-template <bool kAsym>
-HWY_INLINE float DotI4Row(const uint8_t* HWY_RESTRICT codes, const float* HWY_RESTRICT sc,
-                          const float* HWY_RESTRICT mn, const float* HWY_RESTRICT x, size_t n,
-                          size_t group) {
-  const QuantTag df;
-  const hn::RebindToSigned<decltype(df)> di;
-  const hn::Rebind<uint8_t, decltype(df)> du8;
-  const size_t N = hn::Lanes(df);
-  const size_t half = group / 2;
-  const auto mask = hn::Set(di, 0xF);
-  const auto eight = hn::Set(di, 8);
-  auto acc = hn::Zero(df);
-  for (size_t g = 0; g < n / group; ++g) {
-    const uint8_t* cg = codes + g * half;
-    const float* xg = x + g * group;
-    auto alo = hn::Zero(df), ahi = hn::Zero(df);
-    auto xs = hn::Zero(df);
-    for (size_t j = 0; j < half; j += N) {
-      const auto b = hn::PromoteTo(di, hn::LoadU(du8, cg + j));
-      auto qlo = hn::And(b, mask);
-      auto qhi = hn::ShiftRight<4>(b);
-      if (!kAsym) {
-        qlo = hn::Sub(qlo, eight);
-        qhi = hn::Sub(qhi, eight);
-      }
-      const auto xlo = hn::LoadU(df, xg + j);
-      const auto xhi = hn::LoadU(df, xg + j + half);
-      alo = hn::MulAdd(hn::ConvertTo(df, qlo), xlo, alo);
-      ahi = hn::MulAdd(hn::ConvertTo(df, qhi), xhi, ahi);
-      if (kAsym) xs = hn::Add(xs, hn::Add(xlo, xhi));
-    }
-    acc = hn::MulAdd(hn::Set(df, sc[g]), hn::Add(alo, ahi), acc);
-    if (kAsym) acc = hn::MulAdd(hn::Set(df, mn[g]), xs, acc);
-  }
-  return hn::GetLane(hn::SumOfLanes(df, acc));
-}
-
 // kR int4 rows . x at once (decode): each x load is shared by kR rows. Every row gets exactly
 // the arithmetic of kR == 1 (own accumulators, same op order), so a row's result does not
 // depend on the blocking. sc[i] / mn[i] are row i's f32 group scales / mins.
