@@ -12,32 +12,18 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "tests/tokenizer/tokenizer_test_util.h"
 
 namespace tessera {
 namespace {
 
 using json = nlohmann::json;
 
-const std::string kFixtures = TESSERA_FIXTURES_DIR;
+using tokenizer_test::kFixtures;
+using tokenizer_test::ReadAll;
+using tokenizer_test::ReadJson;
 
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-json ReadJson(const std::string& path) {
-  const std::string text = ReadAll(path);
-  EXPECT_FALSE(text.empty()) << path;
-  return json::parse(text);
-}
-
-std::string TempPath(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          ("tessera_tok_" + std::to_string(::getpid()) + "_" + name))
-      .string();
-}
+std::string TempPath(const std::string& name) { return tokenizer_test::TempPath("tessera_tok", name); }
 
 struct Fixture {
   const char* name;
