@@ -1027,6 +1027,12 @@ std::string Tokenizer::TokenPiece(int32_t id) const {
   if (id < 0 || id >= vocab_size()) return "";
   return impl_->pieces[id];
 }
+std::string Tokenizer::TokenBytes(int32_t id) const {
+  if (id < 0 || id >= vocab_size() || (impl_->flags[id] & kFlagSpecial)) return "";
+  std::vector<int> state = impl_->InitialDecodeState(false);
+  bool need_sep = true;
+  return impl_->RunDecoder({impl_->pieces[id]}, &state, &need_sep, /*final_chunk=*/false);
+}
 int32_t Tokenizer::PieceToId(std::string_view piece) const {
   const std::string key(piece);
   if (auto it = impl_->added_vocab.find(key); it != impl_->added_vocab.end()) return it->second;

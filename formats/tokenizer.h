@@ -100,6 +100,10 @@ class Tokenizer {
   std::string Decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
   // Raw vocab string of a token ("" for an invalid id).
   std::string TokenPiece(int32_t id) const;
+  // The bytes a token adds to generated text when it continues a sequence (decoder applied,
+  // e.g. Metaspace -> space, byte-fallback <0x0A> -> "\n", byte-level -> raw bytes). May be an
+  // incomplete UTF-8 sequence; "" for special tokens and invalid ids.
+  std::string TokenBytes(int32_t id) const;
   // Id of a piece (added tokens first, then the model vocab); -1 if absent.
   int32_t PieceToId(std::string_view piece) const;
 

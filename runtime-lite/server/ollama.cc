@@ -109,9 +109,21 @@ std::optional<ApiError> ParseOptions(const json& b, GenParams* p, int64_t* num_c
   return std::nullopt;
 }
 
-std::optional<ApiError> CheckUnsupported(const json& b) {
-  if (b.contains("format") && !b["format"].is_null() && !(b["format"].is_string() && b["format"].get<std::string>().empty()))
-    return Bad("format (structured output / constrained decoding) is not supported by tessera serve");
+// `format`: "json" (any JSON object) or a JSON Schema object -> constrained decoding.
+std::optional<ApiError> ParseFormat(const json& b, GenParams* p) {
+  if (!b.contains("format") || b["format"].is_null()) return std::nullopt;
+  const json& f = b["format"];
+  if (f.is_string()) {
+    const std::string v = f.get<std::string>();
+    if (v.empty()) return std::nullopt;
+    if (v != "json") return Bad("format must be \"json\" or a JSON schema object");
+    p->constraint = JsonConstraint::AnyObject();
+    return std::nullopt;
+  }
+  if (!f.is_object()) return Bad("format must be \"json\" or a JSON schema object");
+  auto c = JsonConstraint::FromSchema(f);
+  if (!c.ok()) return Bad(absl::StrCat("format: ", c.status().message()));
+  p->constraint = *c;
   return std::nullopt;
 }
 
@@ -319,12 +331,12 @@ void RegisterOllama(ServerState& s, httplib::Server& http) {
       m->loaded.store(!unload);
       return LoadReply(res, *m, false, unload);
     }
-    if (auto e = CheckUnsupported(b)) return SendOllamaError(res, *e);
     if (b.contains("suffix") && b["suffix"].is_string() && !b["suffix"].get<std::string>().empty())
       return SendOllamaError(res, {400, "suffix (fill-in-the-middle) is not supported"});
     GenParams p;
     int64_t num_ctx = 0;
     if (auto e = ParseOptions(b, &p, &num_ctx)) return SendOllamaError(res, *e);
+    if (auto e = ParseFormat(b, &p)) return SendOllamaError(res, *e);
     const int64_t n_ctx = EffectiveCtx(*m, num_ctx);
     const std::string system = b.contains("system") && b["system"].is_string() ? b["system"].get<std::string>() : "";
     const bool raw = b.value("raw", false);
@@ -366,12 +378,12 @@ void RegisterOllama(ServerState& s, httplib::Server& http) {
       m->loaded.store(!unload);
       return LoadReply(res, *m, true, unload);
     }
-    if (auto e = CheckUnsupported(b)) return SendOllamaError(res, *e);
     json messages;
     if (auto e = ChatMessages(b["messages"], &messages)) return SendOllamaError(res, *e);
     GenParams p;
     int64_t num_ctx = 0;
     if (auto e = ParseOptions(b, &p, &num_ctx)) return SendOllamaError(res, *e);
+    if (auto e = ParseFormat(b, &p)) return SendOllamaError(res, *e);
     const int64_t n_ctx = EffectiveCtx(*m, num_ctx);
     json extra = json::object();
     if (b.contains("tools") && b["tools"].is_array() && !b["tools"].empty()) extra["tools"] = b["tools"];

@@ -15,6 +15,8 @@ struct Request {
   GenParams params;
   bool stream = false;
   bool include_usage = false;
+  int n = 1;  // choices; choice i samples with seed + i
+  bool logprobs = false;
 };
 
 std::optional<ApiError> Bad(const std::string& msg, const std::string& param) { return ApiError{400, msg, param}; }
@@ -86,8 +88,11 @@ std::optional<ApiError> ParseCommon(ServerState& s, const json& b, bool chat, Re
     p.max_tokens = b[key].get<int64_t>();
   }
   if (auto e = ParseStop(b, &p.stop)) return e;
-  if (!IsNull(b, "n") && (!b["n"].is_number_integer() || b["n"].get<int64_t>() != 1))
-    return Bad("only n=1 is supported", "n");
+  if (!IsNull(b, "n")) {
+    if (!b["n"].is_number_integer() || b["n"].get<int64_t>() < 1 || b["n"].get<int64_t>() > 16)
+      return Bad("'n' must be an integer in [1, 16]", "n");
+    r->n = b["n"].get<int>();
+  }
   if (!IsNull(b, "logit_bias")) {
     if (!b["logit_bias"].is_object()) return Bad("'logit_bias' must be an object", "logit_bias");
     for (auto it = b["logit_bias"].begin(); it != b["logit_bias"].end(); ++it) {
@@ -104,14 +109,40 @@ std::optional<ApiError> ParseCommon(ServerState& s, const json& b, bool chat, Re
       p.logit_bias.emplace_back(id, it.value().get<float>());
     }
   }
-  const bool logprobs = chat ? (!IsNull(b, "logprobs") && b["logprobs"].is_boolean() && b["logprobs"].get<bool>())
-                             : (!IsNull(b, "logprobs") && b["logprobs"].is_number() && b["logprobs"].get<double>() > 0);
-  if (logprobs) return Bad("logprobs are not supported by this server", "logprobs");
+  // logprobs: chat takes a boolean + top_logprobs (0..20); completions take an integer 0..5.
+  if (!IsNull(b, "logprobs")) {
+    if (chat) {
+      if (!b["logprobs"].is_boolean()) return Bad("'logprobs' must be a boolean", "logprobs");
+      r->logprobs = b["logprobs"].get<bool>();
+      if (r->logprobs) p.top_logprobs = 0;
+    } else {
+      if (!b["logprobs"].is_number_integer() || b["logprobs"].get<int64_t>() < 0 || b["logprobs"].get<int64_t>() > 5)
+        return Bad("'logprobs' must be an integer in [0, 5]", "logprobs");
+      r->logprobs = true;
+      p.top_logprobs = b["logprobs"].get<int>();
+    }
+  }
+  if (chat && !IsNull(b, "top_logprobs")) {
+    if (!b["top_logprobs"].is_number_integer() || b["top_logprobs"].get<int64_t>() < 0 ||
+        b["top_logprobs"].get<int64_t>() > 20)
+      return Bad("'top_logprobs' must be an integer in [0, 20]", "top_logprobs");
+    if (!r->logprobs) return Bad("'top_logprobs' requires 'logprobs': true", "top_logprobs");
+    p.top_logprobs = b["top_logprobs"].get<int>();
+  }
   if (!IsNull(b, "response_format")) {
     const json& rf = b["response_format"];
-    if (!rf.is_object() || rf.value("type", "") != "text")
-      return Bad("response_format other than {\"type\":\"text\"} (constrained decoding) is not supported",
-                 "response_format");
+    const std::string type = rf.is_object() && rf.contains("type") && rf["type"].is_string() ? rf["type"].get<std::string>() : "";
+    if (type == "json_object") {
+      p.constraint = JsonConstraint::AnyObject();
+    } else if (type == "json_schema") {
+      if (!rf.contains("json_schema") || !rf["json_schema"].is_object() || !rf["json_schema"].contains("schema"))
+        return Bad("response_format json_schema needs 'json_schema': {'name', 'schema'}", "response_format");
+      auto c = JsonConstraint::FromSchema(rf["json_schema"]["schema"]);
+      if (!c.ok()) return Bad(absl::StrCat("response_format: ", c.status().message()), "response_format");
+      p.constraint = *c;
+    } else if (type != "text") {
+      return Bad("'response_format.type' must be 'text', 'json_object' or 'json_schema'", "response_format");
+    }
   }
   if (!IsNull(b, "stream")) {
     if (!b["stream"].is_boolean()) return Bad("'stream' must be a boolean", "stream");
@@ -182,50 +213,108 @@ std::string Sse(const ojson& j) {
   return absl::StrCat("data: ", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), "\n\n");
 }
 
-// Runs a generation job for chat (chat=true) or completions and answers (stream or not).
+ojson ByteList(const std::string& bytes) {
+  ojson out = ojson::array();
+  for (unsigned char c : bytes) out.push_back(static_cast<int>(c));
+  return out;
+}
+
+// OpenAI logprobs objects. Chat: {"content": [{token, logprob, bytes, top_logprobs}], "refusal"};
+// completions: {tokens, token_logprobs, top_logprobs: [{token: logprob}], text_offset}.
+ojson ChatLogprobs(const std::vector<TokenLogprob>& lps) {
+  ojson content = ojson::array();
+  for (const auto& e : lps) {
+    ojson top = ojson::array();
+    for (size_t i = 0; i < e.top.size(); ++i)
+      top.push_back(ojson{{"token", e.top_bytes[i]}, {"logprob", e.top[i].second}, {"bytes", ByteList(e.top_bytes[i])}});
+    content.push_back(ojson{{"token", e.bytes}, {"logprob", e.logprob}, {"bytes", ByteList(e.bytes)}, {"top_logprobs", top}});
+  }
+  return ojson{{"content", content}, {"refusal", nullptr}};
+}
+
+ojson CompletionLogprobs(const std::vector<TokenLogprob>& lps, int64_t* offset) {
+  ojson tokens = ojson::array(), values = ojson::array(), tops = ojson::array(), offsets = ojson::array();
+  for (const auto& e : lps) {
+    tokens.push_back(e.bytes);
+    values.push_back(e.logprob);
+    ojson top = ojson::object();
+    for (size_t i = 0; i < e.top.size(); ++i) top[e.top_bytes[i]] = e.top[i].second;
+    tops.push_back(top);
+    offsets.push_back(*offset);
+    *offset += static_cast<int64_t>(e.bytes.size());
+  }
+  return ojson{{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
+}
+
+// Runs the request's n generation jobs for chat (chat=true) or completions and answers (stream
+// or not). Choice i samples with seed + i, so n=1 equals a plain request with the same seed.
 void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, bool chat, httplib::Response& res) {
-  auto job = std::make_shared<Job>();
-  job->prompt = std::move(prompt);
-  job->params = r.params;
-  ApiError err;
-  if (!SubmitJob(s, *r.model, job, &err)) return SendOpenAIError(res, err);
+  std::vector<std::shared_ptr<Job>> jobs;
+  for (int i = 0; i < r.n; ++i) {
+    auto job = std::make_shared<Job>();
+    job->prompt = prompt;
+    job->params = r.params;
+    job->params.sampling.seed = r.params.sampling.seed + static_cast<uint64_t>(i);
+    ApiError err;
+    if (!SubmitJob(s, *r.model, job, &err)) {
+      for (auto& j : jobs) j->Cancel();
+      return SendOpenAIError(res, err);
+    }
+    jobs.push_back(std::move(job));
+  }
   const std::string id = RandomId(chat ? "chatcmpl-" : "cmpl-");
   const int64_t created = UnixNow();
   const std::string model = r.model->name;
-  const int64_t prompt_tokens = static_cast<int64_t>(job->prompt.size());
+  const int64_t prompt_tokens = static_cast<int64_t>(prompt.size());
   const std::string object = chat ? "chat.completion" : "text_completion";
+  const bool logprobs = r.logprobs;
+  auto completion_tokens = [jobs] {
+    int64_t n = 0;
+    for (const auto& j : jobs) n += static_cast<int64_t>(j->generated.size());
+    return n;
+  };
 
   if (!r.stream) {
-    job->WaitDone(std::chrono::hours(24));
-    if (!job->error.empty()) return SendOpenAIError(res, {500, job->error});
-    const std::string text = job->TakeText();
-    const int64_t completion = static_cast<int64_t>(job->generated.size());
-    ojson choice = {{"index", 0}};
-    if (chat) {
-      choice["message"] = {{"role", "assistant"}, {"content", text}};
-    } else {
-      choice["text"] = text;
+    ojson choices = ojson::array();
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      Job& job = *jobs[i];
+      job.WaitDone(std::chrono::hours(24));
+      if (!job.error.empty()) {
+        for (auto& j : jobs) j->Cancel();
+        return SendOpenAIError(res, {500, job.error});
+      }
+      const std::string text = job.TakeText();
+      ojson choice = {{"index", i}};
+      if (chat) {
+        choice["message"] = {{"role", "assistant"}, {"content", text}, {"refusal", nullptr}};
+      } else {
+        choice["text"] = text;
+      }
+      int64_t offset = 0;
+      choice["logprobs"] = !logprobs ? ojson(nullptr)
+                           : chat    ? ChatLogprobs(job.TakeLogprobs())
+                                     : CompletionLogprobs(job.TakeLogprobs(), &offset);
+      choice["finish_reason"] = job.finish_reason;
+      choices.push_back(std::move(choice));
     }
-    choice["logprobs"] = nullptr;
-    choice["finish_reason"] = job->finish_reason;
     return SendJson(res, ojson{{"id", id},
                                {"object", object},
                                {"created", created},
                                {"model", model},
                                {"system_fingerprint", "tessera"},
-                               {"choices", ojson::array({choice})},
-                               {"usage", Usage(prompt_tokens, completion)}});
+                               {"choices", choices},
+                               {"usage", Usage(prompt_tokens, completion_tokens())}});
   }
 
   const bool include_usage = r.include_usage;
-  auto chunk = [=](ojson delta_or_text, const ojson& finish) {
-    ojson choice = {{"index", 0}};
+  auto chunk = [=](size_t index, ojson delta_or_text, const ojson& lp, const ojson& finish) {
+    ojson choice = {{"index", index}};
     if (chat) {
       choice["delta"] = std::move(delta_or_text);
     } else {
       choice["text"] = std::move(delta_or_text);
     }
-    choice["logprobs"] = nullptr;
+    choice["logprobs"] = lp;
     choice["finish_reason"] = finish;
     ojson j = {{"id", id},
                {"object", chat ? "chat.completion.chunk" : "text_completion"},
@@ -241,23 +330,56 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
   res.set_chunked_content_provider(
       "text/event-stream",
       [=](size_t, httplib::DataSink& sink) {
+        auto cancel_all = [&] {
+          for (auto& j : jobs) j->Cancel();
+        };
         if (chat) {
-          const std::string first = chunk(ojson{{"role", "assistant"}, {"content", ""}}, nullptr);
+          std::string first;
+          for (size_t i = 0; i < jobs.size(); ++i)
+            first += chunk(i, ojson{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr);
           if (!sink.write(first.data(), first.size())) {
-            job->Cancel();
+            cancel_all();
             return false;
           }
         }
-        const bool alive = PumpJob(*job, sink, [&](const std::string& text) {
-          return chat ? chunk(ojson{{"content", text}}, nullptr) : chunk(text, nullptr);
-        });
-        if (!alive) return false;
+        std::vector<int64_t> offsets(jobs.size(), 0);
+        std::vector<bool> finished(jobs.size(), false);
+        size_t open = jobs.size();
+        while (open > 0) {
+          for (size_t i = 0; i < jobs.size(); ++i) {
+            if (finished[i]) continue;
+            Job& job = *jobs[i];
+            job.WaitForOutput(std::chrono::milliseconds(jobs.size() == 1 ? 100 : 5));
+            const bool done = job.IsDone();
+            const std::string text = job.TakeText();
+            const std::vector<TokenLogprob> lps = logprobs ? job.TakeLogprobs() : std::vector<TokenLogprob>{};
+            std::string out;
+            if (!text.empty() || !lps.empty()) {
+              const ojson lp = !logprobs ? ojson(nullptr) : chat ? ChatLogprobs(lps) : CompletionLogprobs(lps, &offsets[i]);
+              out = chat ? chunk(i, ojson{{"content", text}}, lp, nullptr) : chunk(i, text, lp, nullptr);
+            }
+            if (done) {
+              finished[i] = true;
+              --open;
+              if (job.error.empty()) out += chat ? chunk(i, ojson::object(), nullptr, job.finish_reason)
+                                                 : chunk(i, "", nullptr, job.finish_reason);
+            }
+            if (!out.empty() && !sink.write(out.data(), out.size())) {
+              cancel_all();
+              return false;
+            }
+          }
+          if (open > 0 && !sink.is_writable()) {
+            cancel_all();
+            return false;
+          }
+        }
         std::string tail;
-        if (!job->error.empty()) {
-          tail = Sse(ojson{{"error", {{"message", job->error}, {"type", "server_error"}, {"param", nullptr},
-                                      {"code", nullptr}}}});
-        } else {
-          tail = chat ? chunk(ojson::object(), job->finish_reason) : chunk("", job->finish_reason);
+        for (const auto& j : jobs)
+          if (!j->error.empty() && tail.empty())
+            tail = Sse(ojson{{"error", {{"message", j->error}, {"type", "server_error"}, {"param", nullptr},
+                                        {"code", nullptr}}}});
+        if (tail.empty()) {
           if (include_usage) {
             ojson u = {{"id", id},
                        {"object", chat ? "chat.completion.chunk" : "text_completion"},
@@ -265,7 +387,7 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
                        {"model", model},
                        {"system_fingerprint", "tessera"},
                        {"choices", ojson::array()},
-                       {"usage", Usage(prompt_tokens, static_cast<int64_t>(job->generated.size()))}};
+                       {"usage", Usage(prompt_tokens, completion_tokens())}};
             tail += Sse(u);
           }
           tail += "data: [DONE]\n\n";
@@ -274,8 +396,9 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
         sink.done();
         return true;
       },
-      [job](bool success) {
-        if (!success) job->Cancel();
+      [jobs](bool success) {
+        if (!success)
+          for (auto& j : jobs) j->Cancel();
       });
 }
 

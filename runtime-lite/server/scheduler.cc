@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
+#include <optional>
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
@@ -20,6 +23,13 @@ std::string Job::TakeText() {
   std::lock_guard<std::mutex> lk(mu);
   std::string out;
   out.swap(text);
+  return out;
+}
+
+std::vector<TokenLogprob> Job::TakeLogprobs() {
+  std::lock_guard<std::mutex> lk(mu);
+  std::vector<TokenLogprob> out(logprobs.begin() + static_cast<std::ptrdiff_t>(logprobs_taken), logprobs.end());
+  logprobs_taken = logprobs.size();
   return out;
 }
 
@@ -58,6 +68,9 @@ struct ModelWorker::Active {
   int32_t last = 0;
   std::string pending;  // decoded text not yet released (possible stop-string prefix)
   size_t max_stop = 0;
+  JsonConstraint::State cstate;  // constrained decoding
+  std::vector<int32_t> order;    // scratch for Constrain
+  std::optional<TokenLogprob> lp;  // the sampled token's entry, until Accept keeps it
 
   Active(std::shared_ptr<Job> j, const Tokenizer& tok)
       : job(std::move(j)), sampler(job->params.sampling), decoder(tok, /*at_start=*/false) {}
@@ -191,6 +204,15 @@ void ModelWorker::Admit(std::shared_ptr<Job> job) {
   }
   a->pos = n;
   a->history = job->prompt;
+  if (job->params.constraint) {
+    a->cstate = job->params.constraint->Initial();
+    if (token_bytes_.empty()) {
+      const Tokenizer& tok = model_->tokenizer();
+      token_bytes_.resize(static_cast<size_t>(c.vocab));
+      for (int32_t id = 0; id < static_cast<int32_t>(c.vocab) && id < tok.vocab_size(); ++id)
+        token_bytes_[static_cast<size_t>(id)] = tok.TokenBytes(id);
+    }
+  }
   slot_busy_[static_cast<size_t>(slot)] = true;
   {
     std::lock_guard<std::mutex> lk(mu_);
@@ -274,7 +296,9 @@ bool ModelWorker::Accept(Active& a, int32_t id) {
   {
     std::lock_guard<std::mutex> lk(job.mu);
     job.generated.push_back(id);
+    if (a.lp) job.logprobs.push_back(std::move(*a.lp));
   }
+  a.lp.reset();
   a.history.push_back(id);
   a.counts[id]++;
   {
@@ -295,6 +319,17 @@ bool ModelWorker::Accept(Active& a, int32_t id) {
       return false;
     }
   }
+  if (p.constraint) {
+    // Constrain() only lets through tokens that keep the document valid.
+    if (!p.constraint->Feed(a.cstate, token_bytes_[static_cast<size_t>(id)])) {
+      Finish(a, "stop", "constrained decoding: the sampled token does not continue the JSON document");
+      return false;
+    }
+    if (JsonConstraint::Complete(a.cstate)) {
+      Finish(a, "stop");
+      return false;
+    }
+  }
   Emit(a, false);
   const int64_t n_gen = static_cast<int64_t>(a.history.size() - job.prompt.size());
   if ((p.max_tokens >= 0 && n_gen >= p.max_tokens) || a.pos >= a.limit) {
@@ -302,6 +337,75 @@ bool ModelWorker::Accept(Active& a, int32_t id) {
     return false;
   }
   return true;
+}
+
+bool ModelWorker::Constrain(Active& a, float* lg) {
+  const int64_t V = model_->vocab();
+  const SamplingParams& sp = a.job->params.sampling;
+  // Enough valid candidates for the sampler: 1 for greedy, top_k, else the best 64 (the
+  // remaining tail of the distribution is dropped; documented in the server README).
+  const size_t need = sp.temperature <= 0.0f ? 1 : (sp.top_k > 0 ? static_cast<size_t>(sp.top_k) : 64);
+  std::vector<int32_t>& order = a.order;
+  order.resize(static_cast<size_t>(V));
+  std::iota(order.begin(), order.end(), 0);
+  auto by_logit = [lg](int32_t x, int32_t y) { return lg[x] > lg[y] || (lg[x] == lg[y] && x < y); };
+  const JsonConstraint& c = *a.job->params.constraint;
+  std::vector<std::pair<int32_t, float>> valid;
+  size_t begin = 0, chunk = 256;
+  while (begin < order.size() && valid.size() < need) {
+    const size_t end = std::min(order.size(), begin + chunk);
+    std::partial_sort(order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end),
+                      order.end(), by_logit);
+    for (size_t i = begin; i < end && valid.size() < need; ++i) {
+      const int32_t id = order[i];
+      if (!std::isfinite(lg[id]) && lg[id] < 0) {
+        begin = order.size();
+        break;
+      }
+      const std::string& bytes = token_bytes_[static_cast<size_t>(id)];
+      if (bytes.empty()) continue;
+      JsonConstraint::State t = a.cstate;
+      if (c.Feed(t, bytes)) valid.emplace_back(id, lg[id]);
+    }
+    if (begin < order.size()) begin = end;
+    chunk *= 4;
+  }
+  if (valid.empty()) return false;
+  std::fill(lg, lg + V, -std::numeric_limits<float>::infinity());
+  for (const auto& [id, v] : valid) lg[id] = v;
+  return true;
+}
+
+void ModelWorker::RecordLogprob(Active& a, const float* lg, int32_t id) {
+  const int64_t V = model_->vocab();
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < V; ++i) mx = std::max(mx, lg[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += std::exp(static_cast<double>(lg[i] - mx));
+  const float lse = mx + static_cast<float>(std::log(sum));
+  const Tokenizer& tok = model_->tokenizer();
+  auto bytes_of = [&](int32_t t) {
+    return static_cast<size_t>(t) < token_bytes_.size() && !token_bytes_.empty() ? token_bytes_[static_cast<size_t>(t)]
+                                                                                  : tok.TokenBytes(t);
+  };
+  TokenLogprob e;
+  e.id = id;
+  e.bytes = bytes_of(id);
+  e.logprob = lg[id] - lse;
+  const int k = std::min<int64_t>(a.job->params.top_logprobs, V);
+  if (k > 0) {
+    std::vector<int32_t>& order = a.order;
+    order.resize(static_cast<size_t>(V));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                      [lg](int32_t x, int32_t y) { return lg[x] > lg[y] || (lg[x] == lg[y] && x < y); });
+    for (int i = 0; i < k; ++i) {
+      const int32_t t = order[static_cast<size_t>(i)];
+      e.top.emplace_back(t, lg[t] - lse);
+      e.top_bytes.push_back(bytes_of(t));
+    }
+  }
+  a.lp = std::move(e);
 }
 
 void ModelWorker::Loop() {
@@ -353,15 +457,21 @@ void ModelWorker::Loop() {
       } else {
         const GenParams& p = a.job->params;
         const float* lg = a.logits.data();
-        if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f || !p.logit_bias.empty()) {
+        if (p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f || !p.logit_bias.empty() || p.constraint) {
           a.scratch = a.logits;
           for (const auto& [tok, bias] : p.logit_bias) a.scratch[static_cast<size_t>(tok)] += bias;
           for (const auto& [tok, cnt] : a.counts)
             a.scratch[static_cast<size_t>(tok)] -= p.presence_penalty + p.frequency_penalty * static_cast<float>(cnt);
           lg = a.scratch.data();
         }
-        const int32_t id = a.sampler.Sample(lg, V, a.history);
-        keep = Accept(a, id);
+        if (p.constraint && !Constrain(a, a.scratch.data())) {
+          Finish(a, "stop", "constrained decoding: no token can continue the JSON document");
+          keep = false;
+        } else {
+          const int32_t id = a.sampler.Sample(lg, V, a.history);
+          if (p.top_logprobs >= 0) RecordLogprob(a, lg, id);
+          keep = Accept(a, id);
+        }
       }
       if (!keep) {
         active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));

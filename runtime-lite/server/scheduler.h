@@ -23,6 +23,7 @@
 
 #include "runtime-lite/model.h"
 #include "runtime-lite/sampler.h"
+#include "runtime-lite/server/json_constraint.h"
 
 namespace tessera::server {
 
@@ -35,6 +36,21 @@ struct GenParams {
   std::vector<std::string> stop;   // stop strings (excluded from the output)
   std::vector<std::pair<int32_t, float>> logit_bias;  // added to the logits before sampling
   bool stop_at_eos = true;
+  // >= 0: record each generated token's log-probability and its `top_logprobs` best alternatives
+  // (log-softmax of the logits the sampler saw: after logit_bias, penalties and the JSON mask,
+  // before temperature).
+  int top_logprobs = -1;
+  // Non-null: constrained decoding (response_format / Ollama format). The job ends with "stop" as
+  // soon as the JSON document is complete.
+  std::shared_ptr<const JsonConstraint> constraint;
+};
+
+struct TokenLogprob {
+  int32_t id = 0;
+  std::string bytes;  // what the token added to the text (may be a partial UTF-8 sequence)
+  float logprob = 0.0f;
+  std::vector<std::pair<int32_t, float>> top;  // best alternatives, most likely first
+  std::vector<std::string> top_bytes;
 };
 
 using Clock = std::chrono::steady_clock;
@@ -57,6 +73,8 @@ struct Job {
   std::string finish_reason;  // stop | length | cancelled
   std::string error;          // non-empty: failed
   std::vector<int32_t> generated;  // every sampled token that was kept (excludes EOS)
+  std::vector<TokenLogprob> logprobs;  // with params.top_logprobs >= 0: one per generated token
+  size_t logprobs_taken = 0;
   std::vector<std::vector<float>> embeddings;
   Clock::time_point t_submit = Clock::now(), t_start, t_first, t_end;  // start = prefill begins
 
@@ -66,6 +84,7 @@ struct Job {
   // Waits until there is text or the job is done (or the timeout passes).
   void WaitForOutput(std::chrono::milliseconds timeout);
   std::string TakeText();  // takes pending text
+  std::vector<TokenLogprob> TakeLogprobs();  // takes the entries not yet taken
   bool IsDone();
   void Cancel() { cancelled.store(true); }
   // Blocks until done; false if still not done after `timeout`.
@@ -113,6 +132,9 @@ class ModelWorker {
   bool Accept(Active& a, int32_t id);
   void Finish(Active& a, const std::string& reason, const std::string& error = "");
   void Emit(Active& a, bool final);
+  // Masks `lg` (in place) to the tokens that keep the JSON document valid; false if none can.
+  bool Constrain(Active& a, float* lg);
+  void RecordLogprob(Active& a, const float* lg, int32_t id);
 
   std::unique_ptr<Model> model_;
   int parallel_;
@@ -130,6 +152,7 @@ class ModelWorker {
   std::vector<std::unique_ptr<KVCache>> caches_;  // one per slot, created on first use
   std::vector<bool> slot_busy_;
   std::vector<std::unique_ptr<Active>> active_;
+  std::vector<std::string> token_bytes_;  // TokenBytes of every id (built on first use)
   std::vector<float>* capture_ = nullptr;  // embedding capture target (activation observer)
   size_t capture_rows_ = 0;
   std::thread thread_;

@@ -17,6 +17,8 @@
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "core/npy.h"
+#include "runtime-lite/server/json_constraint.h"
 #include "tests/testutil.h"
 
 namespace tessera::testing {
@@ -593,8 +595,16 @@ TEST(Serve, Errors) {
   m0["max_tokens"] = 0;
   check_openai(Post(s, "/v1/chat/completions", m0), 400, "");
   json n2 = Chat("hi", 5);
-  n2["n"] = 2;
+  n2["n"] = 17;
   check_openai(Post(s, "/v1/chat/completions", n2), 400, "");
+  json lp = Chat("hi", 5);
+  lp["top_logprobs"] = 3;  // without logprobs: true
+  check_openai(Post(s, "/v1/chat/completions", lp), 400, "");
+  json rf = Chat("hi", 5);
+  rf["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "x"}, {"schema", {{"allOf", json::array()}}}}}};
+  Reply rfr = Post(s, "/v1/chat/completions", rf);
+  check_openai(rfr, 400, "");
+  EXPECT_EQ(rfr.j["error"]["param"], "response_format");
   json temp = Chat("hi", 5);
   temp["temperature"] = "hot";
   check_openai(Post(s, "/v1/chat/completions", temp), 400, "");
@@ -780,6 +790,211 @@ TEST(Serve, GracefulShutdown) {
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(Post(s, "/v1/completions", Completion("Once", 3)).status, 200);
   EXPECT_EQ(s.Stop(), 0) << s.log();
+}
+
+TEST(Serve, NChoices) {
+  Server s({Stories(), "--parallel", "4"});
+  ASSERT_TRUE(s.ok());
+  json req = Completion("Once upon a time", 12);
+  req["temperature"] = 0.9;
+  req["seed"] = 7;
+  req["n"] = 3;
+  Reply r = Post(s, "/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  ASSERT_EQ(r.j["choices"].size(), 3u);
+  int64_t total = 0;
+  for (int i = 0; i < 3; ++i) {
+    const json& ch = r.j["choices"][i];
+    EXPECT_EQ(ch["index"], i);
+    // Choice i is the solo request with seed + i.
+    json solo = Completion("Once upon a time", 12);
+    solo["temperature"] = 0.9;
+    solo["seed"] = 7 + i;
+    Reply one = Post(s, "/v1/completions", solo);
+    EXPECT_EQ(ch["text"], one.j["choices"][0]["text"]) << i;
+    total += one.j["usage"]["completion_tokens"].get<int64_t>();
+  }
+  EXPECT_NE(r.j["choices"][0]["text"], r.j["choices"][1]["text"]);
+  EXPECT_EQ(r.j["usage"]["prompt_tokens"], 5);  // counted once
+  EXPECT_EQ(r.j["usage"]["completion_tokens"], total);
+  // Streamed: chunks carry their choice index; each index reassembles to the same text.
+  req["stream"] = true;
+  Reply st = Post(s, "/v1/completions", req);
+  ASSERT_EQ(st.status, 200);
+  std::vector<std::string> texts(3);
+  std::vector<int> finishes(3, 0);
+  auto data = SseData(st.body);
+  ASSERT_FALSE(data.empty());
+  EXPECT_EQ(data.back(), "[DONE]");
+  for (size_t i = 0; i + 1 < data.size(); ++i) {
+    json c = json::parse(data[i]);
+    ASSERT_EQ(c["choices"].size(), 1u);
+    const int idx = c["choices"][0]["index"];
+    ASSERT_GE(idx, 0);
+    ASSERT_LT(idx, 3);
+    texts[static_cast<size_t>(idx)] += c["choices"][0]["text"].get<std::string>();
+    if (!c["choices"][0]["finish_reason"].is_null()) finishes[static_cast<size_t>(idx)]++;
+  }
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(texts[i], r.j["choices"][i]["text"]) << i;
+    EXPECT_EQ(finishes[i], 1) << i;
+  }
+}
+
+TEST(Serve, Logprobs) {
+  Server s({Qwen(), Stories()});
+  ASSERT_TRUE(s.ok());
+  json req = Completion("Once upon a time", 8);
+  req["logprobs"] = 3;
+  Reply r = Post(s, "/v1/completions", req);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json& lp = r.j["choices"][0]["logprobs"];
+  ASSERT_TRUE(lp.is_object()) << r.body;
+  ASSERT_EQ(lp["tokens"].size(), 8u);
+  std::string joined;
+  for (size_t i = 0; i < 8; ++i) {
+    const std::string tok = lp["tokens"][i];
+    const double v = lp["token_logprobs"][i];
+    EXPECT_LE(v, 0.0);
+    EXPECT_EQ(lp["text_offset"][i], static_cast<int64_t>(joined.size()));
+    joined += tok;
+    // Greedy: the chosen token is the most likely one, and it is among the top 3.
+    ASSERT_EQ(lp["top_logprobs"][i].size(), 3u);
+    double best = -1e30;
+    for (auto it = lp["top_logprobs"][i].begin(); it != lp["top_logprobs"][i].end(); ++it)
+      best = std::max(best, it.value().get<double>());
+    EXPECT_NEAR(v, best, 1e-6);
+    ASSERT_TRUE(lp["top_logprobs"][i].contains(tok));
+    EXPECT_NEAR(lp["top_logprobs"][i][tok].get<double>(), v, 1e-6);
+  }
+  EXPECT_EQ(joined, r.j["choices"][0]["text"]);
+  // The first token's log-probability is the log-softmax of the model's logits after the prompt
+  // (`tessera logits` over the same ids: BOS + "Once upon a time").
+  TempDir tmp;
+  auto lg = RunTessera({"logits", Stories(), "--ids", "1,403,407,261,378", "-o", tmp / "l.npy"});
+  ASSERT_EQ(lg.exit_code, 0) << lg.err;
+  auto arr = ReadNpyF32(tmp / "l.npy");
+  ASSERT_TRUE(arr.ok());
+  const int64_t V = arr->shape[1];
+  const float* row = arr->data.data() + 4 * V;
+  double mx = -1e30, sum = 0;
+  for (int64_t i = 0; i < V; ++i) mx = std::max(mx, static_cast<double>(row[i]));
+  for (int64_t i = 0; i < V; ++i) sum += std::exp(row[i] - mx);
+  int64_t arg = 0;
+  for (int64_t i = 1; i < V; ++i)
+    if (row[i] > row[arg]) arg = i;
+  EXPECT_NEAR(lp["token_logprobs"][0].get<double>(), row[arg] - mx - std::log(sum), 1e-3);
+
+  // Chat: logprobs.content with bytes and top_logprobs.
+  json c = Chat("Hello there", 6);
+  c["logprobs"] = true;
+  c["top_logprobs"] = 2;
+  Reply cr = Post(s, "/v1/chat/completions", c);
+  ASSERT_EQ(cr.status, 200) << cr.body;
+  const json& content = cr.j["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(static_cast<int64_t>(content.size()), cr.j["usage"]["completion_tokens"].get<int64_t>());
+  std::string bytes;
+  for (const auto& e : content) {
+    ASSERT_EQ(e["top_logprobs"].size(), 2u);
+    EXPECT_GE(e["top_logprobs"][0]["logprob"].get<double>(), e["top_logprobs"][1]["logprob"].get<double>());
+    EXPECT_NEAR(e["logprob"].get<double>(), e["top_logprobs"][0]["logprob"].get<double>(), 1e-6);
+    for (const auto& b : e["bytes"]) bytes.push_back(static_cast<char>(b.get<int>()));
+  }
+  // The random-weight model may emit invalid UTF-8, which the content carries as U+FFFD: the ASCII
+  // bytes must agree exactly.
+  auto ascii = [](const std::string& t) {
+    std::string o;
+    for (char ch : t)
+      if (static_cast<unsigned char>(ch) < 0x80) o.push_back(ch);
+    return o;
+  };
+  EXPECT_EQ(ascii(bytes), ascii(cr.j["choices"][0]["message"]["content"]));
+  EXPECT_FALSE(ascii(bytes).empty());
+  // Streamed chunks carry the same entries.
+  c["stream"] = true;
+  Reply cs = Post(s, "/v1/chat/completions", c);
+  size_t streamed = 0;
+  for (const auto& d : SseData(cs.body)) {
+    if (d == "[DONE]") continue;
+    json j = json::parse(d);
+    if (j["choices"].empty() || j["choices"][0]["logprobs"].is_null()) continue;
+    for (const auto& e : j["choices"][0]["logprobs"]["content"]) {
+      ASSERT_LT(streamed, content.size());
+      EXPECT_EQ(e["token"], content[streamed]["token"]);
+      EXPECT_NEAR(e["logprob"].get<double>(), content[streamed]["logprob"].get<double>(), 1e-6);
+      ++streamed;
+    }
+  }
+  EXPECT_EQ(streamed, content.size());
+}
+
+TEST(Serve, StructuredOutput) {
+  Server s({Qwen()});
+  ASSERT_TRUE(s.ok());
+  const json schema = json::parse(R"({"type": "object",
+      "properties": {"color": {"enum": ["red", "green", "blue"]}, "ok": {"type": "boolean"},
+                     "n": {"type": "integer"}},
+      "required": ["color", "ok", "n"], "additionalProperties": false})");
+  json c = Chat("Describe the sky as JSON.", 240);
+  c["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "sky"}, {"schema", schema}, {"strict", true}}}};
+  Reply r = Post(s, "/v1/chat/completions", c);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const std::string text = r.j["choices"][0]["message"]["content"];
+  auto check = [&](const std::string& t) {
+    json v = json::parse(t, nullptr, false);
+    ASSERT_FALSE(v.is_discarded()) << t;
+    ASSERT_TRUE(v.is_object()) << t;
+    EXPECT_EQ(v.size(), 3u) << t;
+    EXPECT_TRUE(v["color"] == "red" || v["color"] == "green" || v["color"] == "blue") << t;
+    EXPECT_TRUE(v["ok"].is_boolean()) << t;
+    EXPECT_TRUE(v["n"].is_number_integer()) << t;
+  };
+  if (r.j["choices"][0]["finish_reason"] == "stop") {
+    check(text);
+  } else {
+    // Out of tokens inside a long integer: still a valid prefix.
+    auto k = server::JsonConstraint::FromSchema(schema);
+    ASSERT_TRUE(k.ok());
+    auto st = (*k)->Initial();
+    EXPECT_TRUE((*k)->Feed(st, text)) << text;
+  }
+  // Streaming gives the same text.
+  std::string finish;
+  json usage;
+  EXPECT_EQ(StreamText(s, "/v1/chat/completions", c, &finish, &usage), text);
+
+  // json_object with sampling: valid JSON object, or a valid prefix when cut by max_tokens.
+  auto any = server::JsonConstraint::AnyObject();
+  for (int seed = 1; seed <= 3; ++seed) {
+    json o = Chat("Give me JSON.", 60);
+    o["temperature"] = 0.8;
+    o["seed"] = seed;
+    o["response_format"] = {{"type", "json_object"}};
+    Reply orr = Post(s, "/v1/chat/completions", o);
+    ASSERT_EQ(orr.status, 200) << orr.body;
+    const std::string t = orr.j["choices"][0]["message"]["content"];
+    if (orr.j["choices"][0]["finish_reason"] == "stop") {
+      EXPECT_TRUE(server::JsonConstraintAccepts(*any, t)) << t;
+      json v = json::parse(t, nullptr, false);
+      EXPECT_TRUE(v.is_object()) << t;
+    } else {
+      auto st = any->Initial();
+      EXPECT_TRUE(any->Feed(st, t)) << t;
+    }
+  }
+
+  // Ollama `format` with a schema, and "json".
+  Reply oc = Post(s, "/api/chat", json{{"model", "qwen2"}, {"stream", false}, {"format", schema},
+                                       {"messages", {{{"role", "user"}, {"content", "Describe the sky as JSON."}}}},
+                                       {"options", {{"temperature", 0}, {"num_predict", 240}}}});
+  ASSERT_EQ(oc.status, 200) << oc.body;
+  EXPECT_EQ(oc.j["message"]["content"], text);  // same prompt, same greedy constrained decode
+  Reply og = Post(s, "/api/generate", json{{"model", "qwen2"}, {"stream", false}, {"format", "json"},
+                                           {"prompt", "JSON please"}, {"options", {{"temperature", 0}, {"num_predict", 60}}}});
+  ASSERT_EQ(og.status, 200) << og.body;
+  auto st = any->Initial();
+  EXPECT_TRUE(any->Feed(st, og.j["response"].get<std::string>())) << og.body;
+  EXPECT_EQ(Post(s, "/api/generate", json{{"model", "qwen2"}, {"format", "yaml"}, {"prompt", "x"}}).status, 400);
 }
 
 }  // namespace
