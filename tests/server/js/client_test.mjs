@@ -116,6 +116,44 @@ test('openai: errors map to SDK exceptions', async () => {
     (e) => e instanceof OpenAI.BadRequestError && /chat template/.test(e.message));
 });
 
+test('openai: structured output, logprobs and n choices', async () => {
+  const schema = {
+    type: 'object',
+    properties: { color: { enum: ['red', 'green', 'blue'] }, ok: { type: 'boolean' } },
+    required: ['color', 'ok'],
+    additionalProperties: false,
+  };
+  const r = await openai.chat.completions.create({
+    model: 'qwen2', messages: [{ role: 'user', content: 'JSON please' }], temperature: 0, max_tokens: 200,
+    response_format: { type: 'json_schema', json_schema: { name: 'sky', schema, strict: true } },
+  });
+  assert.equal(r.choices[0].finish_reason, 'stop', r.choices[0].message.content);
+  const v = JSON.parse(r.choices[0].message.content);
+  assert.deepEqual(Object.keys(v).sort(), ['color', 'ok']);
+  assert.ok(['red', 'green', 'blue'].includes(v.color));
+  assert.equal(typeof v.ok, 'boolean');
+  const lp = await openai.chat.completions.create({
+    model: 'qwen2', messages: [{ role: 'user', content: 'Hi' }], temperature: 0, max_tokens: 5, logprobs: true, top_logprobs: 3,
+  });
+  assert.equal(lp.choices[0].logprobs.content.length, lp.usage.completion_tokens);
+  for (const e of lp.choices[0].logprobs.content) {
+    assert.equal(e.top_logprobs.length, 3);
+    assert.ok(e.logprob <= 0 && Math.abs(e.logprob - e.top_logprobs[0].logprob) < 1e-6);
+  }
+  const n = await openai.completions.create({ model: 's260k', prompt: 'Once upon a time', max_tokens: 8, n: 2, seed: 5 });
+  assert.equal(n.choices.length, 2);
+  assert.deepEqual(n.choices.map((c) => c.index), [0, 1]);
+});
+
+test('ollama: format json schema', async () => {
+  const schema = { type: 'object', properties: { ok: { type: 'boolean' } }, required: ['ok'] };
+  const r = await ollama.chat({
+    model: 'qwen2', messages: [{ role: 'user', content: 'JSON please' }], format: schema, options: { temperature: 0, num_predict: 200 },
+  });
+  assert.equal(r.done_reason, 'stop', r.message.content);
+  assert.equal(typeof JSON.parse(r.message.content).ok, 'boolean');
+});
+
 test('ollama: list, ps, show, version', async () => {
   const l = await ollama.list();
   assert.deepEqual(l.models.map((m) => m.name), ['qwen2:latest', 's260k:latest']);
