@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "formats/tokenizer.h"
 #include "runtime-lite/server/internal.h"
+#include "runtime-lite/server/tool_calls.h"
 
 namespace tessera::server {
 namespace {
@@ -160,8 +161,20 @@ void AddFinal(ojson& j, Job& job, bool with_context) {
   j["eval_duration"] = Ns(job.DecodeSeconds());
 }
 
+// Chat with tools: a reply that is a tool call becomes message.tool_calls (arguments as objects).
+ojson ChatMessage(const std::vector<ToolDef>& tools, const std::string& text) {
+  std::vector<ToolCall> calls;
+  std::string content;
+  if (!tools.empty() && ExtractToolCalls(text, tools, &calls, &content)) {
+    ojson tc = ojson::array();
+    for (const auto& c : calls) tc.push_back(ojson{{"function", {{"name", c.name}, {"arguments", c.arguments}}}});
+    return ojson{{"role", "assistant"}, {"content", content}, {"tool_calls", tc}};
+  }
+  return ojson{{"role", "assistant"}, {"content", text}};
+}
+
 void RunGeneration(ServerState& s, ModelEntry& m, std::vector<int32_t> prompt, const GenParams& params, bool chat,
-                   bool stream, httplib::Response& res) {
+                   bool stream, httplib::Response& res, const std::vector<ToolDef>& tools = {}) {
   auto job = std::make_shared<Job>();
   job->prompt = std::move(prompt);
   job->params = params;
@@ -180,27 +193,46 @@ void RunGeneration(ServerState& s, ModelEntry& m, std::vector<int32_t> prompt, c
   if (!stream) {
     job->WaitDone(std::chrono::hours(24));
     if (!job->error.empty()) return SendOllamaError(res, {500, job->error});
-    ojson j = piece(job->TakeText());
+    ojson j = piece("");
+    if (chat) {
+      j["message"] = ChatMessage(tools, job->TakeText());
+    } else {
+      j["response"] = job->TakeText();
+    }
     AddFinal(j, *job, !chat);
     return SendJson(res, j);
   }
+  // With tools the reply may be a call: held back and sent as one message before the final line.
+  const bool hold = chat && !tools.empty();
   res.set_chunked_content_provider(
       "application/x-ndjson",
       [=](size_t, httplib::DataSink& sink) {
+        std::string held;
         const bool alive = PumpJob(*job, sink, [&](const std::string& text) {
+          if (hold) {
+            held += text;
+            return std::string();
+          }
           ojson j = piece(text);
           j["done"] = false;
           return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
         });
         if (!alive) return false;
         ojson last;
+        std::string line;
         if (!job->error.empty()) {
           last = ojson{{"error", job->error}};
         } else {
+          if (hold) {
+            ojson j = piece("");
+            j["message"] = ChatMessage(tools, held);
+            j["done"] = false;
+            line = j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+          }
           last = piece("");
           AddFinal(last, *job, !chat);
         }
-        const std::string line = last.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+        line += last.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
         if (!sink.write(line.data(), line.size())) return false;
         sink.done();
         return true;
@@ -386,11 +418,13 @@ void RegisterOllama(ServerState& s, httplib::Server& http) {
     if (auto e = ParseFormat(b, &p)) return SendOllamaError(res, *e);
     const int64_t n_ctx = EffectiveCtx(*m, num_ctx);
     json extra = json::object();
-    if (b.contains("tools") && b["tools"].is_array() && !b["tools"].empty()) extra["tools"] = b["tools"];
+    auto tools = ParseTools(b.contains("tools") ? b["tools"] : json());
+    if (!tools.ok()) return SendOllamaError(res, {400, std::string(tools.status().message())});
+    if (!tools->empty()) extra["tools"] = b["tools"];
     PromptResult pr;
     if (auto e = BuildChatPrompt(*m, messages, extra, n_ctx, p.max_tokens, &pr)) return SendOllamaError(res, *e);
     p.n_ctx = n_ctx;
-    RunGeneration(s, *m, std::move(pr.ids), p, true, Streaming(b), res);
+    RunGeneration(s, *m, std::move(pr.ids), p, true, Streaming(b), res, *tools);
   });
 
   http.Post("/api/embed", [&s](const httplib::Request& req, httplib::Response& res) {

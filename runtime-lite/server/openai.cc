@@ -1,4 +1,5 @@
 // OpenAI-compatible routes: /v1/models, /v1/chat/completions, /v1/completions, /v1/embeddings.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -6,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "formats/tokenizer.h"
 #include "runtime-lite/server/internal.h"
+#include "runtime-lite/server/tool_calls.h"
 
 namespace tessera::server {
 namespace {
@@ -17,6 +19,7 @@ struct Request {
   bool include_usage = false;
   int n = 1;  // choices; choice i samples with seed + i
   bool logprobs = false;
+  std::vector<ToolDef> tools;  // chat with tools: calls are parsed out of the reply
 };
 
 std::optional<ApiError> Bad(const std::string& msg, const std::string& param) { return ApiError{400, msg, param}; }
@@ -246,6 +249,31 @@ ojson CompletionLogprobs(const std::vector<TokenLogprob>& lps, int64_t* offset) 
   return ojson{{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
+// The assistant message of a finished chat choice: tool calls parsed out of the text when the
+// request has tools (finish_reason becomes "tool_calls"), else the text as content.
+ojson AssistantMessage(const Request& r, const std::string& text, std::string* finish, bool delta) {
+  ojson msg = delta ? ojson::object() : ojson{{"role", "assistant"}};
+  std::vector<ToolCall> calls;
+  std::string content;
+  if (!r.tools.empty() && ExtractToolCalls(text, r.tools, &calls, &content)) {
+    msg["content"] = content.empty() ? ojson(nullptr) : ojson(content);
+    ojson tc = ojson::array();
+    for (size_t i = 0; i < calls.size(); ++i) {
+      ojson call = {{"id", RandomId("call_")},
+                    {"type", "function"},
+                    {"function", {{"name", calls[i].name}, {"arguments", calls[i].arguments.dump()}}}};
+      if (delta) call["index"] = i;
+      tc.push_back(std::move(call));
+    }
+    msg["tool_calls"] = std::move(tc);
+    *finish = "tool_calls";
+  } else {
+    msg["content"] = text;
+  }
+  if (!delta) msg["refusal"] = nullptr;
+  return msg;
+}
+
 // Runs the request's n generation jobs for chat (chat=true) or completions and answers (stream
 // or not). Choice i samples with seed + i, so n=1 equals a plain request with the same seed.
 void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, bool chat, httplib::Response& res) {
@@ -284,9 +312,10 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
         return SendOpenAIError(res, {500, job.error});
       }
       const std::string text = job.TakeText();
+      std::string finish = job.finish_reason;
       ojson choice = {{"index", i}};
       if (chat) {
-        choice["message"] = {{"role", "assistant"}, {"content", text}, {"refusal", nullptr}};
+        choice["message"] = AssistantMessage(r, text, &finish, false);
       } else {
         choice["text"] = text;
       }
@@ -294,7 +323,7 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
       choice["logprobs"] = !logprobs ? ojson(nullptr)
                            : chat    ? ChatLogprobs(job.TakeLogprobs())
                                      : CompletionLogprobs(job.TakeLogprobs(), &offset);
-      choice["finish_reason"] = job.finish_reason;
+      choice["finish_reason"] = finish;
       choices.push_back(std::move(choice));
     }
     return SendJson(res, ojson{{"id", id},
@@ -307,6 +336,7 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
   }
 
   const bool include_usage = r.include_usage;
+  const Request req = r;  // for tool-call parsing at the end of a stream
   auto chunk = [=](size_t index, ojson delta_or_text, const ojson& lp, const ojson& finish) {
     ojson choice = {{"index", index}};
     if (chat) {
@@ -344,6 +374,9 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
         }
         std::vector<int64_t> offsets(jobs.size(), 0);
         std::vector<bool> finished(jobs.size(), false);
+        // With tools the reply may be a call: it is held back and sent whole when the choice ends.
+        const bool hold = chat && !req.tools.empty();
+        std::vector<std::string> held(jobs.size());
         size_t open = jobs.size();
         while (open > 0) {
           for (size_t i = 0; i < jobs.size(); ++i) {
@@ -354,15 +387,18 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
             const std::string text = job.TakeText();
             const std::vector<TokenLogprob> lps = logprobs ? job.TakeLogprobs() : std::vector<TokenLogprob>{};
             std::string out;
-            if (!text.empty() || !lps.empty()) {
+            if (hold) {
+              held[i] += text;
+            } else if (!text.empty() || !lps.empty()) {
               const ojson lp = !logprobs ? ojson(nullptr) : chat ? ChatLogprobs(lps) : CompletionLogprobs(lps, &offsets[i]);
               out = chat ? chunk(i, ojson{{"content", text}}, lp, nullptr) : chunk(i, text, lp, nullptr);
             }
             if (done) {
               finished[i] = true;
               --open;
-              if (job.error.empty()) out += chat ? chunk(i, ojson::object(), nullptr, job.finish_reason)
-                                                 : chunk(i, "", nullptr, job.finish_reason);
+              std::string finish = job.finish_reason;
+              if (hold && job.error.empty()) out += chunk(i, AssistantMessage(req, held[i], &finish, true), nullptr, nullptr);
+              if (job.error.empty()) out += chat ? chunk(i, ojson::object(), nullptr, finish) : chunk(i, "", nullptr, finish);
             }
             if (!out.empty() && !sink.write(out.data(), out.size())) {
               cancel_all();
@@ -442,11 +478,48 @@ void RegisterOpenAI(ServerState& s, httplib::Server& http) {
     if (auto e = NormalizeMessages(b.contains("messages") ? b["messages"] : json(), &messages))
       return SendOpenAIError(res, *e);
     json extra = json::object();
-    if (b.contains("tools") && b["tools"].is_array() && !b["tools"].empty() && b.value("tool_choice", json("auto")) != "none")
+    auto tools = ParseTools(b.contains("tools") ? b["tools"] : json());
+    if (!tools.ok()) return SendOpenAIError(res, {400, std::string(tools.status().message()), "tools"});
+    // tool_choice: "auto" (default), "none", "required", or {"type": "function", "function": {"name"}}.
+    std::string choice = "auto", forced_name;
+    if (!IsNull(b, "tool_choice")) {
+      const json& tc = b["tool_choice"];
+      if (tc.is_string() && (tc == "auto" || tc == "none" || tc == "required")) {
+        choice = tc.get<std::string>();
+      } else if (tc.is_object() && tc.contains("function") && tc["function"].is_object() &&
+                 tc["function"].contains("name") && tc["function"]["name"].is_string()) {
+        choice = "required";
+        forced_name = tc["function"]["name"].get<std::string>();
+        if (std::none_of(tools->begin(), tools->end(), [&](const ToolDef& t) { return t.name == forced_name; }))
+          return SendOpenAIError(res, {400, absl::StrCat("tool_choice names '", forced_name, "', which is not in 'tools'"),
+                                       "tool_choice"});
+      } else {
+        return SendOpenAIError(res, {400, "'tool_choice' must be 'auto', 'none', 'required' or a function", "tool_choice"});
+      }
+    }
+    if (choice == "required" && tools->empty())
+      return SendOpenAIError(res, {400, "'tool_choice' requires 'tools'", "tool_choice"});
+    if (!tools->empty() && choice != "none") {
       extra["tools"] = b["tools"];
+      r.tools = *tools;
+    }
     PromptResult pr;
     if (auto e = BuildChatPrompt(*r.model, messages, extra, EffectiveCtx(*r.model, 0), r.params.max_tokens, &pr))
       return SendOpenAIError(res, *e);
+    if (choice == "required") {
+      // Force a call: open the template's call block and constrain the rest to a call object.
+      auto c = JsonConstraint::FromSchema(ForcedCallSchema(r.tools, forced_name));
+      if (!c.ok()) {  // parameters use keywords the recogniser refuses: any object as arguments
+        std::vector<ToolDef> loose = r.tools;
+        for (auto& t : loose) t.parameters = json::object();
+        c = JsonConstraint::FromSchema(ForcedCallSchema(loose, forced_name));
+      }
+      if (!c.ok()) return SendOpenAIError(res, {400, std::string(c.status().message()), "tools"});
+      r.params.constraint = *c;
+      const std::vector<int32_t> prefix =
+          r.model->model().tokenizer().Encode(ToolCallPrefix(r.model->template_source), false);
+      pr.ids.insert(pr.ids.end(), prefix.begin(), prefix.end());
+    }
     Generate(s, r, std::move(pr.ids), true, res);
   });
 

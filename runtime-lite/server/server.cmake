@@ -4,7 +4,7 @@
 pkg_check_modules(CPP_HTTPLIB IMPORTED_TARGET cpp-httplib)
 set(_srv ${CMAKE_CURRENT_SOURCE_DIR}/server)
 add_library(tessera_server STATIC ${_srv}/server.cc ${_srv}/scheduler.cc ${_srv}/openai.cc ${_srv}/ollama.cc
-            ${_srv}/json_constraint.cc)
+            ${_srv}/json_constraint.cc ${_srv}/tool_calls.cc)
 target_link_libraries(tessera_server PUBLIC tessera_runtime tessera_formats tessera_core nlohmann_json::nlohmann_json
                       absl::strings Threads::Threads)
 if(CPP_HTTPLIB_FOUND)

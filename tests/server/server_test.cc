@@ -997,5 +997,78 @@ TEST(Serve, StructuredOutput) {
   EXPECT_EQ(Post(s, "/api/generate", json{{"model", "qwen2"}, {"format", "yaml"}, {"prompt", "x"}}).status, 400);
 }
 
+TEST(Serve, ToolCalls) {
+  Server s({Qwen()});
+  ASSERT_TRUE(s.ok());
+  const json tools = json::parse(R"([{"type": "function", "function": {"name": "get_weather",
+      "parameters": {"type": "object", "properties": {"city": {"enum": ["Paris", "Oslo"]}, "days": {"type": "integer"}},
+                     "required": ["city"], "additionalProperties": false}}},
+    {"type": "function", "function": {"name": "noop", "parameters": {"type": "object", "properties": {}}}}])");
+  json c = Chat("What is the weather in Paris?", 200);
+  c["tools"] = tools;
+  c["tool_choice"] = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
+  Reply r = Post(s, "/v1/chat/completions", c);
+  ASSERT_EQ(r.status, 200) << r.body;
+  const json& ch = r.j["choices"][0];
+  ASSERT_EQ(ch["finish_reason"], "tool_calls") << r.body;
+  ASSERT_EQ(ch["message"]["tool_calls"].size(), 1u) << r.body;
+  const json& call = ch["message"]["tool_calls"][0];
+  EXPECT_EQ(call["type"], "function");
+  EXPECT_EQ(call["id"].get<std::string>().rfind("call_", 0), 0u);
+  EXPECT_EQ(call["function"]["name"], "get_weather");
+  const json args = json::parse(call["function"]["arguments"].get<std::string>());  // a JSON string, as OpenAI sends
+  EXPECT_TRUE(args["city"] == "Paris" || args["city"] == "Oslo") << args;
+  EXPECT_TRUE(ch["message"]["content"].is_null());
+  // Streamed: one delta with the call (index, id, function), then finish_reason tool_calls.
+  c["stream"] = true;
+  Reply st = Post(s, "/v1/chat/completions", c);
+  json streamed_call;
+  std::string finish;
+  for (const auto& d : SseData(st.body)) {
+    if (d == "[DONE]") continue;
+    json j = json::parse(d);
+    if (j["choices"].empty()) continue;
+    const json& delta = j["choices"][0]["delta"];
+    if (delta.contains("tool_calls")) streamed_call = delta["tool_calls"][0];
+    if (!j["choices"][0]["finish_reason"].is_null()) finish = j["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(finish, "tool_calls");
+  EXPECT_EQ(streamed_call["index"], 0);
+  EXPECT_EQ(streamed_call["function"]["name"], "get_weather");
+  EXPECT_EQ(json::parse(streamed_call["function"]["arguments"].get<std::string>()), args);
+  // "required" with two tools: a call to one of them.
+  c.erase("stream");
+  c["tool_choice"] = "required";
+  Reply rq = Post(s, "/v1/chat/completions", c);
+  ASSERT_EQ(rq.status, 200) << rq.body;
+  ASSERT_EQ(rq.j["choices"][0]["finish_reason"], "tool_calls") << rq.body;
+  const std::string name = rq.j["choices"][0]["message"]["tool_calls"][0]["function"]["name"];
+  EXPECT_TRUE(name == "get_weather" || name == "noop");
+  // The tool result goes back through the template; the reply is ordinary text or another call.
+  json follow = Chat("What is the weather in Paris?", 8);
+  follow["messages"].push_back({{"role", "assistant"}, {"content", nullptr}, {"tool_calls", ch["message"]["tool_calls"]}});
+  follow["messages"].push_back({{"role", "tool"}, {"tool_call_id", call["id"]}, {"content", "sunny, 21 C"}});
+  follow["tools"] = tools;
+  EXPECT_EQ(Post(s, "/v1/chat/completions", follow).status, 200);
+  // Errors: unknown forced function, tool_choice without tools, malformed tools.
+  json bad = Chat("x", 5);
+  bad["tools"] = tools;
+  bad["tool_choice"] = {{"type", "function"}, {"function", {{"name", "nope"}}}};
+  EXPECT_EQ(Post(s, "/v1/chat/completions", bad).status, 400);
+  bad.erase("tools");
+  bad["tool_choice"] = "required";
+  EXPECT_EQ(Post(s, "/v1/chat/completions", bad).status, 400);
+  bad["tools"] = json::array({{{"type", "function"}}});
+  Reply br = Post(s, "/v1/chat/completions", bad);
+  EXPECT_EQ(br.status, 400);
+  EXPECT_EQ(br.j["error"]["param"], "tools");
+  // Ollama: tools pass through to the template; a reply without a call is plain content.
+  Reply o = Post(s, "/api/chat", json{{"model", "qwen2"}, {"stream", false}, {"tools", tools},
+                                      {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                                      {"options", {{"temperature", 0}, {"num_predict", 6}}}});
+  ASSERT_EQ(o.status, 200) << o.body;
+  EXPECT_TRUE(o.j["message"]["content"].is_string());
+}
+
 }  // namespace
 }  // namespace tessera::testing
