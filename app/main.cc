@@ -14,6 +14,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "app/cmd_export.h"
+#include "converter/gguf_converter.h"
 #include "converter/hf_converter.h"
 #include "converter/onnx_converter.h"
 #include "core/mapped_file.h"
@@ -110,6 +112,17 @@ absl::Status RunConvert(const ConvertArgs& a) {
     return absl::OkStatus();
   }
   if (!a.tokenizer.empty()) return absl::InvalidArgumentError("--tokenizer applies to ONNX models (SRC ending in .onnx)");
+  if (a.src.size() > 5 && a.src.compare(a.src.size() - 5, 5, ".gguf") == 0) {
+    tessera::ConvertOptions o;
+    o.force = a.force;
+    o.cmdline = g_cmdline;
+    tessera::GgufReport report;
+    TESSERA_RETURN_IF_ERROR(tessera::ConvertGguf(a.src, a.out, o, &report));
+    if (!a.quiet)
+      for (const auto& n : report.notes) std::fprintf(stderr, "gguf import: %s\n", n.c_str());
+    std::fprintf(stderr, "wrote %s\n", a.out.c_str());
+    return absl::OkStatus();
+  }
   tessera::ConvertOptions o;
   o.force = a.force;
   o.cmdline = g_cmdline;
@@ -548,14 +561,19 @@ int main(int argc, char** argv) {
   app.add_flag("-q,--quiet", quiet, "No progress bars or statistics on stderr");
 
   ConvertArgs ca;
-  auto* conv = app.add_subcommand("convert", "Convert a Hugging Face model directory into a Tessera package");
-  conv->add_option("src", ca.src, "Hugging Face directory (config.json, *.safetensors, tokenizer.json) or MODEL.onnx")->required();
+  auto* conv = app.add_subcommand("convert", "Convert a Hugging Face model directory, ONNX or GGUF model into a Tessera package");
+  conv->add_option("src", ca.src, "Hugging Face directory (config.json, *.safetensors, tokenizer.json), MODEL.onnx or MODEL.gguf")->required();
   conv->add_option("-o,--out", ca.out, "Output package directory")->required();
   conv->add_flag("--force", ca.force, "Replace OUT if it exists");
   conv->add_option("--tokenizer", ca.tokenizer,
                    "ONNX only: folder with tokenizer.json (default: beside the model, then its parent folder)");
   conv->footer("Examples:\n  tessera convert ../shared/fixtures/stories260K/hf -o out/s260k-f32\n"
-               "  tessera convert ../shared/fixtures/stories260K/onnx/model.onnx --tokenizer ../shared/fixtures/stories260K/hf -o out/s260k-onnx");
+               "  tessera convert ../shared/fixtures/stories260K/onnx/model.onnx --tokenizer ../shared/fixtures/stories260K/hf -o out/s260k-onnx\n"
+               "  tessera convert tinyllama-Q4_K_M.gguf -o out/tinyllama-q4km   (GGUF: Q4_0/Q8_0/Q4_1 exact, Q4_K near-exact,\n"
+               "                                                               Q5_0/Q5_1/Q5_K/Q6_K dequantized to f16; see docs/GGUF.md)");
+
+  tessera::app::ExportArgs ea;
+  auto* exp = tessera::app::AddExportCommand(app, &ea);
 
   QuantizeArgs qa;
   auto* quant = app.add_subcommand("quantize", "Quantize a package (recipes: group-wise INT4/INT8, FP16, BF16, mixed)");
@@ -721,6 +739,10 @@ int main(int argc, char** argv) {
       st = RunBenchCmd(ba);
     }
     else if (*srv) st = RunServe(sa, quiet);
+    else if (*exp) {
+      ea.quiet = quiet;
+      st = tessera::app::RunExport(ea);
+    }
   } catch (const std::exception& e) {
     st = absl::InternalError(e.what());
   }
