@@ -709,6 +709,12 @@ int main(int argc, char** argv) {
   srv->add_option("--name", sa.names, "Model name (name[:tag]) per package (default: directory name, tag latest)");
   srv->add_option("--chat-template", sa.chat_template_file, "Jinja chat template file (overrides the models')");
   srv->add_option("--memory", sa.memory, "mmap | full | stream")->capture_default_str();
+  srv->add_option("--max-connections", sa.max_connections, "Connections served at once (more wait to be accepted)")
+      ->capture_default_str();
+  srv->add_option("--read-timeout", sa.read_timeout_seconds, "Seconds a client may send nothing before it is dropped")
+      ->capture_default_str();
+  srv->add_option("--idle-timeout", sa.idle_timeout_seconds, "Seconds an idle keep-alive connection stays open")
+      ->capture_default_str();
   srv->footer("Example:\n  tessera serve out/qwen2 --port 11434 --parallel 8\n"
               "  curl localhost:11434/v1/chat/completions -d '{\"model\":\"qwen2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'");
 
