@@ -298,8 +298,11 @@ absl::Status RunRun(const RunArgs& a) {
 // ---- logits ----
 struct LogitsArgs {
   std::string pkg, ids, out, memory = "mmap";
+  bool force = false;
 };
 absl::Status RunLogits(const LogitsArgs& a) {
+  if (!a.force && fs::exists(a.out))
+    return absl::AlreadyExistsError(absl::StrCat(a.out, ": already exists (use --force to replace it)"));
   TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, a.memory));
   TESSERA_ASSIGN_OR_RETURN(auto ids, ParseIds(a.ids));
   if (ids.empty()) return absl::InvalidArgumentError("--ids is empty");
@@ -307,7 +310,7 @@ absl::Status RunLogits(const LogitsArgs& a) {
   tessera::KVCache cache(model->config(), std::max<int64_t>(static_cast<int64_t>(ids.size()), 1));
   std::vector<float> logits(ids.size() * static_cast<size_t>(model->vocab()));
   TESSERA_RETURN_IF_ERROR(model->Forward(cache, ids.data(), ids.size(), 0, logits.data(), true));
-  return tessera::WriteNpyF32(a.out, {static_cast<int64_t>(ids.size()), model->vocab()}, logits.data());
+  return tessera::WriteNpyF32(a.out, {static_cast<int64_t>(ids.size()), model->vocab()}, logits.data(), a.force);
 }
 
 // ---- tokenize / detokenize ----
@@ -489,9 +492,25 @@ absl::Status RunBenchCmd(const BenchArgs& a) {
 // ---- inspect ----
 struct InspectArgs {
   std::string pkg;
-  bool json = false;
+  bool json = false, check = false;
 };
+// inspect --check: every file's and every tensor's hash, then the tensors against the architecture.
+absl::Status RunCheck(const InspectArgs& a) {
+  TESSERA_ASSIGN_OR_RETURN(auto check, tessera::CheckPackage(a.pkg));
+  for (const auto& l : check.lines) std::printf("%s\n", l.c_str());
+  std::fflush(stdout);
+  if (!check.errors.empty()) {
+    if (check.errors.size() > 1)
+      return absl::DataLossError(absl::StrCat(check.errors.front().message(), " (and ", check.errors.size() - 1,
+                                              " more problems, listed above)"));
+    return check.errors.front();
+  }
+  TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, "mmap"));  // shapes and dtypes vs the architecture
+  std::printf("ok   %s: every file and tensor checksum matches, tensors fit the architecture\n", a.pkg.c_str());
+  return absl::OkStatus();
+}
 absl::Status RunInspect(const InspectArgs& a) {
+  if (a.check) return RunCheck(a);
   TESSERA_ASSIGN_OR_RETURN(auto pkg, tessera::Package::Open(a.pkg));
   nlohmann::ordered_json tensors = nlohmann::ordered_json::array();
   size_t total = 0;
@@ -635,6 +654,7 @@ int main(int argc, char** argv) {
   lg->add_option("--ids", la.ids, "Comma-separated token ids")->required();
   lg->add_option("-o,--out", la.out, "Output .npy file")->required();
   lg->add_option("--memory", la.memory, "full | mmap | stream")->capture_default_str();
+  lg->add_flag("--force", la.force, "Replace OUT if it exists (only once the new file is complete)");
   lg->footer("Example:\n  tessera logits out/s260k-f32 --ids 1,403,407 -o logits.npy");
 
   TokenizeArgs ta;
@@ -688,7 +708,10 @@ int main(int argc, char** argv) {
   auto* insp = app.add_subcommand("inspect", "Show a package's manifest, files and tensors (verifies checksums)");
   insp->add_option("pkg", ia.pkg, "Package directory")->required();
   insp->add_flag("--json", ia.json, "Print JSON");
-  insp->footer("Example:\n  tessera inspect out/s260k-q4");
+  insp->add_flag("--check", ia.check,
+                 "Verify everything: each file's size and xxh3, each tensor's xxh3, tensors vs the architecture; "
+                 "exit 1 on any mismatch");
+  insp->footer("Examples:\n  tessera inspect out/s260k-q4\n  tessera inspect --check out/s260k-q4");
 
   tessera::server::ServeOptions sa;
   auto* srv = app.add_subcommand("serve", "Serve packages over HTTP (OpenAI- and Ollama-compatible APIs)");
@@ -704,6 +727,12 @@ int main(int argc, char** argv) {
   srv->add_option("--name", sa.names, "Model name (name[:tag]) per package (default: directory name, tag latest)");
   srv->add_option("--chat-template", sa.chat_template_file, "Jinja chat template file (overrides the models')");
   srv->add_option("--memory", sa.memory, "mmap | full | stream")->capture_default_str();
+  srv->add_option("--max-connections", sa.max_connections, "Connections served at once (more wait to be accepted)")
+      ->capture_default_str();
+  srv->add_option("--read-timeout", sa.read_timeout_seconds, "Seconds a client may send nothing before it is dropped")
+      ->capture_default_str();
+  srv->add_option("--idle-timeout", sa.idle_timeout_seconds, "Seconds an idle keep-alive connection stays open")
+      ->capture_default_str();
   srv->footer("Example:\n  tessera serve out/qwen2 --port 11434 --parallel 8\n"
               "  curl localhost:11434/v1/chat/completions -d '{\"model\":\"qwen2\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'");
 

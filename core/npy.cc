@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "core/cleanup.h"
 #include "core/mapped_file.h"
 
 namespace tessera {
@@ -55,7 +56,7 @@ absl::StatusOr<NpyArray> ReadNpyF32(const std::string& path) {
 }
 
 absl::Status WriteNpyF32(const std::string& path, const std::vector<int64_t>& shape,
-                         const float* data) {
+                         const float* data, bool force) {
   std::string dims;
   size_t count = 1;
   for (size_t i = 0; i < shape.size(); ++i) {
@@ -67,16 +68,13 @@ absl::Status WriteNpyF32(const std::string& path, const std::vector<int64_t>& sh
   size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header += '\n';
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) return absl::PermissionDeniedError(absl::StrCat(path, ": cannot write"));
   const uint16_t hl = static_cast<uint16_t>(header.size());
-  out.write("\x93NUMPY\x01\x00", 8);
-  out.put(static_cast<char>(hl & 0xFF));
-  out.put(static_cast<char>(hl >> 8));
-  out << header;
-  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(count * 4));
-  if (!out) return absl::DataLossError(absl::StrCat(path, ": write failed"));
-  return absl::OkStatus();
+  std::string bytes("\x93NUMPY\x01\x00", 8);
+  bytes += static_cast<char>(hl & 0xFF);
+  bytes += static_cast<char>(hl >> 8);
+  bytes += header;
+  bytes.append(reinterpret_cast<const char*>(data), count * 4);
+  return WriteFileAtomic(path, bytes, force);
 }
 
 }  // namespace tessera

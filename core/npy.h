@@ -16,7 +16,8 @@ struct NpyArray {
 };
 
 absl::StatusOr<NpyArray> ReadNpyF32(const std::string& path);
+// Atomic (temporary sibling + rename); an existing file is replaced only with `force`.
 absl::Status WriteNpyF32(const std::string& path, const std::vector<int64_t>& shape,
-                         const float* data);
+                         const float* data, bool force = true);
 
 }  // namespace tessera

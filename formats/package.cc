@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <random>
+#include <map>
 #include <set>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/cleanup.h"
 #include "core/mapped_file.h"
 #include "core/status.h"
 #include "xxhash.h"
@@ -86,6 +88,7 @@ absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, c
   TESSERA_ASSIGN_OR_RETURN(pkg->config_, ModelConfig::FromJson(m["arch"], mpath));
   // Check every listed file: present, right size, and (optionally) right checksum.
   if (!m.contains("files") || !m["files"].is_array()) return FileError(mpath, "missing \"files\"");
+  std::set<std::string> listed;
   for (const auto& f : m["files"]) {
     std::string rel;
     uint64_t bytes = 0;
@@ -105,10 +108,21 @@ absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, c
     if (ec) return FileError(p, "missing (listed in manifest.json)");
     if (sz != bytes)
       return FileError(p, absl::StrCat("size ", sz, " bytes, manifest says ", bytes, " (truncated or modified)"));
-    if (opts.verify_checksums && !stream && !hash.empty()) {
+    listed.insert(rel);
+    const bool is_pack = rel.size() > 4 && rel.compare(rel.size() - 4, 4, ".bin") == 0;
+    // Packs carry a checksum per tensor (verified when opened); hashing the whole file as well
+    // would read the weights twice.
+    if (opts.verify_checksums && !stream && !hash.empty() && (!is_pack || opts.verify_file_hashes)) {
       TESSERA_ASSIGN_OR_RETURN(std::string h, HashFile(p));
       if (h != hash) return FileError(p, absl::StrCat("checksum ", h, " does not match manifest (", hash, ")"));
     }
+  }
+  {
+    std::vector<std::string> need{"embedding.bin", "lm.bin"};
+    for (int64_t i = 0; i < pkg->config_.layers; ++i) need.push_back(BlockFileName(i));
+    for (const auto& n : need)
+      if (!listed.count(n))
+        return FileError(mpath, absl::StrCat("\"files\" does not list ", n, " (the manifest disagrees with the architecture)"));
   }
   const std::string tok_file = m.contains("tokenizer") ? m["tokenizer"].value("file", "tokenizer.txt") : "tokenizer.txt";
   TESSERA_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Load((fs::path(dir) / tok_file).string()));
@@ -146,20 +160,68 @@ absl::StatusOr<std::unique_ptr<TensorPack>> Package::LoadPack(const std::string&
   return pack;
 }
 
+absl::StatusOr<PackageCheck> CheckPackage(const std::string& dir) {
+  PackageCheck r;
+  // Structure first (manifest, sizes, headers, indexes, the architecture's files), without hashes.
+  Package::Options o;
+  o.verify_checksums = false;
+  TESSERA_ASSIGN_OR_RETURN(auto pkg, Package::Open(dir, o));
+  std::map<std::string, const TensorPack*> packs;
+  for (const TensorPack* p : pkg->all_packs()) packs[fs::path(p->path()).filename().string()] = p;
+  for (const auto& f : pkg->manifest()["files"]) {
+    const std::string rel = f.value("path", "");
+    const std::string want = f.value("xxh3_64", "");
+    const std::string p = pkg->FilePath(rel);
+    std::vector<absl::Status> errs;
+    size_t n_tensors = 0;
+    auto it = packs.find(rel);
+    if (it != packs.end()) {
+      for (const auto& t : it->second->tensors()) {
+        ++n_tensors;
+        absl::Status st = it->second->VerifyTensor(t);
+        if (!st.ok()) errs.push_back(st);
+      }
+      it->second->ReleasePages();
+    }
+    auto h = HashFile(p);
+    if (!h.ok()) {
+      errs.push_back(h.status());
+    } else if (want.empty()) {
+      errs.push_back(FileError(p, "the manifest has no xxh3_64 for this file"));
+    } else if (*h != want && errs.empty()) {
+      errs.push_back(FileError(p, absl::StrCat("checksum ", *h, " does not match manifest (", want, ")",
+                                               it != packs.end() ? "; every tensor is intact, so the header, index or padding changed" : "")));
+    }
+    if (errs.empty()) {
+      r.lines.push_back(absl::StrFormat("ok   %-16s %12llu bytes  xxh3 %s%s", rel,
+                                        static_cast<unsigned long long>(f.value("bytes", uint64_t{0})), want,
+                                        it != packs.end() ? absl::StrCat(", ", n_tensors, " tensors") : ""));
+    } else {
+      for (const auto& e : errs) {
+        r.lines.push_back(absl::StrCat("FAIL ", e.message()));
+        r.errors.push_back(e);
+      }
+    }
+  }
+  return r;
+}
+
 absl::StatusOr<std::unique_ptr<PackageWriter>> PackageWriter::Create(const std::string& out_dir, bool force) {
   std::error_code ec;
+  InstallCleanupHandlers();
+  RemoveStaleTempSiblings(out_dir);  // left by a writer that was killed (SIGKILL)
   if (fs::exists(out_dir, ec) && !force)
-    return absl::AlreadyExistsError(absl::StrCat(out_dir, ": already exists (use --force to overwrite)"));
+    return absl::AlreadyExistsError(absl::StrCat(out_dir, ": already exists (use --force to replace it)"));
   fs::path out(out_dir);
   fs::path parent = out.parent_path().empty() ? fs::path(".") : out.parent_path();
   if (!fs::is_directory(parent, ec)) return FileError(parent.string(), "output parent directory does not exist");
   std::unique_ptr<PackageWriter> w(new PackageWriter());
   w->out_dir_ = out_dir;
   w->force_ = force;
-  std::random_device rd;
-  w->tmp_dir_ = (parent / absl::StrFormat(".%s.tmp-%d-%08x", out.filename().string(), getpid(), rd())).string();
+  w->tmp_dir_ = TempSiblingPath(out_dir);
   if (!fs::create_directory(w->tmp_dir_, ec))
     return FileError(w->tmp_dir_, absl::StrCat("cannot create: ", ec.message()));
+  RegisterTempPath(w->tmp_dir_);  // removed by SIGINT/SIGTERM/SIGHUP/SIGQUIT
   return w;
 }
 
@@ -167,6 +229,7 @@ PackageWriter::~PackageWriter() {
   if (!committed_) {
     std::error_code ec;
     fs::remove_all(tmp_dir_, ec);
+    UnregisterTempPath(tmp_dir_);
   }
 }
 
@@ -180,6 +243,9 @@ absl::Status PackageWriter::WritePack(const std::string& file_name, const std::s
   e["bytes"] = fs::file_size(p);
   e["xxh3_64"] = h;
   files_.push_back(e);
+  // Tests only: widens the window in which an interrupted conversion is caught mid-way.
+  if (const char* ms = std::getenv("TESSERA_TEST_WRITE_DELAY_MS"))
+    std::this_thread::sleep_for(std::chrono::milliseconds(std::atoi(ms)));
   return absl::OkStatus();
 }
 
@@ -204,23 +270,7 @@ absl::Status PackageWriter::Commit(nlohmann::ordered_json manifest) {
     out.flush();
     if (!out) return FileError(mp, "write failed");
   }
-  std::error_code ec;
-  if (fs::exists(out_dir_, ec)) {
-    if (!force_) return absl::AlreadyExistsError(absl::StrCat(out_dir_, ": already exists (use --force)"));
-    // Move the old one aside first so a failure never leaves neither.
-    const std::string old = tmp_dir_ + ".old";
-    fs::rename(out_dir_, old, ec);
-    if (ec) return FileError(out_dir_, absl::StrCat("cannot replace: ", ec.message()));
-    fs::rename(tmp_dir_, out_dir_, ec);
-    if (ec) {
-      fs::rename(old, out_dir_);
-      return FileError(out_dir_, absl::StrCat("cannot move package into place: ", ec.message()));
-    }
-    fs::remove_all(old, ec);
-  } else {
-    fs::rename(tmp_dir_, out_dir_, ec);
-    if (ec) return FileError(out_dir_, absl::StrCat("cannot move package into place: ", ec.message()));
-  }
+  TESSERA_RETURN_IF_ERROR(ReplaceWithTemp(tmp_dir_, out_dir_, force_));
   committed_ = true;
   return absl::OkStatus();
 }

@@ -29,8 +29,18 @@ class Package {
     kFull,    // read every file into memory
     kStream,  // open nothing up front: blocks, the LM head and embedding rows are read on demand
   };
+  // What Open verifies (docs/PACKAGE.md "Integrity"):
+  //  - always: manifest.json parses, names every file the architecture needs, and each listed
+  //    file exists with the listed size; every pack's header and index checksums, and every
+  //    plane's bounds and size;
+  //  - verify_checksums (default): the xxh3 of every tensor's bytes (one pass over the weights;
+  //    stream mode: each file once per process, when first loaded) and the whole-file xxh3 of the
+  //    small non-pack files (tokenizer.txt);
+  //  - verify_file_hashes: also the whole-file xxh3 of every pack (a second pass; it adds the
+  //    padding bytes no tensor covers). `tessera inspect --check` (CheckPackage) does all of it.
   struct Options {
     bool verify_checksums = true;
+    bool verify_file_hashes = false;
     Memory memory = Memory::kMmap;
   };
   static absl::StatusOr<std::unique_ptr<Package>> Open(const std::string& dir, const Options& opts);
@@ -63,6 +73,15 @@ class Package {
   std::unique_ptr<TensorPack> embedding_, lm_;
   std::vector<std::unique_ptr<TensorPack>> blocks_;
 };
+
+// `tessera inspect --check`: verifies everything (every listed file's size and whole-file
+// xxh3, every pack's header/index checksums and every tensor's xxh3, and that the manifest names
+// the files the architecture needs), collecting one line per file.
+struct PackageCheck {
+  std::vector<std::string> lines;   // "ok   FILE ..." or "FAIL FILE: what"
+  std::vector<absl::Status> errors;  // each names the file (and the tensor)
+};
+absl::StatusOr<PackageCheck> CheckPackage(const std::string& dir);
 
 // Writes a package into a fresh temporary directory beside `out_dir` and moves it into place
 // only when Commit() succeeds; destroying an uncommitted writer removes the temporary directory.

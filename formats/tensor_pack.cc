@@ -350,6 +350,20 @@ absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& 
   return pack;
 }
 
+absl::Status TensorPack::VerifyTensor(const PackTensor& t) const {
+  if (t.data == nullptr) return FileError(path(), absl::StrCat("tensor ", t.name, ": not loaded (index only)"));
+  XXH3_state_t* st = XXH3_createState();
+  XXH3_64bits_reset(st);
+  for (int p = 0; p < 3; ++p)
+    if (t.plane_bytes[p] > 0) XXH3_64bits_update(st, file_->data() + t.plane_offset[p], t.plane_bytes[p]);
+  const uint64_t sum = XXH3_64bits_digest(st);
+  XXH3_freeState(st);
+  if (sum != t.checksum)
+    return FileError(path(), absl::StrCat("tensor ", t.name, ": checksum mismatch (data at offset ", t.file_offset,
+                                          " is corrupt)"));
+  return absl::OkStatus();
+}
+
 const PackTensor* TensorPack::Find(const std::string& name) const {
   auto it = by_name_.find(name);
   return it == by_name_.end() ? nullptr : &tensors_[it->second];

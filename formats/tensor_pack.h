@@ -101,6 +101,9 @@ class TensorPack {
                                                           bool verify_checksums = true,
                                                           LoadMode mode = LoadMode::kMmap);
   const PackTensor* Find(const std::string& name) const;
+  // Hashes one tensor's planes and compares with the index (not with kIndexOnly); the error
+  // names the file, the tensor and its offset.
+  absl::Status VerifyTensor(const PackTensor& t) const;
   // Drops the file's mapped pages from the resident set (mmap mode; see MappedFile::DropPages).
   void ReleasePages() const { file_->DropPages(0, file_->size()); }
   // Like Find, but an error naming the file when missing.

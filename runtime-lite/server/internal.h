@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <ctime>
 #include <memory>
+#include <functional>
 #include <optional>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -18,6 +20,32 @@ namespace tessera::server {
 
 using json = nlohmann::json;
 using ojson = nlohmann::ordered_json;
+
+// The route table. Handlers are registered here (same calls as on httplib::Server), then
+// installed on the real server, or dispatched without a socket (Dispatch: fuzzing, tests).
+class Router {
+ public:
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
+  Router& Get(const std::string& pattern, Handler h) { return Add("GET", pattern, std::move(h)); }
+  Router& Post(const std::string& pattern, Handler h) { return Add("POST", pattern, std::move(h)); }
+  Router& Delete(const std::string& pattern, Handler h) { return Add("DELETE", pattern, std::move(h)); }
+  void Install(httplib::Server& http) const;
+  // Matches like httplib (whole-path regex; HEAD uses the GET routes), fills req.matches and
+  // runs the handler. False when no route matches (the caller answers 404/405).
+  bool Dispatch(httplib::Request& req, httplib::Response& res) const;
+
+ private:
+  struct Route {
+    std::string method, pattern;
+    std::regex re;
+    Handler handler;
+  };
+  Router& Add(const std::string& method, const std::string& pattern, Handler h) {
+    routes_.push_back({method, pattern, std::regex(pattern), std::move(h)});
+    return *this;
+  }
+  std::vector<Route> routes_;
+};
 
 class ChatRenderer;  // wraps ChatTemplate when the build has it (server.cc)
 
@@ -106,8 +134,8 @@ std::optional<ApiError> Embed(ServerState& s, ModelEntry& m, std::vector<std::ve
                               std::vector<std::vector<float>>* out, int64_t* prompt_tokens);
 void L2Normalize(std::vector<float>& v);
 
-void RegisterOpenAI(ServerState& s, httplib::Server& http);
-void RegisterOllama(ServerState& s, httplib::Server& http);
+void RegisterOpenAI(ServerState& s, Router& http);
+void RegisterOllama(ServerState& s, Router& http);
 
 // Error responses.
 void SendOpenAIError(httplib::Response& res, const ApiError& e);

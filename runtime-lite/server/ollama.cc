@@ -282,7 +282,7 @@ std::optional<ApiError> ChatMessages(const json& in, json* out) {
 
 }  // namespace
 
-void RegisterOllama(ServerState& s, httplib::Server& http) {
+void RegisterOllama(ServerState& s, Router& http) {
   http.Get("/", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("Ollama is running", "text/plain; charset=utf-8");
   });

@@ -455,7 +455,7 @@ ojson ModelJson(const ModelEntry& m) {
 
 }  // namespace
 
-void RegisterOpenAI(ServerState& s, httplib::Server& http) {
+void RegisterOpenAI(ServerState& s, Router& http) {
   http.Get("/v1/models", [&s](const httplib::Request&, httplib::Response& res) {
     ojson data = ojson::array();
     for (auto& m : s.models) data.push_back(ModelJson(*m));

@@ -11,6 +11,8 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <condition_variable>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -324,7 +326,7 @@ bool ConstantTimeEquals(const std::string& a, const std::string& b) {
   return diff == 0;
 }
 
-void RegisterCommon(ServerState& s, httplib::Server& http) {
+void RegisterCommon(ServerState& s, Router& http) {
   auto health = [&s](const httplib::Request&, httplib::Response& res) {
     if (s.draining.load()) return SendJson(res, ojson{{"status", "shutting down"}}, 503);
     SendJson(res, ojson{{"status", "ok"}});
@@ -508,15 +510,45 @@ absl::StatusOr<std::unique_ptr<ModelEntry>> LoadEntry(const ServeOptions& o, siz
   return e;
 }
 
-}  // namespace
+// httplib's ThreadPool queues without limit; this one blocks the accept loop instead once
+// `max_pending` connections wait for a worker.
+class BoundedTaskQueue : public httplib::TaskQueue {
+ public:
+  BoundedTaskQueue(size_t threads, size_t max_pending) : pool_(threads), max_pending_(max_pending) {}
+  void enqueue(std::function<void()> fn) override {
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return pending_ < max_pending_; });
+      ++pending_;
+    }
+    pool_.enqueue([this, fn = std::move(fn)] {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        --pending_;
+      }
+      cv_.notify_one();
+      fn();
+    });
+  }
+  void shutdown() override { pool_.shutdown(); }
 
-absl::Status RunServer(const ServeOptions& o) {
+ private:
+  httplib::ThreadPool pool_;
+  const size_t max_pending_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  size_t pending_ = 0;
+};
+
+// Validates the options and loads every model into `s`.
+absl::Status LoadModels(const ServeOptions& o, ServerState& s) {
   if (o.packages.empty()) return absl::InvalidArgumentError("serve: give at least one package");
   if (o.parallel < 1 || o.parallel > 16) return absl::InvalidArgumentError("--parallel must be in 1..16");
   if (!o.names.empty() && o.names.size() != o.packages.size())
     return absl::InvalidArgumentError("--name must be given once per package");
   if (o.memory != "mmap" && o.memory != "full" && o.memory != "stream")
     return absl::InvalidArgumentError("--memory must be mmap, full or stream");
+  if (o.max_connections < 1) return absl::InvalidArgumentError("--max-connections must be at least 1");
   std::string tmpl_override;
   if (!o.chat_template_file.empty()) {
     std::ifstream f(o.chat_template_file, std::ios::binary);
@@ -529,17 +561,6 @@ absl::Status RunServer(const ServeOptions& o) {
     if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat(o.chat_template_file, ": ", t.status().message()));
 #endif
   }
-
-  // Block the shutdown signals in every thread; a dedicated thread waits for them.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGUSR1);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
-  ServerState s(o);
   s.started = std::time(nullptr);
   for (size_t i = 0; i < o.packages.size(); ++i) {
     TESSERA_ASSIGN_OR_RETURN(auto e, LoadEntry(o, i, tmpl_override));
@@ -551,58 +572,194 @@ absl::Status RunServer(const ServeOptions& o) {
                    static_cast<long long>(e->worker->n_ctx()), e->chat ? "chat template" : "no chat template");
     s.models.push_back(std::move(e));
   }
+  return absl::OkStatus();
+}
+
+// --api-key check (every route but /health); true when it answered 401.
+bool RejectUnauthorized(ServerState& s, const httplib::Request& req, httplib::Response& res) {
+  s.http_requests++;
+  if (s.opts.api_key.empty() || req.path == "/health" || req.path == "/v1/health") return false;
+  const std::string auth = req.get_header_value("Authorization");
+  const std::string prefix = "Bearer ";
+  bool ok = auth.size() > prefix.size() && auth.compare(0, prefix.size(), prefix) == 0;
+  ok = ConstantTimeEquals(ok ? auth.substr(prefix.size()) : std::string(), s.opts.api_key) && ok;
+  if (ok) return false;
+  SendError(req, res,
+            {401, auth.empty() ? "missing API key (Authorization: Bearer KEY)" : "invalid API key", "",
+             "invalid_api_key"});
+  res.set_header("WWW-Authenticate", "Bearer");
+  return true;
+}
+
+// A body for httplib's own errors (404 no route, 413, 405, ...).
+void FillHttpError(const httplib::Request& req, httplib::Response& res) {
+  if (!res.body.empty() || res.content_length_ > 0) return;
+  std::string msg = res.status == 404   ? absl::StrCat("no route for ", req.method, " ", req.path)
+                    : res.status == 413 ? "request body too large"
+                    : res.status == 405 ? "method not allowed"
+                    : res.status == 408 ? "request timeout"
+                                        : absl::StrCat("HTTP ", res.status);
+  const int status = res.status;
+  SendError(req, res, {status, msg});
+}
+
+// An exception escaping a handler: a JSON field of the wrong type is the client's fault (400).
+void FillException(const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
+  std::string msg = "internal error";
+  int status = 500;
+  try {
+    std::rethrow_exception(ep);
+  } catch (const nlohmann::json::exception& e) {
+    status = 400;
+    msg = absl::StrCat("invalid request: ", e.what());
+  } catch (const std::exception& e) {
+    msg = e.what();
+  } catch (...) {
+  }
+  res.content_provider_ = nullptr;
+  res.is_chunked_content_provider_ = false;
+  res.body.clear();
+  SendError(req, res, {status, msg});
+}
+
+void RegisterAll(ServerState& s, Router& router) {
+  RegisterCommon(s, router);
+  RegisterOpenAI(s, router);
+  RegisterOllama(s, router);
+}
+
+}  // namespace
+
+void Router::Install(httplib::Server& http) const {
+  for (const Route& r : routes_) {
+    const Handler h = r.handler;
+    auto call = [h](const httplib::Request& req, httplib::Response& res) { h(req, res); };
+    if (r.method == "GET") http.Get(r.pattern, call);
+    if (r.method == "POST") http.Post(r.pattern, call);
+    if (r.method == "DELETE") http.Delete(r.pattern, call);
+  }
+}
+
+bool Router::Dispatch(httplib::Request& req, httplib::Response& res) const {
+  const std::string method = req.method == "HEAD" ? "GET" : req.method;
+  for (const Route& r : routes_) {
+    if (r.method != method) continue;
+    if (std::regex_match(req.path, req.matches, r.re)) {
+      r.handler(req, res);
+      return true;
+    }
+  }
+  return false;
+}
+
+struct InProcessServer::Impl {
+  explicit Impl(const ServeOptions& o) : state(o) {}
+  ServerState state;
+  Router router;
+};
+
+absl::StatusOr<std::unique_ptr<InProcessServer>> InProcessServer::Create(const ServeOptions& o) {
+  std::unique_ptr<InProcessServer> srv(new InProcessServer());
+  srv->impl_ = std::make_unique<Impl>(o);
+  TESSERA_RETURN_IF_ERROR(LoadModels(o, srv->impl_->state));
+  RegisterAll(srv->impl_->state, srv->impl_->router);
+  return srv;
+}
+
+InProcessServer::~InProcessServer() {
+  if (impl_)
+    for (auto& m : impl_->state.models) m->worker->Stop();
+}
+
+InProcessServer::Reply InProcessServer::Handle(const std::string& method, const std::string& target,
+                                               const std::string& body,
+                                               const std::vector<std::pair<std::string, std::string>>& headers,
+                                               long abort_after_bytes) {
+  httplib::Request req;
+  req.method = method;
+  req.body = body;
+  const size_t q = target.find('?');
+  req.path = target.substr(0, q);
+  if (q != std::string::npos) httplib::detail::parse_query_text(target.substr(q + 1), req.params);
+  for (const auto& [k, v] : headers) req.headers.emplace(k, v);
+  httplib::Response res;
+  ServerState& s = impl_->state;
+  if (body.size() > s.opts.max_body_bytes) {
+    res.status = 413;
+  } else if (!RejectUnauthorized(s, req, res)) {
+    try {
+      if (!impl_->router.Dispatch(req, res)) res.status = 404;
+    } catch (...) {
+      FillException(req, res, std::current_exception());
+    }
+  }
+  if (res.status == -1) res.status = 200;
+  if (res.status >= 400) FillHttpError(req, res);
+  Reply r;
+  r.status = res.status;
+  r.content_type = res.get_header_value("Content-Type");
+  r.body = res.body;
+  if (res.content_provider_) {
+    // Drain the stream the way httplib would, as a client that may go away.
+    bool open = true, finished = false;
+    httplib::DataSink sink;
+    sink.write = [&](const char* d, size_t n) {
+      if (!open) return false;
+      r.body.append(d, n);
+      if (abort_after_bytes >= 0 && static_cast<long>(r.body.size()) >= abort_after_bytes) open = false;
+      return true;
+    };
+    sink.is_writable = [&] { return open; };
+    sink.done = [&] { finished = true; };
+    for (size_t off = 0; open && !finished;) {
+      if (!res.content_provider_(off, 0, sink)) break;
+      off = r.body.size();
+    }
+    res.content_provider_success_ = finished;
+    r.aborted = !open;
+  }
+  return r;
+}
+
+absl::Status RunServer(const ServeOptions& o) {
+  // Block the shutdown signals in every thread; a dedicated thread waits for them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  ServerState s(o);
+  TESSERA_RETURN_IF_ERROR(LoadModels(o, s));
 
   httplib::Server http;
-  const size_t threads = static_cast<size_t>(o.parallel * static_cast<int>(s.models.size()) + o.max_queue + 16);
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  // Connections beyond the worker threads wait in a bounded queue; when it is full the accept
+  // loop stops accepting until a connection finishes (further clients wait in the kernel's
+  // listen backlog), so a flood of connections costs neither threads nor memory.
+  const size_t threads = static_cast<size_t>(o.max_connections);
+  const size_t pending = static_cast<size_t>(std::max(o.max_queue, 1));
+  http.new_task_queue = [threads, pending] { return new BoundedTaskQueue(threads, pending); };
   http.set_payload_max_length(o.max_body_bytes);
-  http.set_read_timeout(o.timeout_seconds, 0);
+  http.set_read_timeout(o.read_timeout_seconds, 0);
   http.set_write_timeout(o.timeout_seconds, 0);
-  http.set_keep_alive_timeout(5);
+  http.set_keep_alive_timeout(o.idle_timeout_seconds);
+  http.set_keep_alive_max_count(1000);
   http.set_tcp_nodelay(true);
 
   http.set_pre_routing_handler([&s](const httplib::Request& req, httplib::Response& res) {
-    s.http_requests++;
-    if (s.opts.api_key.empty() || req.path == "/health" || req.path == "/v1/health")
-      return httplib::Server::HandlerResponse::Unhandled;
-    const std::string auth = req.get_header_value("Authorization");
-    const std::string prefix = "Bearer ";
-    bool ok = auth.size() > prefix.size() && auth.compare(0, prefix.size(), prefix) == 0;
-    ok = ConstantTimeEquals(ok ? auth.substr(prefix.size()) : std::string(), s.opts.api_key) && ok;
-    if (ok) return httplib::Server::HandlerResponse::Unhandled;
-    SendError(req, res,
-              {401, auth.empty() ? "missing API key (Authorization: Bearer KEY)" : "invalid API key", "",
-               "invalid_api_key"});
-    res.set_header("WWW-Authenticate", "Bearer");
-    return httplib::Server::HandlerResponse::Handled;
+    return RejectUnauthorized(s, req, res) ? httplib::Server::HandlerResponse::Handled
+                                           : httplib::Server::HandlerResponse::Unhandled;
   });
-  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty() || res.content_length_ > 0) return;
-    std::string msg = res.status == 404   ? absl::StrCat("no route for ", req.method, " ", req.path)
-                      : res.status == 413 ? "request body too large"
-                      : res.status == 405 ? "method not allowed"
-                                          : absl::StrCat("HTTP ", res.status);
-    const int status = res.status;
-    SendError(req, res, {status, msg});
-  });
+  http.set_error_handler([](const httplib::Request& req, httplib::Response& res) { FillHttpError(req, res); });
   http.set_exception_handler([](const httplib::Request& req, httplib::Response& res, std::exception_ptr ep) {
-    std::string msg = "internal error";
-    int status = 500;
-    try {
-      std::rethrow_exception(ep);
-    } catch (const nlohmann::json::exception& e) {
-      status = 400;  // a field of the wrong type
-      msg = absl::StrCat("invalid request: ", e.what());
-    } catch (const std::exception& e) {
-      msg = e.what();
-    } catch (...) {
-    }
-    SendError(req, res, {status, msg});
+    FillException(req, res, ep);
   });
 
-  RegisterCommon(s, http);
-  RegisterOpenAI(s, http);
-  RegisterOllama(s, http);
+  Router router;
+  RegisterAll(s, router);
+  router.Install(http);
 
   int port = o.port;
   if (port == 0) {

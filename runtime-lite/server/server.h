@@ -16,10 +16,13 @@
 //    /v1/embeddings and /api/embed return it L2-normalised, the legacy /api/embeddings raw.
 #pragma once
 
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace tessera::server {
 
@@ -35,7 +38,10 @@ struct ServeOptions {
   std::string chat_template_file;  // overrides the models' templates
   std::string memory = "mmap";     // mmap | full | stream
   size_t max_body_bytes = 16u << 20;
-  int timeout_seconds = 600;       // read/write timeout per socket operation
+  int max_connections = 64;        // connections served at once (threads); more wait, see README
+  int read_timeout_seconds = 30;   // a client that sends nothing for this long is dropped (slow client)
+  int idle_timeout_seconds = 5;    // keep-alive: an idle connection is closed after this long
+  int timeout_seconds = 600;       // write timeout per socket operation (a stream's reader stalls)
   double shutdown_grace_seconds = 5.0;
   bool quiet = false;
 };
@@ -43,5 +49,27 @@ struct ServeOptions {
 // Loads the models, listens and serves until SIGINT/SIGTERM. Prints
 // "tessera serve: listening on http://HOST:PORT" to stderr once ready.
 absl::Status RunServer(const ServeOptions& opts);
+
+// The same models, routes and handlers without a socket (fuzzing, tests): one request in,
+// one response out; streams are drained into `body`.
+class InProcessServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<InProcessServer>> Create(const ServeOptions& opts);
+  ~InProcessServer();
+  struct Reply {
+    int status = 0;
+    std::string content_type, body;
+    bool aborted = false;  // the simulated client went away mid-stream
+  };
+  // `target` is the path with an optional ?query. abort_after_bytes >= 0: the client stops
+  // reading once that much of a streamed body arrived (the job must be cancelled).
+  Reply Handle(const std::string& method, const std::string& target, const std::string& body,
+               const std::vector<std::pair<std::string, std::string>>& headers = {}, long abort_after_bytes = -1);
+
+ private:
+  InProcessServer() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace tessera::server

@@ -1,6 +1,9 @@
 // End-to-end tests of `tessera serve`: start the real binary on a free loopback port with the
 // tiny/qwen2 (ChatML template) and stories260K fixtures, drive it over raw HTTP.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -8,6 +11,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -115,6 +119,8 @@ class Server {
     return exit_status_;
   }
   bool ok() const { return port_ != 0; }
+  pid_t pid() const { return pid_; }
+  int port() const { return port_; }
   httplib::Client Client() const {
     httplib::Client c("127.0.0.1", port_);
     c.set_connection_timeout(10);
@@ -1068,6 +1074,191 @@ TEST(Serve, ToolCalls) {
                                       {"options", {{"temperature", 0}, {"num_predict", 6}}}});
   ASSERT_EQ(o.status, 200) << o.body;
   EXPECT_TRUE(o.j["message"]["content"].is_string());
+}
+
+// ---- hostile clients (issue 10) ----
+
+// VmRSS of a process in KiB (/proc/PID/status).
+long RssKib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::atol(line.c_str() + 6);
+  return -1;
+}
+
+// A raw TCP connection to the server (for clients httplib will not impersonate).
+int Connect(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// True when the server closed the connection (read returns 0 or an error) within `seconds`.
+bool ClosedByServer(int fd, int seconds) {
+  timeval tv{seconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) return true;
+    if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK;
+  }
+}
+
+TEST(Serve, SlowAndIdleClientsAreDroppedAndCannotStarveTheServer) {
+  Server s({Stories(), "--max-connections", "2", "--read-timeout", "2", "--idle-timeout", "2"});
+  ASSERT_TRUE(s.ok());
+  // Two clients take both connection slots: one sends half a request line, one nothing at all.
+  const int slow = Connect(s.port()), silent = Connect(s.port());
+  ASSERT_GE(slow, 0);
+  ASSERT_GE(silent, 0);
+  ASSERT_EQ(send(slow, "POST /v1/comp", 13, 0), 13);
+  // A third client is served once the read timeout drops them.
+  Reply r = Get(s, "/health");
+  EXPECT_EQ(r.status, 200) << r.body;
+  EXPECT_TRUE(ClosedByServer(slow, 30));
+  EXPECT_TRUE(ClosedByServer(silent, 30));
+  close(slow);
+  close(silent);
+  // A keep-alive connection left idle is closed too.
+  const int idle = Connect(s.port());
+  const std::string get = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(send(idle, get.data(), get.size(), 0), static_cast<ssize_t>(get.size()));
+  EXPECT_TRUE(ClosedByServer(idle, 30));
+  close(idle);
+  EXPECT_EQ(Post(s, "/v1/completions", Completion("Once", 3)).status, 200);
+}
+
+TEST(Serve, OversizedBodiesAndPromptsAreRejected) {
+  Server s({Stories(), "--ctx", "128"});
+  ASSERT_TRUE(s.ok());
+  std::string big(17u << 20, 'a');  // over the 16 MiB body limit
+  Reply r = Post(s, "/v1/completions", "{\"prompt\":\"" + big + "\"}");
+  EXPECT_EQ(r.status, 413) << r.body.substr(0, 200);
+  // Under the body limit but far over the context: 400, never truncated, no crash.
+  std::string words;
+  for (int i = 0; i < 20000; ++i) words += "once upon a time ";
+  r = Post(s, "/v1/completions", json{{"model", "s260k"}, {"prompt", words}, {"max_tokens", 2}});
+  EXPECT_EQ(r.status, 400) << r.body;
+  r = Post(s, "/api/generate", json{{"model", "s260k"}, {"prompt", words}, {"stream", false}});
+  EXPECT_EQ(r.status, 400) << r.body;
+  r = Post(s, "/v1/embeddings", json{{"model", "s260k"}, {"input", words}});
+  EXPECT_EQ(r.status, 400) << r.body;
+  EXPECT_EQ(Get(s, "/health").status, 200);
+}
+
+// Thousands of mixed good and bad requests from concurrent clients, some streams aborted
+// mid-way: no 5xx, the good ones answer exactly as before, and the server ends healthy with its
+// resident memory back within 10 % of where it was after a warm-up.
+TEST(Serve, SoakMixedRequestsAbortedStreamsNoLeak) {
+  const char* env = std::getenv("TESSERA_SOAK_REQUESTS");
+  const int total = env ? std::atoi(env) : 3000;
+  Server s({Stories(), "--ctx", "256", "--parallel", "4", "--queue", "64"});
+  ASSERT_TRUE(s.ok());
+  const json good = Completion("Once upon a time", 6);
+  const Reply ref = Post(s, "/v1/completions", good);
+  ASSERT_EQ(ref.status, 200) << ref.body;
+  const std::string want = ref.j["choices"][0]["text"];
+  const std::string bad_utf8 = "{\"model\":\"s260k\",\"prompt\":\"bad \xff\xfe\xc3 utf8\",\"max_tokens\":2}";
+  std::atomic<int> server_errors{0}, wrong{0}, aborted{0}, ok{0};
+  std::mutex mu;
+  std::string first_problem;
+  auto note = [&](const std::string& what) {
+    std::lock_guard<std::mutex> lock(mu);
+    if (first_problem.empty()) first_problem = what;
+  };
+  auto one = [&](int i) {
+    switch (i % 12) {
+      case 0: {  // a good completion: exact text
+        Reply r = Post(s, "/v1/completions", good);
+        if (r.status != 200 || r.j["choices"][0]["text"] != want) {
+          ++wrong;
+          note("good completion: " + std::to_string(r.status) + " " + r.body);
+        } else {
+          ++ok;
+        }
+        return;
+      }
+      case 1: {  // a stream the client abandons after a few chunks
+        auto cli = s.Client();
+        httplib::Request req;
+        req.method = "POST";
+        req.path = i % 24 == 1 ? "/v1/completions" : "/api/generate";
+        req.set_header("Content-Type", "application/json");
+        req.body = i % 24 == 1 ? json{{"model", "s260k"}, {"prompt", "Tom"}, {"max_tokens", 200}, {"stream", true}}.dump()
+                               : json{{"model", "s260k"}, {"prompt", "Tom"}, {"options", {{"num_predict", 200}}}}.dump();
+        int pieces = 0;
+        req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++pieces < 3; };
+        cli.send(req);
+        ++aborted;
+        return;
+      }
+      default: break;
+    }
+    Reply r;
+    switch (i % 12) {
+      case 2: r = Post(s, "/v1/completions", std::string("{\"model\":\"s260k\",\"prompt\":")); break;  // truncated JSON
+      case 3: r = Post(s, "/v1/completions", json{{"model", "s260k"}, {"prompt", 5}, {"max_tokens", "x"}}); break;
+      case 4: r = Post(s, "/v1/completions", std::string("{\"model\":\"s260k\",\"prompt\":\"a\",\"max_tokens\":1e400}")); break;
+      case 5: r = Post(s, "/v1/completions", std::string("{\"model\":\"s260k\",\"prompt\":\"a\",\"max_tokens\":123456789012345678901234567890}")); break;
+      case 6: r = Post(s, "/v1/completions", bad_utf8); break;
+      case 7: r = Post(s, "/api/chat", json{{"model", "s260k"}, {"messages", {{"role", 7}}}}); break;
+      case 8: r = Post(s, "/detokenize", json{{"tokens", {1, -5, 999999, 2147483647}}}); break;
+      case 9: r = Post(s, "/tokenize", std::string("{\"content\":\"\xc3\x28 \xe2\x82\",\"with_pieces\":true}")); break;
+      case 10: r = Post(s, "/v1/embeddings", json{{"model", "s260k"}, {"input", {{1, 2}, "x", 3.5}}}); break;
+      case 11: r = Post(s, "/api/generate", json{{"model", "s260k"}, {"prompt", "Lily"}, {"stream", false},
+                                                  {"options", {{"num_predict", 3}, {"temperature", -1e308}, {"top_k", -7}}}});
+               break;
+    }
+    if (r.status == 0 || (r.status >= 500 && r.status != 503)) {
+      ++server_errors;
+      note("case " + std::to_string(i % 12) + ": " + std::to_string(r.status) + " " + r.body);
+    }
+  };
+  auto run = [&](int from, int to) {
+    std::vector<std::thread> th;
+    std::atomic<int> next{from};
+    for (int t = 0; t < 6; ++t)
+      th.emplace_back([&] {
+        for (int i = next++; i < to; i = next++) one(i);
+      });
+    for (auto& x : th) x.join();
+  };
+  auto settle = [&] {  // no job active or queued
+    for (int i = 0; i < 600; ++i) {
+      const std::string m = Get(s, "/metrics").body;
+      if (m.find("tessera_requests_processing{model=\"s260k:latest\"} 0") != std::string::npos &&
+          m.find("tessera_requests_deferred{model=\"s260k:latest\"} 0") != std::string::npos)
+        return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  };
+  run(0, std::min(total, 600));  // warm-up: every code path, thread and arena touched once
+  settle();
+  const long rss0 = RssKib(s.pid());
+  run(600, 600 + total);
+  settle();
+  const long rss1 = RssKib(s.pid());
+  std::printf("soak: %d requests after a 600-request warm-up; VmRSS %ld KiB -> %ld KiB (%+.1f %%)\n", total, rss0,
+              rss1, 100.0 * (rss1 - rss0) / rss0);
+  EXPECT_EQ(server_errors.load(), 0) << first_problem;
+  EXPECT_EQ(wrong.load(), 0) << first_problem;
+  EXPECT_GT(ok.load(), 0);
+  EXPECT_GT(aborted.load(), 0);
+  EXPECT_LE(rss1, rss0 * 11 / 10) << "resident memory grew more than 10 %";
+  Reply after = Post(s, "/v1/completions", good);
+  EXPECT_EQ(after.status, 200);
+  EXPECT_EQ(after.j["choices"][0]["text"], want);
+  EXPECT_EQ(Get(s, "/health").status, 200);
+  EXPECT_EQ(s.Stop(), 0) << s.log();
 }
 
 }  // namespace
