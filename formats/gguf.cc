@@ -319,9 +319,9 @@ absl::Status File::ParseImpl() {
   if (!c.Get(&n_kv)) return trunc("the metadata count");
   // Each kv takes at least 8 (key length) + 4 (type) + 1 bytes, each tensor info at least 8 + 4 + 8 + 4 + 8.
   if (n_kv > c.left() / 13)
-    return err(absl::StrCat("metadata count ", n_kv, " at offset 16 exceeds what the file can hold"));
+    return err(absl::StrCat("metadata count ", n_kv, " at offset 16 exceeds what the ", size_, "-byte file can hold (truncated?)"));
   if (n_tensors > c.left() / 32)
-    return err(absl::StrCat("tensor count ", n_tensors, " at offset 8 exceeds what the file can hold"));
+    return err(absl::StrCat("tensor count ", n_tensors, " at offset 8 exceeds what the ", size_, "-byte file can hold (truncated?)"));
 
   auto read_string = [&](std::string* s, const std::string& what) -> absl::Status {
     const uint64_t at = c.pos();
