@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -95,12 +96,15 @@ class Model {
     const float* q_norm = nullptr;
     const float* k_norm = nullptr;
     kernels::WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+    // Runtime-repacked copies for the int8-activation (VNNI) path; data == nullptr if unused.
+    kernels::Q8Weights q8q, q8k, q8v, q8o, q8gate, q8up, q8down;
     std::string key;  // "block_{i}"
   };
   struct Head {
     const float* norm = nullptr;
     const float* norm_b = nullptr;
     kernels::WeightMatrix output;
+    kernels::Q8Weights q8out;
   };
   // Stream mode: one loaded block (or the LM head) with its bound views.
   struct Stage {
@@ -139,6 +143,27 @@ class Model {
   // y = x W^T (+ bias); notifies the activation observer first.
   void Linear(const std::string& key, const kernels::WeightMatrix& w, const float* bias, const float* x,
               size_t T, size_t ldx, size_t k, float* y, size_t ldy) const;
+  // Activations quantized for the int8 path, shared by the matrices that read the same input.
+  struct ActQ8 {
+    std::vector<int8_t> q;
+    std::vector<float> d;
+    std::vector<int32_t> sum;
+    kernels::Q8Acts a;
+    bool valid = false;
+  };
+  struct Q8Job {
+    const kernels::WeightMatrix* w;
+    const kernels::Q8Weights* q8;
+    const float* bias;
+    float* y;
+    size_t ldy;
+  };
+  // y_i = W_i x (+ b_i) for up to 3 matrices reading the same x, in one ParallelFor when all
+  // have repacked weights (int8 activations), else one Linear each.
+  void LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, const float* x, size_t T, size_t ldx,
+                   size_t k, ActQ8& qa) const;
+  absl::Status RepackAll();
+  absl::Status Repack(kernels::WeightMatrix& w, kernels::Q8Weights* q8);
   void Norm(const float* x, const float* w, const float* b, size_t n, float* out) const;
   ActivationObserver observer_;
 
@@ -155,6 +180,10 @@ class Model {
   std::unique_ptr<BlockStreamer> streamer_;
   mutable StreamStats stream_stats_;
   std::vector<float> rope_inv_freq_;
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> repacked_;
 };
 
 }  // namespace tessera
