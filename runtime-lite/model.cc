@@ -167,7 +167,9 @@ absl::Status Model::Bind() {
     layers_.push_back(L);
   }
   TESSERA_ASSIGN_OR_RETURN(head_, BindHead(pkg_->lm(), &pkg_->embedding()));
-  return RepackAll();
+  // Only a file mapping may drop its pages (MADV_DONTNEED would zero the --memory full copy).
+  const bool drop = pkg_->memory() == Package::Memory::kMmap;
+  return RepackInto(Matrices(layers_.data(), layers_.size(), &head_), &repacked_, true, drop);
 }
 
 // ---- int8-activation path: runtime-only repacked weights ----
@@ -179,43 +181,65 @@ bool Int8ActivationsEnabled() {
 }
 }  // namespace
 
-absl::Status Model::Repack(kernels::WeightMatrix& w, kernels::Q8Weights* q8) {
-  if (!kernels::Q8Supported(w)) return absl::OkStatus();
-  constexpr size_t kAlign = size_t{2} << 20;  // 2 MiB: lets the kernel use transparent huge pages
-  const size_t bytes = kernels::Q8RepackedBytes(w);
-  const size_t alloc = (bytes + kAlign - 1) / kAlign * kAlign;
-  uint8_t* p = static_cast<uint8_t*>(std::aligned_alloc(kAlign, alloc));
-  if (p == nullptr) return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", alloc, " bytes for repacked weights"));
-  repacked_.emplace_back(p);
-  ::madvise(p, alloc, MADV_HUGEPAGE);
-  const size_t rbs = (w.rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
-  ThreadPool::Global().ParallelFor(rbs, 16, [&](size_t b, size_t e) { kernels::RepackQ8(w, b, e, p); });
-  q8->type = w.type;
-  q8->data = p;
-  q8->rows = w.rows;
-  q8->Kp = kernels::Q8PaddedK(w.cols);
-  // The canonical codes are not read again by this model: let the kernel drop their pages
-  // (file-backed, read-only mapping: a later access simply faults them in again).
-  const size_t code_bytes = w.type == kernels::WType::kI8 ? w.rows * w.cols : w.rows * w.cols / 2;
+namespace {
+// Lets the kernel drop the pages of [p, p + n) of a read-only file mapping (a later access
+// simply faults them in again). Never call it on anonymous memory: its contents would be lost.
+void DropPages(const void* p, size_t n) {
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
-  const uintptr_t b = (reinterpret_cast<uintptr_t>(w.data) + page - 1) / page * page;
-  const uintptr_t e = (reinterpret_cast<uintptr_t>(w.data) + code_bytes) / page * page;
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
   if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
-  return absl::OkStatus();
+}
+}  // namespace
+
+Model::RepackList Model::Matrices(Layer* layers, size_t n, Head* head) {
+  RepackList todo;
+  for (size_t i = 0; i < n; ++i) {
+    Layer& L = layers[i];
+    for (auto [w, q] : {std::pair{&L.wq, &L.q8q}, {&L.wk, &L.q8k}, {&L.wv, &L.q8v}, {&L.wo, &L.q8o},
+                        {&L.w_gate, &L.q8gate}, {&L.w_up, &L.q8up}, {&L.w_down, &L.q8down}})
+      todo.emplace_back(w, q);
+  }
+  if (head != nullptr) todo.emplace_back(&head->output, &head->q8out);
+  return todo;
 }
 
-absl::Status Model::RepackAll() {
+absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop) {
   if (!Int8ActivationsEnabled()) return absl::OkStatus();
-  for (Layer& L : layers_) {
-    TESSERA_RETURN_IF_ERROR(Repack(L.wq, &L.q8q));
-    TESSERA_RETURN_IF_ERROR(Repack(L.wk, &L.q8k));
-    TESSERA_RETURN_IF_ERROR(Repack(L.wv, &L.q8v));
-    TESSERA_RETURN_IF_ERROR(Repack(L.wo, &L.q8o));
-    if (L.w_gate.data != nullptr) TESSERA_RETURN_IF_ERROR(Repack(L.w_gate, &L.q8gate));
-    TESSERA_RETURN_IF_ERROR(Repack(L.w_up, &L.q8up));
-    TESSERA_RETURN_IF_ERROR(Repack(L.w_down, &L.q8down));
+  auto rounded = [](const kernels::WeightMatrix& w) { return (kernels::Q8RepackedBytes(w) + 63) / 64 * 64; };
+  size_t total = 0;
+  for (auto& [w, q] : todo)
+    if (kernels::Q8Supported(*w)) total += rounded(*w);
+  if (total == 0) return absl::OkStatus();
+  // One arena, 2 MiB aligned so the kernel can back it with huge pages.
+  constexpr size_t kAlign = size_t{2} << 20;
+  const size_t size = (total + kAlign - 1) / kAlign * kAlign;
+  arena->reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, size)));
+  if (!*arena) return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", size, " bytes for repacked weights"));
+  ::madvise(arena->get(), size, MADV_HUGEPAGE);
+  size_t used = 0;
+  for (auto& [wp, q8] : todo) {
+    const kernels::WeightMatrix& w = *wp;
+    if (!kernels::Q8Supported(w)) continue;
+    uint8_t* p = arena->get() + used;
+    used += rounded(w);
+    const size_t rbs = (w.rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
+    if (parallel) {
+      ThreadPool::Global().ParallelFor(rbs, 16, [&](size_t b, size_t e) { kernels::RepackQ8(w, b, e, p); });
+    } else {
+      kernels::RepackQ8(w, 0, rbs, p);
+    }
+    q8->type = w.type;
+    q8->data = p;
+    q8->rows = w.rows;
+    q8->Kp = kernels::Q8PaddedK(w.cols);
+    if (drop) {
+      // The canonical codes and scales are not read again by this model.
+      DropPages(w.data, w.type == kernels::WType::kI8 ? w.rows * w.cols : w.rows * w.cols / 2);
+      DropPages(w.scales, w.rows * (w.cols / w.group) * 2);
+    }
   }
-  return Repack(head_.output, &head_.q8out);
+  return absl::OkStatus();
 }
 
 // ---- stream mode: disk embedding rows ----
@@ -288,12 +312,14 @@ absl::StatusOr<std::unique_ptr<Model::Stage>> Model::BlockStreamer::LoadStage(in
   if (stage < L) {
     TESSERA_ASSIGN_OR_RETURN(st->a, pkg.LoadPack(BlockFileName(stage), LoadMode::kRead));
     TESSERA_ASSIGN_OR_RETURN(st->layer, model_->BindLayer(*st->a, stage));
+    TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(&st->layer, 1, nullptr), &st->arena, false, false));
   } else {
     TESSERA_ASSIGN_OR_RETURN(st->a, pkg.LoadPack("lm.bin", LoadMode::kRead));
     if (model_->config().tie_embeddings) {
       TESSERA_ASSIGN_OR_RETURN(st->b, pkg.LoadPack("embedding.bin", LoadMode::kRead));
     }
     TESSERA_ASSIGN_OR_RETURN(st->head, model_->BindHead(*st->a, st->b.get()));
+    TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(nullptr, 0, &st->head), &st->arena, false, false));
   }
   st->bytes = st->a->file_bytes() + (st->b ? st->b->file_bytes() : 0);
   return st;

@@ -107,8 +107,13 @@ class Model {
     kernels::Q8Weights q8out;
   };
   // Stream mode: one loaded block (or the LM head) with its bound views.
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  using Arena = std::unique_ptr<uint8_t, FreeDeleter>;
   struct Stage {
     std::unique_ptr<TensorPack> a, b;
+    Arena arena;  // repacked weights of this stage (int8-activation path)
     Layer layer;
     Head head;
     size_t bytes = 0;
@@ -162,8 +167,11 @@ class Model {
   // have repacked weights (int8 activations), else one Linear each.
   void LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, const float* x, size_t T, size_t ldx,
                    size_t k, ActQ8& qa) const;
-  absl::Status RepackAll();
-  absl::Status Repack(kernels::WeightMatrix& w, kernels::Q8Weights* q8);
+  using RepackList = std::vector<std::pair<kernels::WeightMatrix*, kernels::Q8Weights*>>;
+  static RepackList Matrices(Layer* layers, size_t n, Head* head);
+  // Repacks every supported matrix of `todo` into a new arena (no-op when the int8-activation
+  // path is off). `parallel`: use the global pool; `drop`: release the canonical pages after.
+  static absl::Status RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop);
   void Norm(const float* x, const float* w, const float* b, size_t n, float* out) const;
   ActivationObserver observer_;
 
@@ -180,10 +188,7 @@ class Model {
   std::unique_ptr<BlockStreamer> streamer_;
   mutable StreamStats stream_stats_;
   std::vector<float> rope_inv_freq_;
-  struct FreeDeleter {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> repacked_;
+  std::unique_ptr<uint8_t, FreeDeleter> repacked_;  // arena of the runtime-repacked weights
 };
 
 }  // namespace tessera

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "core/half.h"
+#include "hwy/aligned_allocator.h"
 #include "hwy/highway.h"
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/kernels/quant-inl.h"
@@ -76,17 +77,23 @@ HWY_INLINE constexpr size_t Q8UnitBytes(bool i8) {
 }
 
 #if HWY_TARGET == HWY_AVX3_DL
-// kRows x kU results (rows of one row block, kU tokens) over all superblocks.
-template <size_t kU, bool kI8>
+// kQ8RowBlock x kU results (rows of one row block, kU tokens) over all superblocks. All
+// rows x tokens integer accumulators are live at once (vpdpbusd has a 5-cycle latency; with
+// one token each row gets two chains, even/odd slices, added exactly at the end), so the
+// float work per (row, token, superblock) is one convert, one multiply and one FMA.
+// kI8: I8 unit layout (8 slices of unsigned bytes per row), else packed nibbles. kShift:
+// log2 of the unsigned-code bias (7 for I8, 3 for I4, also when I4 was expanded to bytes).
+template <size_t kU, bool kI8, int kShift>
 __attribute__((target("avx512vnni"))) static void Q8TileVnni(
     const uint8_t* HWY_RESTRICT w, size_t nsb, const int8_t* const* aq, const float* const* ad,
     const int32_t* const* as, float* HWY_RESTRICT res) {
+  constexpr size_t kR = kQ8RowBlock;
+  constexpr size_t kC = kU == 1 ? 2 : 1;  // chains per (row, token)
   constexpr size_t kCB = Q8CodeBytes(kI8);
   constexpr size_t kUnit = Q8UnitBytes(kI8);
-  constexpr int kShift = kI8 ? 7 : 3;  // bias 128 / 8
-  __m512 acc[kQ8RowBlock][kU];
+  __m512 acc[kR][kU];
 #pragma GCC unroll 4
-  for (size_t r = 0; r < kQ8RowBlock; ++r) {
+  for (size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) acc[r][u] = _mm512_setzero_ps();
   }
@@ -98,52 +105,63 @@ __attribute__((target("avx512vnni"))) static void Q8TileVnni(
       const char* pf = reinterpret_cast<const char*>(wb + 2 * kUnit);
       for (size_t o = 0; o < kUnit; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
     }
-    __m512i corr[kU];
-    __m512 da[kU];
+    __m512i ia[kR][kU][kC];
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) {
       const __m512i s = _mm512_loadu_si512(as[u] + sb * 16);
-      corr[u] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, kShift));
-      da[u] = _mm512_loadu_ps(ad[u] + sb * 16);
+      ia[0][u][0] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, kShift));
+#pragma GCC unroll 4
+      for (size_t r = 0; r < kR; ++r) {
+        ia[r][u][0] = ia[0][u][0];
+        if (kC == 2) ia[r][u][kC - 1] = _mm512_setzero_si512();
+      }
     }
+    const int8_t* a[kU];
 #pragma GCC unroll 4
-    for (size_t r = 0; r < kQ8RowBlock; ++r) {
-      const uint8_t* wr = wb + r * kCB;
-      __m512i ia[kU];
-#pragma GCC unroll 4
-      for (size_t u = 0; u < kU; ++u) ia[u] = corr[u];
-      if (kI8) {
+    for (size_t u = 0; u < kU; ++u) a[u] = aq[u] + sb * kQ8Super;
+    if (kI8) {
 #pragma GCC unroll 8
-        for (size_t s = 0; s < 8; ++s) {
-          const __m512i wv = _mm512_loadu_si512(wr + 64 * s);
+      for (size_t s = 0; s < 8; ++s) {
+#pragma GCC unroll 4
+        for (size_t r = 0; r < kR; ++r) {
+          const __m512i wv = _mm512_loadu_si512(wb + r * kCB + 64 * s);
 #pragma GCC unroll 4
           for (size_t u = 0; u < kU; ++u)
-            ia[u] = _mm512_dpbusd_epi32(ia[u], wv,
-                                        _mm512_loadu_si512(aq[u] + sb * kQ8Super + 64 * s));
+            ia[r][u][s % kC] =
+                _mm512_dpbusd_epi32(ia[r][u][s % kC], wv, _mm512_loadu_si512(a[u] + 64 * s));
         }
-      } else {
+      }
+    } else {
 #pragma GCC unroll 4
-        for (size_t m = 0; m < 4; ++m) {
-          const __m512i raw = _mm512_loadu_si512(wr + 64 * m);
+      for (size_t m = 0; m < 4; ++m) {
+#pragma GCC unroll 4
+        for (size_t r = 0; r < kR; ++r) {
+          const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * m);
           const __m512i lo = _mm512_and_si512(raw, m4);
           const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
 #pragma GCC unroll 4
           for (size_t u = 0; u < kU; ++u) {
-            const int8_t* a = aq[u] + sb * kQ8Super;
-            ia[u] = _mm512_dpbusd_epi32(ia[u], lo, _mm512_loadu_si512(a + 64 * m));
-            ia[u] = _mm512_dpbusd_epi32(ia[u], hi, _mm512_loadu_si512(a + 64 * (m + 4)));
+            ia[r][u][0] = _mm512_dpbusd_epi32(ia[r][u][0], lo, _mm512_loadu_si512(a[u] + 64 * m));
+            ia[r][u][kC - 1] =
+                _mm512_dpbusd_epi32(ia[r][u][kC - 1], hi, _mm512_loadu_si512(a[u] + 64 * (m + 4)));
           }
         }
       }
-      const __m512 dw = _mm512_cvtph_ps(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + kQ8RowBlock * kCB + r * 32)));
+    }
 #pragma GCC unroll 4
-      for (size_t u = 0; u < kU; ++u)
-        acc[r][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia[u]), _mm512_mul_ps(dw, da[u]), acc[r][u]);
+    for (size_t r = 0; r < kR; ++r) {
+      const __m512 dw = _mm512_cvtph_ps(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + kR * kCB + r * 32)));
+#pragma GCC unroll 4
+      for (size_t u = 0; u < kU; ++u) {
+        const __m512i S = kC == 2 ? _mm512_add_epi32(ia[r][u][0], ia[r][u][kC - 1]) : ia[r][u][0];
+        acc[r][u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(S),
+                                    _mm512_mul_ps(dw, _mm512_loadu_ps(ad[u] + sb * 16)), acc[r][u]);
+      }
     }
   }
 #pragma GCC unroll 4
-  for (size_t r = 0; r < kQ8RowBlock; ++r) {
+  for (size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) res[r * kU + u] = _mm512_reduce_add_ps(acc[r][u]);
   }
@@ -194,20 +212,76 @@ static void Q8TilePortable(const uint8_t* HWY_RESTRICT w, size_t nsb, size_t U,
   }
 }
 
+#if HWY_TARGET == HWY_AVX3_DL
+template <bool kI8, int kShift>
+static void Q8TileVnniU(size_t U, const uint8_t* wrb, size_t nsb, const int8_t* const* aq,
+                        const float* const* ad, const int32_t* const* as, float* res) {
+  switch (U) {
+    case 3:
+      Q8TileVnni<3, kI8, kShift>(wrb, nsb, aq, ad, as, res);
+      break;
+    case 2:
+      Q8TileVnni<2, kI8, kShift>(wrb, nsb, aq, ad, as, res);
+      break;
+    default:
+      Q8TileVnni<1, kI8, kShift>(wrb, nsb, aq, ad, as, res);
+      break;
+  }
+}
+
+// Unpacks one I4 row block (nsb units) into the I8 unit layout (bytes 0..15, scales copied):
+// for prefill, so the nibble split is done once per row block instead of once per token tile.
+static void ExpandI4RowBlock(const uint8_t* HWY_RESTRICT src, size_t nsb, uint8_t* HWY_RESTRICT dst) {
+  const hn::ScalableTag<uint8_t> d8;
+  const size_t N = hn::Lanes(d8);
+  const auto m4 = hn::Set(d8, 0x0F);
+  for (size_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* s = src + sb * Q8UnitBytes(false);
+    uint8_t* o = dst + sb * Q8UnitBytes(true);
+    for (size_t r = 0; r < kQ8RowBlock; ++r) {
+      for (size_t i = 0; i < 256; i += N) {
+        const auto raw = hn::LoadU(d8, s + r * 256 + i);
+        hn::StoreU(hn::And(raw, m4), d8, o + r * 512 + i);
+        hn::StoreU(hn::ShiftRight<4>(raw), d8, o + r * 512 + 256 + i);
+      }
+    }
+    std::memcpy(o + kQ8RowBlock * 512, s + kQ8RowBlock * 256, kQ8RowBlock * 32);
+  }
+}
+#endif
+
 template <bool kI8>
 static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
                       size_t rb_begin, size_t rb_end) {
   constexpr size_t kUnit = Q8UnitBytes(kI8);
-  constexpr size_t kMaxU = 4;
+  constexpr size_t kMaxU = 3;
   const size_t nsb = w.Kp / kQ8Super;
   const size_t nb = w.Kp / kQ8Block;
+#if HWY_TARGET == HWY_AVX3_DL
+  // Prefill of I4: expand each row block to bytes once (same integer sums, same results).
+  const bool expand = !kI8 && T > kMaxU;
+  uint8_t* ebuf = nullptr;
+  if (expand) {
+    thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> buf;
+    thread_local size_t cap = 0;
+    const size_t need = nsb * Q8UnitBytes(true);
+    if (cap < need) {
+      buf = hwy::AllocateAligned<uint8_t>(need);
+      cap = need;
+    }
+    ebuf = buf.get();
+  }
+#endif
   for (size_t rb = rb_begin; rb < rb_end; ++rb) {
     const uint8_t* wrb = w.data + rb * nsb * kUnit;
     const size_t r0 = rb * kQ8RowBlock;
     const size_t nr = (w.rows - r0 < kQ8RowBlock) ? w.rows - r0 : kQ8RowBlock;
+#if HWY_TARGET == HWY_AVX3_DL
+    if (expand) ExpandI4RowBlock(wrb, nsb, ebuf);
+#endif
     for (size_t t0 = 0; t0 < T;) {
       const size_t rem = T - t0;
-      const size_t U = rem >= 4 ? 4 : rem;
+      const size_t U = rem >= kMaxU ? kMaxU : rem;
       const int8_t* aq[kMaxU];
       const float* ad[kMaxU];
       const int32_t* as[kMaxU];
@@ -218,19 +292,12 @@ static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, s
       }
       float res[kQ8RowBlock * kMaxU];
 #if HWY_TARGET == HWY_AVX3_DL
-      switch (U) {
-        case 4:
-          Q8TileVnni<4, kI8>(wrb, nsb, aq, ad, as, res);
-          break;
-        case 3:
-          Q8TileVnni<3, kI8>(wrb, nsb, aq, ad, as, res);
-          break;
-        case 2:
-          Q8TileVnni<2, kI8>(wrb, nsb, aq, ad, as, res);
-          break;
-        default:
-          Q8TileVnni<1, kI8>(wrb, nsb, aq, ad, as, res);
-          break;
+      if (kI8) {
+        Q8TileVnniU<true, 7>(U, wrb, nsb, aq, ad, as, res);
+      } else if (expand) {
+        Q8TileVnniU<true, 3>(U, ebuf, nsb, aq, ad, as, res);
+      } else {
+        Q8TileVnniU<false, 3>(U, wrb, nsb, aq, ad, as, res);
       }
 #else
       Q8TilePortable<kI8>(wrb, nsb, U, aq, ad, as, res);
