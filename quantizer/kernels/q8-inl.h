@@ -122,13 +122,16 @@ __attribute__((target("avx512vnni"))) static void Q8TileVnni(
     if (kI8) {
 #pragma GCC unroll 8
       for (size_t s = 0; s < 8; ++s) {
+        // Activations stay in registers across the rows (loads: rows + tokens per slice).
+        __m512i av[kU];
+#pragma GCC unroll 4
+        for (size_t u = 0; u < kU; ++u) av[u] = _mm512_loadu_si512(a[u] + 64 * s);
 #pragma GCC unroll 4
         for (size_t r = 0; r < kR; ++r) {
           const __m512i wv = _mm512_loadu_si512(wb + r * kCB + 64 * s);
 #pragma GCC unroll 4
           for (size_t u = 0; u < kU; ++u)
-            ia[r][u][s % kC] =
-                _mm512_dpbusd_epi32(ia[r][u][s % kC], wv, _mm512_loadu_si512(a[u] + 64 * s));
+            ia[r][u][s % kC] = _mm512_dpbusd_epi32(ia[r][u][s % kC], wv, av[u]);
         }
       }
     } else {
