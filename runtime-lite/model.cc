@@ -1,6 +1,7 @@
 #include "runtime-lite/model.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -166,6 +167,78 @@ absl::Status Model::Bind() {
     layers_.push_back(L);
   }
   TESSERA_ASSIGN_OR_RETURN(head_, BindHead(pkg_->lm(), &pkg_->embedding()));
+  // Only a file mapping may drop its pages (MADV_DONTNEED would zero the --memory full copy).
+  const bool drop = pkg_->memory() == Package::Memory::kMmap;
+  return RepackInto(Matrices(layers_.data(), layers_.size(), &head_), &repacked_, true, drop);
+}
+
+// ---- int8-activation path: runtime-only repacked weights ----
+namespace {
+bool Int8ActivationsEnabled() {
+  const char* env = std::getenv("TESSERA_INT8_ACT");
+  if (env != nullptr && std::string(env) == "0") return false;
+  return kernels::Q8Fast();
+}
+}  // namespace
+
+namespace {
+// Lets the kernel drop the pages of [p, p + n) of a read-only file mapping (a later access
+// simply faults them in again). Never call it on anonymous memory: its contents would be lost.
+void DropPages(const void* p, size_t n) {
+  const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = (reinterpret_cast<uintptr_t>(p) + page - 1) / page * page;
+  const uintptr_t e = (reinterpret_cast<uintptr_t>(p) + n) / page * page;
+  if (e > b) ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+}  // namespace
+
+Model::RepackList Model::Matrices(Layer* layers, size_t n, Head* head) {
+  RepackList todo;
+  for (size_t i = 0; i < n; ++i) {
+    Layer& L = layers[i];
+    for (auto [w, q] : {std::pair{&L.wq, &L.q8q}, {&L.wk, &L.q8k}, {&L.wv, &L.q8v}, {&L.wo, &L.q8o},
+                        {&L.w_gate, &L.q8gate}, {&L.w_up, &L.q8up}, {&L.w_down, &L.q8down}})
+      todo.emplace_back(w, q);
+  }
+  if (head != nullptr) todo.emplace_back(&head->output, &head->q8out);
+  return todo;
+}
+
+absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop) {
+  if (!Int8ActivationsEnabled()) return absl::OkStatus();
+  auto rounded = [](const kernels::WeightMatrix& w) { return (kernels::Q8RepackedBytes(w) + 63) / 64 * 64; };
+  size_t total = 0;
+  for (auto& [w, q] : todo)
+    if (kernels::Q8Supported(*w)) total += rounded(*w);
+  if (total == 0) return absl::OkStatus();
+  // One arena, 2 MiB aligned so the kernel can back it with huge pages.
+  constexpr size_t kAlign = size_t{2} << 20;
+  const size_t size = (total + kAlign - 1) / kAlign * kAlign;
+  arena->reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, size)));
+  if (!*arena) return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", size, " bytes for repacked weights"));
+  ::madvise(arena->get(), size, MADV_HUGEPAGE);
+  size_t used = 0;
+  for (auto& [wp, q8] : todo) {
+    const kernels::WeightMatrix& w = *wp;
+    if (!kernels::Q8Supported(w)) continue;
+    uint8_t* p = arena->get() + used;
+    used += rounded(w);
+    const size_t rbs = (w.rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
+    if (parallel) {
+      ThreadPool::Global().ParallelFor(rbs, 16, [&](size_t b, size_t e) { kernels::RepackQ8(w, b, e, p); });
+    } else {
+      kernels::RepackQ8(w, 0, rbs, p);
+    }
+    q8->type = w.type;
+    q8->data = p;
+    q8->rows = w.rows;
+    q8->Kp = kernels::Q8PaddedK(w.cols);
+    if (drop) {
+      // The canonical codes and scales are not read again by this model.
+      DropPages(w.data, w.type == kernels::WType::kI8 ? w.rows * w.cols : w.rows * w.cols / 2);
+      DropPages(w.scales, w.rows * (w.cols / w.group) * 2);
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -239,12 +312,14 @@ absl::StatusOr<std::unique_ptr<Model::Stage>> Model::BlockStreamer::LoadStage(in
   if (stage < L) {
     TESSERA_ASSIGN_OR_RETURN(st->a, pkg.LoadPack(BlockFileName(stage), LoadMode::kRead));
     TESSERA_ASSIGN_OR_RETURN(st->layer, model_->BindLayer(*st->a, stage));
+    TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(&st->layer, 1, nullptr), &st->arena, false, false));
   } else {
     TESSERA_ASSIGN_OR_RETURN(st->a, pkg.LoadPack("lm.bin", LoadMode::kRead));
     if (model_->config().tie_embeddings) {
       TESSERA_ASSIGN_OR_RETURN(st->b, pkg.LoadPack("embedding.bin", LoadMode::kRead));
     }
     TESSERA_ASSIGN_OR_RETURN(st->head, model_->BindHead(*st->a, st->b.get()));
+    TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(nullptr, 0, &st->head), &st->arena, false, false));
   }
   st->bytes = st->a->file_bytes() + (st->b ? st->b->file_bytes() : 0);
   return st;
@@ -308,6 +383,48 @@ void Model::Linear(const std::string& key, const kernels::WeightMatrix& w, const
   });
   if (bias)
     for (size_t t = 0; t < T; ++t) kernels::Axpy(1.0f, bias, w.rows, y + t * ldy);
+}
+
+void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, const float* x, size_t T,
+                        size_t ldx, size_t k, ActQ8& qa) const {
+  bool all_q8 = true;
+  for (size_t i = 0; i < n; ++i) all_q8 = all_q8 && jobs[i].q8 != nullptr && jobs[i].q8->data != nullptr;
+  if (!all_q8) {
+    for (size_t i = 0; i < n; ++i)
+      Linear(key, *jobs[i].w, jobs[i].bias, x, T, ldx, k, jobs[i].y, jobs[i].ldy);
+    return;
+  }
+  if (observer_) observer_(key, x, T, ldx, k);
+  const size_t K = jobs[0].w->cols;
+  if (!qa.valid) {
+    const size_t Kp = kernels::Q8PaddedK(K);
+    qa.q.resize(T * Kp);
+    qa.d.resize(T * Kp / kernels::kQ8Block);
+    qa.sum.resize(T * Kp / kernels::kQ8Block);
+    qa.a.Kp = Kp;
+    qa.a.q = qa.q.data();
+    qa.a.d = qa.d.data();
+    qa.a.sum = qa.sum.data();
+    if (T >= 8) {
+      ThreadPool::Global().ParallelFor(T, 4, [&](size_t b, size_t e) { kernels::QuantizeActsQ8(x, ldx, K, qa.a, b, e); });
+    } else {
+      kernels::QuantizeActsQ8(x, ldx, K, qa.a, 0, T);
+    }
+    qa.valid = true;
+  }
+  size_t start[4] = {0, 0, 0, 0};
+  for (size_t i = 0; i < n; ++i)
+    start[i + 1] = start[i] + (jobs[i].q8->rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
+  ThreadPool::Global().ParallelFor(start[n], 2, [&](size_t b, size_t e) {
+    for (size_t i = 0; i < n; ++i) {
+      const size_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
+      if (lo < hi) kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+    }
+  });
+  for (size_t i = 0; i < n; ++i) {
+    if (jobs[i].bias)
+      for (size_t t = 0; t < T; ++t) kernels::Axpy(1.0f, jobs[i].bias, jobs[i].w->rows, jobs[i].y + t * jobs[i].ldy);
+  }
 }
 
 void Model::Norm(const float* x, const float* w, const float* b, size_t n, float* out) const {
@@ -437,6 +554,7 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
   std::unique_lock<std::mutex> stream_lock(stream_mu_, std::defer_lock);
   if (stream) stream_lock.lock();
   std::shared_ptr<Stage> stage;  // stream mode: the resident block (the loader holds the next)
+  ActQ8 qa_x, qa_att, qa_hid;    // int8 activations of xn / att / hid (when weights are repacked)
   for (size_t l = 0; l < static_cast<size_t>(c.layers); ++l) {
     if (stream) {
       stage.reset();
@@ -445,9 +563,18 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     const Layer& L = stream ? stage->layer : layers_[l];
     const std::string& lk = L.key;
     for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
-    Linear(lk + "/attn_q", L.wq, L.bq, xn.data(), T, ldh, H, q.data(), Q);
-    Linear(lk + "/attn_k", L.wk, L.bk, xn.data(), T, ldh, H, k.data(), KV);
-    Linear(lk + "/attn_v", L.wv, L.bv, xn.data(), T, ldh, H, v.data(), KV);
+    qa_x.valid = qa_att.valid = qa_hid.valid = false;
+    if (observer_) {
+      // Calibration hooks see each matrix's key.
+      Linear(lk + "/attn_q", L.wq, L.bq, xn.data(), T, ldh, H, q.data(), Q);
+      Linear(lk + "/attn_k", L.wk, L.bk, xn.data(), T, ldh, H, k.data(), KV);
+      Linear(lk + "/attn_v", L.wv, L.bv, xn.data(), T, ldh, H, v.data(), KV);
+    } else {
+      const Q8Job jobs[3] = {{&L.wq, &L.q8q, L.bq, q.data(), Q},
+                             {&L.wk, &L.q8k, L.bk, k.data(), KV},
+                             {&L.wv, &L.q8v, L.bv, v.data(), KV}};
+      LinearMulti(lk + "/attn_qkv", jobs, 3, xn.data(), T, ldh, H, qa_x);
+    }
     for (size_t t = 0; t < T; ++t) {
       for (size_t h = 0; h < NH; ++h) {
         float* qh = q.data() + t * Q + h * D;
@@ -483,12 +610,23 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
           kernels::Axpy(scores[static_cast<size_t>(j)], cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), j), D, out);
       }
     });
-    Linear(lk + "/attn_output", L.wo, L.bo, att.data(), T, ldq, Q, proj.data(), H);
+    {
+      const Q8Job job{&L.wo, &L.q8o, L.bo, proj.data(), H};
+      LinearMulti(lk + "/attn_output", &job, 1, att.data(), T, ldq, Q, qa_att);
+    }
     for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
     for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
-    Linear(lk + "/ffn_up", L.w_up, L.b_up, xn.data(), T, ldh, H, up.data(), F);
+    qa_x.valid = false;  // xn now holds the FFN norm
+    if (c.mlp == "gated" && !observer_) {
+      const Q8Job jobs[2] = {{&L.w_up, &L.q8up, L.b_up, up.data(), F},
+                             {&L.w_gate, &L.q8gate, L.b_gate, gate.data(), F}};
+      LinearMulti(lk + "/ffn_up_gate", jobs, 2, xn.data(), T, ldh, H, qa_x);
+    } else {
+      const Q8Job job{&L.w_up, &L.q8up, L.b_up, up.data(), F};
+      LinearMulti(lk + "/ffn_up", &job, 1, xn.data(), T, ldh, H, qa_x);
+    }
     if (c.mlp == "gated") {
-      Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
+      if (observer_) Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
       for (size_t t = 0; t < T; ++t) {
         const float* g = gate.data() + t * F;
         const float* u = up.data() + t * F;
@@ -507,7 +645,10 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
           o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
       }
     }
-    Linear(lk + "/ffn_down", L.w_down, L.b_down, hid.data(), T, ldf, F, proj.data(), H);
+    {
+      const Q8Job job{&L.w_down, &L.q8down, L.b_down, proj.data(), H};
+      LinearMulti(lk + "/ffn_down", &job, 1, hid.data(), T, ldf, F, qa_hid);
+    }
     for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
   }
   // Only the rows whose logits are wanted go through the head.
@@ -529,12 +670,15 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
   for (size_t i = 0; i < n_out; ++i)
     Norm(x.data() + out_rows[i] * H, head.norm, head.norm_b, H, xn.data() + i * ldh);
   const size_t V = static_cast<size_t>(c.vocab);
+  qa_x.valid = false;
   if (seqs.size() == 1 && seqs[0].n > 0) {
-    Linear("lm/output", output_, nullptr, xn.data(), n_out, ldh, H, seqs[0].logits, V);
+    const Q8Job job{&output_, &head.q8out, nullptr, seqs[0].logits, V};
+    LinearMulti("lm/output", &job, 1, xn.data(), n_out, ldh, H, qa_x);
     return absl::OkStatus();
   }
   std::vector<float> lg(n_out * V);
-  Linear("lm/output", output_, nullptr, xn.data(), n_out, ldh, H, lg.data(), V);
+  const Q8Job job{&output_, &head.q8out, nullptr, lg.data(), V};
+  LinearMulti("lm/output", &job, 1, xn.data(), n_out, ldh, H, qa_x);
   size_t i = 0;
   for (const auto& sq : seqs) {
     const size_t k = sq.n == 0 ? 0 : (sq.all_logits ? sq.n : 1);

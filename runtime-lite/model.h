@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -95,16 +96,24 @@ class Model {
     const float* q_norm = nullptr;
     const float* k_norm = nullptr;
     kernels::WeightMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
+    // Runtime-repacked copies for the int8-activation (VNNI) path; data == nullptr if unused.
+    kernels::Q8Weights q8q, q8k, q8v, q8o, q8gate, q8up, q8down;
     std::string key;  // "block_{i}"
   };
   struct Head {
     const float* norm = nullptr;
     const float* norm_b = nullptr;
     kernels::WeightMatrix output;
+    kernels::Q8Weights q8out;
   };
   // Stream mode: one loaded block (or the LM head) with its bound views.
+  struct FreeDeleter {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  using Arena = std::unique_ptr<uint8_t, FreeDeleter>;
   struct Stage {
     std::unique_ptr<TensorPack> a, b;
+    Arena arena;  // repacked weights of this stage (int8-activation path)
     Layer layer;
     Head head;
     size_t bytes = 0;
@@ -139,6 +148,30 @@ class Model {
   // y = x W^T (+ bias); notifies the activation observer first.
   void Linear(const std::string& key, const kernels::WeightMatrix& w, const float* bias, const float* x,
               size_t T, size_t ldx, size_t k, float* y, size_t ldy) const;
+  // Activations quantized for the int8 path, shared by the matrices that read the same input.
+  struct ActQ8 {
+    std::vector<int8_t> q;
+    std::vector<float> d;
+    std::vector<int32_t> sum;
+    kernels::Q8Acts a;
+    bool valid = false;
+  };
+  struct Q8Job {
+    const kernels::WeightMatrix* w;
+    const kernels::Q8Weights* q8;
+    const float* bias;
+    float* y;
+    size_t ldy;
+  };
+  // y_i = W_i x (+ b_i) for up to 3 matrices reading the same x, in one ParallelFor when all
+  // have repacked weights (int8 activations), else one Linear each.
+  void LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, const float* x, size_t T, size_t ldx,
+                   size_t k, ActQ8& qa) const;
+  using RepackList = std::vector<std::pair<kernels::WeightMatrix*, kernels::Q8Weights*>>;
+  static RepackList Matrices(Layer* layers, size_t n, Head* head);
+  // Repacks every supported matrix of `todo` into a new arena (no-op when the int8-activation
+  // path is off). `parallel`: use the global pool; `drop`: release the canonical pages after.
+  static absl::Status RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop);
   void Norm(const float* x, const float* w, const float* b, size_t n, float* out) const;
   ActivationObserver observer_;
 
@@ -155,6 +188,7 @@ class Model {
   std::unique_ptr<BlockStreamer> streamer_;
   mutable StreamStats stream_stats_;
   std::vector<float> rope_inv_freq_;
+  std::unique_ptr<uint8_t, FreeDeleter> repacked_;  // arena of the runtime-repacked weights
 };
 
 }  // namespace tessera

@@ -569,7 +569,11 @@ TEST(Batching, BatchedForwardEqualsSolo) {
 // ---- memory modes: full / mmap / stream give bit-identical logits ----
 TEST(MemoryModes, StreamAndFullEqualMmap) {
   std::vector<std::string> pkgs = {Packages::Get().Converted("stories260K/hf"),
-                                   Packages::Get().Quantized("stories260K/hf", QType::kI4Asym, 32)};
+                                   Packages::Get().Quantized("stories260K/hf", QType::kI4Asym, 32),
+                                   // int4 sym / int8 use the repacked int8-activation path where the
+                                   // CPU has VNNI (stream mode repacks each block as it loads it)
+                                   Packages::Get().Quantized("stories260K/hf", QType::kI4Sym, 32),
+                                   Packages::Get().Quantized("stories260K/hf", QType::kI8, 32)};
   for (const char* m : {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gpt2"})
     pkgs.push_back(Packages::Get().Converted(std::string("tiny/") + m));
   const std::vector<int32_t> ids = {1, 20, 30, 40, 50, 60, 70, 80};

@@ -58,6 +58,59 @@ struct WeightMatrix {
 void MatMul(const WeightMatrix& w, const float* x, size_t T, size_t ldx, float* y, size_t ldy,
             size_t row_begin, size_t row_end);
 
+// ---- int8-activation matmul (VNNI vpdpbusd on AVX3_DL) ------------------------------------
+// Activations are quantized per token in blocks of 32 (like llama.cpp's Q8_0): d = amax / 127,
+// a = round-half-even(x * (127 / amax)) clamped to [-127, 127] (d = 0 and a = 0 when amax = 0).
+// Weights (I4 sym or I8, any group that is a multiple of 32) are repacked once at load time
+// into a runtime-only layout; the canonical package files are never changed.
+//
+// Superblock = 512 consecutive elements of a row = 16 blocks of 32. In a superblock, "slice" s
+// (0..7) is 64 bytes: byte 4 j + i holds element 32 j + 4 s + i (block j, i in 0..3), so one
+// vpdpbusd i32 lane j accumulates block j. Activations use the same slice layout.
+//   I4 sym repacked: per superblock and row 4 x 64 bytes; vector m's low nibble is slice m,
+//                    its high nibble slice m + 4; the nibble is q in 0..15 (w = (q - 8) * d).
+//   I8 repacked:     per superblock and row 8 x 64 bytes, byte = w + 128 (unsigned).
+//   Scales:          f16 per block of 32 (the group scale repeated for larger groups).
+// Stream order: for each block of kQ8RowBlock rows, for each superblock: the rows' codes, then
+// the rows' 16 scales each. K is padded to a multiple of 512, rows to a multiple of 4 (padding
+// has scale 0). Row r's result for token t (identical for any T and any tiling):
+//   per superblock, lane j:  S = sum_k (w_int * a) over block j   (exact, int32)
+//                            acc_j = fma(float(S), d_w * d_a, acc_j)          (f32)
+//   y = sum over the 16 lanes of acc (fixed order per target).
+constexpr size_t kQ8Block = 32;
+constexpr size_t kQ8Super = 512;
+constexpr size_t kQ8RowBlock = 4;
+
+// Quantized activations of T tokens (caller-owned storage; Kp = K padded to kQ8Super).
+struct Q8Acts {
+  size_t Kp = 0;
+  int8_t* q = nullptr;      // [T][Kp]      slice layout
+  float* d = nullptr;       // [T][Kp / 32] block scales
+  int32_t* sum = nullptr;   // [T][Kp / 32] sum of the block's int8 values
+};
+inline size_t Q8PaddedK(size_t K) { return (K + kQ8Super - 1) / kQ8Super * kQ8Super; }
+
+// Quantizes tokens [t_begin, t_end): x[t * ldx + k] for k < K (zeros past K up to a.Kp).
+void QuantizeActsQ8(const float* x, size_t ldx, size_t K, const Q8Acts& a, size_t t_begin,
+                    size_t t_end);
+
+struct Q8Weights {
+  WType type = WType::kI4Sym;  // kI4Sym or kI8
+  const uint8_t* data = nullptr;
+  size_t rows = 0;  // logical rows (row blocks = ceil(rows / 4))
+  size_t Kp = 0;    // padded K (multiple of kQ8Super)
+};
+// Whether `w` can be repacked (I4 sym / I8 with group % 32 == 0).
+bool Q8Supported(const WeightMatrix& w);
+// True when the dispatched target has a native int8 dot product (AVX3_DL: AVX512-VNNI).
+bool Q8Fast();
+size_t Q8RepackedBytes(const WeightMatrix& w);
+// Repacks row blocks [rb_begin, rb_end) of w into out (Q8RepackedBytes(w) bytes in total).
+void RepackQ8(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* out);
+// y[t * ldy + r] for t < T and rows r of row blocks [rb_begin, rb_end) (r < w.rows).
+void MatMulQ8(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
+              size_t rb_begin, size_t rb_end);
+
 // ---- elementwise / reductions -------------------------------------------------------------
 float Dot(const float* a, const float* b, size_t n);
 // out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]   (out may alias x)

@@ -240,4 +240,68 @@ void Axpy_ref(float a, const float* x, size_t n, double* y) {
   for (size_t i = 0; i < n; ++i) y[i] += static_cast<double>(a) * x[i];
 }
 
+// ---- int8-activation path ----
+void QuantizeActsQ8_ref(const float* x, size_t ldx, size_t K, const Q8Acts& a, size_t t_begin,
+                        size_t t_end) {
+  const size_t nb = a.Kp / kQ8Block;
+  for (size_t t = t_begin; t < t_end; ++t) {
+    for (size_t b = 0; b < nb; ++b) {
+      float v[kQ8Block];
+      float amax = 0.0f;
+      for (size_t i = 0; i < kQ8Block; ++i) {
+        const size_t k = b * kQ8Block + i;
+        v[i] = k < K ? x[t * ldx + k] : 0.0f;
+        amax = std::max(amax, std::fabs(v[i]));
+      }
+      const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+      a.d[t * nb + b] = amax / 127.0f;
+      int32_t sum = 0;
+      for (size_t i = 0; i < kQ8Block; ++i) {
+        const int q = std::clamp(RoundHalfEven_ref(v[i] * inv), -127, 127);
+        sum += q;
+        const size_t sb = b / 16, j = b % 16, s = i / 4, e = i % 4;
+        a.q[t * a.Kp + sb * kQ8Super + 64 * s + 4 * j + e] = static_cast<int8_t>(q);
+      }
+      a.sum[t * nb + b] = sum;
+    }
+  }
+}
+
+int8_t Q8ActAt_ref(const Q8Acts& a, size_t t, size_t k) {
+  const size_t sb = k / kQ8Super, j = (k % kQ8Super) / kQ8Block, i = k % kQ8Block;
+  return a.q[t * a.Kp + sb * kQ8Super + 64 * (i / 4) + 4 * j + i % 4];
+}
+
+void MatMulQ8_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, double* y, size_t ldy,
+                  size_t row_begin, size_t row_end) {
+  const size_t K = w.cols, G = w.group, ng = K / G, nb = a.Kp / kQ8Block;
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t t = 0; t < T; ++t) {
+      float lanes[16] = {0};
+      for (size_t b = 0; b < nb; ++b) {
+        int32_t S = 0;
+        float dw = 0.0f;
+        for (size_t i = 0; i < kQ8Block; ++i) {
+          const size_t k = b * kQ8Block + i;
+          if (k >= K) break;
+          int wi;
+          if (w.type == WType::kI8) {
+            wi = static_cast<const int8_t*>(w.data)[r * K + k];
+          } else {
+            const size_t g = k / G, e = k % G, half = G / 2;
+            const uint8_t byte = static_cast<const uint8_t*>(w.data)[r * (K / 2) + g * half + e % half];
+            wi = (e < half ? (byte & 0x0F) : (byte >> 4)) - 8;
+          }
+          S += wi * Q8ActAt_ref(a, t, k);
+          dw = tessera::F16ToF32(w.scales[r * ng + k / G]);
+        }
+        lanes[b % 16] = std::fma(static_cast<float>(S), dw * a.d[t * nb + b], lanes[b % 16]);
+      }
+      double total = 0.0;
+      for (float v : lanes) total += v;
+      y[t * ldy + r] = total;
+    }
+  }
+}
+
 }  // namespace tessera::kernels

@@ -55,6 +55,17 @@ double DotRow_ref(const WeightMatrix& w, size_t r, const float* x, double* abs_s
 void MatMul_ref(const WeightMatrix& w, const float* x, size_t T, size_t ldx, double* y, size_t ldy,
                 size_t row_begin, size_t row_end);
 
+// int8-activation path (kernels.h). QuantizeActsQ8_ref fills the same slice layout bit-exactly.
+void QuantizeActsQ8_ref(const float* x, size_t ldx, size_t K, const Q8Acts& a, size_t t_begin,
+                        size_t t_end);
+// Activation k of token t read back from the slice layout.
+int8_t Q8ActAt_ref(const Q8Acts& a, size_t t, size_t k);
+// MatMulQ8 computed from the ORIGINAL (not repacked) I4 sym / I8 matrix and quantized
+// activations: exact int block sums, per-lane f32 fma as documented in kernels.h, lanes then
+// summed in double. Rows [row_begin, row_end).
+void MatMulQ8_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, double* y, size_t ldy,
+                  size_t row_begin, size_t row_end);
+
 // Element-wise ops / reductions in double precision.
 void RMSNorm_ref(const float* x, const float* w, size_t n, float eps, double* out);
 void Softmax_ref(const float* x, size_t n, double* out);

@@ -1,9 +1,13 @@
 // Micro-benchmarks for the kernels (not run as a test):
-//   MatMul decode (T = 1), 4096 x 4096, for f32 / int8 (G=32) / int4 sym (G=32) weights, once
-//   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call.
+//   MatMul (f32 activations) and MatMulQ8 (int8 activations, repacked weights), 4096 x 4096,
+//   for f32 / int8 (G=32) / int4 sym (G=32) weights, decode (T = 1) and prefill (T = 64), once
+//   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
+//   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
+//   in the Q8 figures).
 // Run e.g.: kernels_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -52,7 +56,7 @@ Fixture& Get() {
   return *f;
 }
 
-void BM_MatMulT1(benchmark::State& state, WType type, int64_t target) {
+void BM_MatMul(benchmark::State& state, WType type, size_t T, int64_t target) {
   Fixture& f = Get();
   WeightMatrix w;
   w.type = type;
@@ -77,27 +81,88 @@ void BM_MatMulT1(benchmark::State& state, WType type, int64_t target) {
       bytes = f.i4.size() + f.s4.size() * 2;
       break;
   }
-  std::vector<float> y(kRows);
+  std::vector<float> x(T * kCols);
+  for (size_t t = 0; t < T; ++t) std::copy(f.x.begin(), f.x.end(), x.begin() + t * kCols);
+  std::vector<float> y(T * kRows);
   hwy::SetSupportedTargetsForTest(target);
   state.SetLabel(ActiveTargetName());
   for (auto _ : state) {
-    MatMul(w, f.x.data(), 1, kCols, y.data(), kRows, 0, kRows);
+    MatMul(w, x.data(), T, kCols, y.data(), kRows, 0, kRows);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
   hwy::SetSupportedTargetsForTest(0);
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * kRows * kCols * T * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_MatMulQ8(benchmark::State& state, WType type, size_t T, int64_t target) {
+  Fixture& f = Get();
+  WeightMatrix w;
+  w.type = type;
+  w.rows = kRows;
+  w.cols = kCols;
+  w.group = kGroup;
+  w.data = type == WType::kI8 ? static_cast<const void*>(f.i8.data()) : f.i4.data();
+  w.scales = type == WType::kI8 ? f.s8.data() : f.s4.data();
+  std::vector<uint8_t> packed(Q8RepackedBytes(w));
+  RepackQ8(w, 0, kRows / kQ8RowBlock, packed.data());
+  Q8Weights q8;
+  q8.type = type;
+  q8.data = packed.data();
+  q8.rows = kRows;
+  q8.Kp = kCols;
+  std::vector<float> x(T * kCols);
+  for (size_t t = 0; t < T; ++t) std::copy(f.x.begin(), f.x.end(), x.begin() + t * kCols);
+  std::vector<int8_t> aq(T * kCols);
+  std::vector<float> ad(T * kCols / kQ8Block);
+  std::vector<int32_t> as(T * kCols / kQ8Block);
+  Q8Acts a;
+  a.Kp = kCols;
+  a.q = aq.data();
+  a.d = ad.data();
+  a.sum = as.data();
+  std::vector<float> y(T * kRows);
+  hwy::SetSupportedTargetsForTest(target);
+  state.SetLabel(ActiveTargetName());
+  for (auto _ : state) {
+    QuantizeActsQ8(x.data(), kCols, kCols, a, 0, T);
+    MatMulQ8(q8, a, T, y.data(), kRows, 0, kRows / kQ8RowBlock);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(packed.size()));
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * kRows * kCols * T * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
 int RegisterAll() {
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     const std::string t = hwy::TargetName(target);
-    benchmark::RegisterBenchmark(("MatMulT1/f32/" + t).c_str(), BM_MatMulT1, WType::kF32, target)
-        ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("MatMulT1/int8/" + t).c_str(), BM_MatMulT1, WType::kI8, target)
-        ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("MatMulT1/int4/" + t).c_str(), BM_MatMulT1, WType::kI4Sym, target)
-        ->Unit(benchmark::kMillisecond);
+    const bool vnni = target == HWY_AVX3_DL;  // other targets run MatMulQ8's portable loop
+    for (size_t T : {size_t{1}, size_t{64}}) {
+      const std::string ts = "T" + std::to_string(T) + "/";
+      benchmark::RegisterBenchmark(("MatMul" + ts + "f32/" + t).c_str(), BM_MatMul, WType::kF32, T,
+                                   target)
+          ->Unit(benchmark::kMillisecond);
+      benchmark::RegisterBenchmark(("MatMul" + ts + "int8/" + t).c_str(), BM_MatMul, WType::kI8, T,
+                                   target)
+          ->Unit(benchmark::kMillisecond);
+      benchmark::RegisterBenchmark(("MatMul" + ts + "int4/" + t).c_str(), BM_MatMul, WType::kI4Sym,
+                                   T, target)
+          ->Unit(benchmark::kMillisecond);
+      if (T == 1 || vnni) {
+        benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int8/" + t).c_str(), BM_MatMulQ8,
+                                     WType::kI8, T, target)
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int4/" + t).c_str(), BM_MatMulQ8,
+                                     WType::kI4Sym, T, target)
+            ->Unit(benchmark::kMillisecond);
+      }
+    }
   }
   return 0;
 }

@@ -1,0 +1,101 @@
+// Dynamic-dispatch entry points of the int8-activation kernels, plus the (scalar, load-time)
+// repacking of I4 sym / I8 weights into the runtime layout described in kernels.h.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "quantizer/kernels/q8.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "quantizer/kernels/q8-inl.h"
+
+#if HWY_ONCE
+#include <cstring>
+
+#include "quantizer/kernels/kernels.h"
+
+namespace tessera::kernels {
+
+HWY_EXPORT(QuantizeActsQ8);
+HWY_EXPORT(MatMulQ8);
+HWY_EXPORT(Q8Fast);
+
+void QuantizeActsQ8(const float* x, size_t ldx, size_t K, const Q8Acts& a, size_t t_begin,
+                    size_t t_end) {
+  HWY_DYNAMIC_DISPATCH(QuantizeActsQ8)(x, ldx, K, a, t_begin, t_end);
+}
+
+void MatMulQ8(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
+              size_t rb_begin, size_t rb_end) {
+  HWY_DYNAMIC_DISPATCH(MatMulQ8)(w, a, T, y, ldy, rb_begin, rb_end);
+}
+
+bool Q8Fast() { return HWY_DYNAMIC_DISPATCH(Q8Fast)(); }
+
+bool Q8Supported(const WeightMatrix& w) {
+  if (w.type != WType::kI4Sym && w.type != WType::kI8) return false;
+  if (w.group == 0 || w.group % kQ8Block != 0 || w.cols % w.group != 0) return false;
+  if (w.type == WType::kI4Sym && w.group % 2 != 0) return false;
+  return w.rows > 0 && w.cols > 0 && w.data != nullptr && w.scales != nullptr;
+}
+
+namespace {
+size_t CodeBytes(WType t) { return t == WType::kI8 ? 512 : 256; }
+size_t UnitBytes(WType t) { return kQ8RowBlock * CodeBytes(t) + kQ8RowBlock * 16 * 2; }
+}  // namespace
+
+size_t Q8RepackedBytes(const WeightMatrix& w) {
+  const size_t rbs = (w.rows + kQ8RowBlock - 1) / kQ8RowBlock;
+  return rbs * (Q8PaddedK(w.cols) / kQ8Super) * UnitBytes(w.type);
+}
+
+void RepackQ8(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* out) {
+  const bool i8 = w.type == WType::kI8;
+  const size_t K = w.cols, G = w.group, ng = K / G, Kp = Q8PaddedK(K);
+  const size_t nsb = Kp / kQ8Super, cb = CodeBytes(w.type), unit = UnitBytes(w.type);
+  const uint8_t* codes = static_cast<const uint8_t*>(w.data);
+  // Unsigned code of element k of row r (I4: nibble 0..15; I8: w + 128); padding = zero weight.
+  auto code = [&](size_t r, size_t k) -> uint8_t {
+    if (r >= w.rows || k >= K) return i8 ? 128 : 8;
+    if (i8) return static_cast<uint8_t>(codes[r * K + k] ^ 0x80);
+    const size_t g = k / G, e = k % G, half = G / 2;
+    const uint8_t byte = codes[r * (K / 2) + g * half + e % half];
+    return e < half ? (byte & 0x0F) : (byte >> 4);
+  };
+  for (size_t rb = rb_begin; rb < rb_end; ++rb) {
+    for (size_t sb = 0; sb < nsb; ++sb) {
+      uint8_t* u = out + (rb * nsb + sb) * unit;
+      for (size_t ri = 0; ri < kQ8RowBlock; ++ri) {
+        const size_t r = rb * kQ8RowBlock + ri;
+        uint8_t* c = u + ri * cb;
+        for (size_t j = 0; j < 16; ++j) {
+          const size_t kb = sb * kQ8Super + j * kQ8Block;
+          const uint16_t sc = (r < w.rows && kb < K) ? w.scales[r * ng + kb / G] : uint16_t{0};
+          std::memcpy(u + kQ8RowBlock * cb + ri * 32 + j * 2, &sc, 2);
+          if (r < w.rows && kb + kQ8Block <= K && (i8 || G == kQ8Block)) {
+            // Fast paths: I8 moves runs of 4 bytes; I4 with G = 32 too (byte b of a group holds
+            // elements b and b + 16, i.e. slices s and s + 4).
+            const uint8_t* src = i8 ? codes + r * K + kb : codes + r * (K / 2) + kb / 2;
+            for (size_t s = 0; s < (i8 ? 8u : 4u); ++s) {
+              for (size_t i = 0; i < 4; ++i)
+                c[64 * s + 4 * j + i] = i8 ? static_cast<uint8_t>(src[4 * s + i] ^ 0x80)
+                                           : src[4 * s + i];
+            }
+            continue;
+          }
+          for (size_t s = 0; s < 4; ++s) {
+            for (size_t i = 0; i < 4; ++i) {
+              if (i8) {
+                c[64 * s + 4 * j + i] = code(r, kb + 4 * s + i);
+                c[64 * (s + 4) + 4 * j + i] = code(r, kb + 4 * (s + 4) + i);
+              } else {
+                c[64 * s + 4 * j + i] = static_cast<uint8_t>(
+                    code(r, kb + 4 * s + i) | (code(r, kb + 4 * (s + 4) + i) << 4));
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace tessera::kernels
+#endif  // HWY_ONCE
