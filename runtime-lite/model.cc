@@ -169,7 +169,10 @@ absl::Status Model::Bind() {
   TESSERA_ASSIGN_OR_RETURN(head_, BindHead(pkg_->lm(), &pkg_->embedding()));
   // Only a file mapping may drop its pages (MADV_DONTNEED would zero the --memory full copy).
   const bool drop = pkg_->memory() == Package::Memory::kMmap;
-  return RepackInto(Matrices(layers_.data(), layers_.size(), &head_), &repacked_, true, drop);
+  TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(layers_.data(), layers_.size(), &head_), &repacked_, true, drop));
+  rows_independent_ = true;
+  for (const auto& [w, q] : Matrices(layers_.data(), layers_.size(), &head_)) rows_independent_ = rows_independent_ && q->data != nullptr;
+  return absl::OkStatus();
 }
 
 // ---- int8-activation path: runtime-only repacked weights ----
@@ -564,7 +567,7 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     const std::string& lk = L.key;
     for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
     qa_x.valid = qa_att.valid = qa_hid.valid = false;
-    if (observer_) {
+    if (observer_per_matrix_) {
       // Calibration hooks see each matrix's key.
       Linear(lk + "/attn_q", L.wq, L.bq, xn.data(), T, ldh, H, q.data(), Q);
       Linear(lk + "/attn_k", L.wk, L.bk, xn.data(), T, ldh, H, k.data(), KV);
@@ -617,7 +620,7 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
     for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
     qa_x.valid = false;  // xn now holds the FFN norm
-    if (c.mlp == "gated" && !observer_) {
+    if (c.mlp == "gated" && !observer_per_matrix_) {
       const Q8Job jobs[2] = {{&L.w_up, &L.q8up, L.b_up, up.data(), F},
                              {&L.w_gate, &L.q8gate, L.b_gate, gate.data(), F}};
       LinearMulti(lk + "/ffn_up_gate", jobs, 2, xn.data(), T, ldh, H, qa_x);
@@ -626,7 +629,7 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
       LinearMulti(lk + "/ffn_up", &job, 1, xn.data(), T, ldh, H, qa_x);
     }
     if (c.mlp == "gated") {
-      if (observer_) Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
+      if (observer_per_matrix_) Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
       for (size_t t = 0; t < T; ++t) {
         const float* g = gate.data() + t * F;
         const float* u = up.data() + t * F;

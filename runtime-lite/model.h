@@ -62,7 +62,17 @@ class Model {
   // "lm/output": x holds T rows of k floats, row stride ldx. For calibration (imatrix).
   using ActivationObserver =
       std::function<void(const std::string& key, const float* x, size_t T, size_t ldx, size_t k)>;
-  void SetActivationObserver(ActivationObserver obs) { observer_ = std::move(obs); }
+  // per_matrix false: the observer only needs the input of the LM head ("lm/output", e.g. for
+  // embeddings), so the fused multi-matrix kernels stay in use (they report fused keys such as
+  // "block_{i}/attn_qkv"); true (calibration) runs each matrix alone under its own key.
+  void SetActivationObserver(ActivationObserver obs, bool per_matrix = true) {
+    observer_ = std::move(obs);
+    observer_per_matrix_ = observer_ && per_matrix;
+  }
+  // True when every row of a ForwardBatch gives the same result whatever the batch (all linears
+  // run on the int8-activation path, which quantizes each row alone and sums in integers); when
+  // false, results are row-independent only for batches of at most 16 rows.
+  bool RowsIndependent() const { return rows_independent_; }
 
   // One sequence's share of a batched forward pass.
   struct SeqInput {
@@ -174,6 +184,8 @@ class Model {
   static absl::Status RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop);
   void Norm(const float* x, const float* w, const float* b, size_t n, float* out) const;
   ActivationObserver observer_;
+  bool observer_per_matrix_ = false;
+  bool rows_independent_ = false;
 
   std::unique_ptr<Package> pkg_;
   std::vector<Layer> layers_;

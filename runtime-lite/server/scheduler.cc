@@ -71,6 +71,7 @@ struct ModelWorker::Active {
   JsonConstraint::State cstate;  // constrained decoding
   std::vector<int32_t> order;    // scratch for Constrain
   std::optional<TokenLogprob> lp;  // the sampled token's entry, until Accept keeps it
+  bool prefilled = false;          // the prompt has been run (logits hold the next-token scores)
 
   Active(std::shared_ptr<Job> j, const Tokenizer& tok)
       : job(std::move(j)), sampler(job->params.sampling), decoder(tok, /*at_start=*/false) {}
@@ -90,13 +91,15 @@ ModelWorker::ModelWorker(std::unique_ptr<Model> model, const WorkerOptions& opts
   slot_busy_.assign(static_cast<size_t>(parallel_), false);
   // The input of the LM head is the final hidden state after the final norm: embeddings read it
   // through the activation observer (only the scheduler thread runs the model).
-  model_->SetActivationObserver([this](const std::string& key, const float* x, size_t T, size_t ldx, size_t k) {
-    if (capture_ == nullptr || key != "lm/output") return;
-    if (capture_->size() != k) capture_->assign(k, 0.0f);
-    for (size_t t = 0; t < T; ++t)
-      for (size_t i = 0; i < k; ++i) (*capture_)[i] += x[t * ldx + i];
-    capture_rows_ += T;
-  });
+  model_->SetActivationObserver(
+      [this](const std::string& key, const float* x, size_t T, size_t ldx, size_t k) {
+        if (capture_ == nullptr || key != "lm/output") return;
+        if (capture_->size() != k) capture_->assign(k, 0.0f);
+        for (size_t t = 0; t < T; ++t)
+          for (size_t i = 0; i < k; ++i) (*capture_)[i] += x[t * ldx + i];
+        capture_rows_ += T;
+      },
+      /*per_matrix=*/false);
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -196,13 +199,7 @@ void ModelWorker::Admit(std::shared_ptr<Job> job) {
   if (!cache) cache = std::make_unique<KVCache>(c, n_ctx_);
   a->logits.resize(static_cast<size_t>(c.vocab));
   job->t_start = Clock::now();
-  absl::Status st = model_->Forward(*cache, job->prompt.data(), job->prompt.size(), 0, a->logits.data(), false);
-  if (!st.ok()) return Complete(*job, "stop", std::string(st.message()));
-  {
-    std::lock_guard<std::mutex> lk(job->mu);
-    job->t_first = Clock::now();
-  }
-  a->pos = n;
+  a->pos = 0;  // the prompt runs in the next batch (Prefilled() completes the admission)
   a->history = job->prompt;
   if (job->params.constraint) {
     a->cstate = job->params.constraint->Initial();
@@ -214,12 +211,20 @@ void ModelWorker::Admit(std::shared_ptr<Job> job) {
     }
   }
   slot_busy_[static_cast<size_t>(slot)] = true;
-  {
-    std::lock_guard<std::mutex> lk(mu_);
-    stats_.prompt_tokens_total += n;
-    stats_.prefill_seconds += std::chrono::duration<double>(job->t_first - job->t_start).count();
-  }
   active_.push_back(std::move(a));
+}
+
+void ModelWorker::Prefilled(Active& a) {
+  Job& job = *a.job;
+  a.prefilled = true;
+  a.pos = static_cast<int64_t>(job.prompt.size());
+  {
+    std::lock_guard<std::mutex> lk(job.mu);
+    job.t_first = Clock::now();
+  }
+  std::lock_guard<std::mutex> lk(mu_);
+  stats_.prompt_tokens_total += a.pos;
+  stats_.prefill_seconds += std::chrono::duration<double>(job.t_first - job.t_start).count();
 }
 
 // Releases a->pending except what could still become a stop string; on `final`, releases all.
@@ -448,6 +453,10 @@ void ModelWorker::Loop() {
     for (size_t i = 0; i < active_.size();) {
       Active& a = *active_[i];
       bool keep;
+      if (!a.prefilled && !a.job->cancelled.load()) {
+        ++i;  // its prompt joins this step's batch below
+        continue;
+      }
       if (a.job->cancelled.load()) {
         Finish(a, "cancelled");
         keep = false;
@@ -487,9 +496,45 @@ void ModelWorker::Loop() {
       rows.push_back(&a);
       ++i;
     }
+    // Prompts of newly admitted jobs run in the same pass over the weights as the decode rows
+    // when that cannot change any row's result (RowsIndependent, or at most 16 rows in all);
+    // otherwise alone, exactly as a solo request would run them.
+    const size_t n_decode = batch.size();
+    size_t n_rows = n_decode;
+    std::vector<Active*> fresh;
+    for (size_t i = 0; i < active_.size();) {
+      Active& a = *active_[i];
+      if (a.prefilled) {
+        ++i;
+        continue;
+      }
+      const size_t n = a.job->prompt.size();
+      if (model_->RowsIndependent() || n_rows + n <= 16) {
+        Model::SeqInput in;
+        in.cache = caches_[static_cast<size_t>(a.slot)].get();
+        in.ids = a.job->prompt.data();
+        in.n = n;
+        in.pos0 = 0;
+        in.logits = a.logits.data();
+        batch.push_back(in);
+        fresh.push_back(&a);
+        n_rows += n;
+        ++i;
+        continue;
+      }
+      absl::Status st = model_->Forward(*caches_[static_cast<size_t>(a.slot)], a.job->prompt.data(), n, 0,
+                                        a.logits.data(), false);
+      if (!st.ok()) {
+        Finish(a, "stop", std::string(st.message()));
+        active_.erase(active_.begin() + static_cast<std::ptrdiff_t>(i));
+        continue;
+      }
+      Prefilled(a);
+      ++i;
+    }
     if (batch.empty()) {
       std::lock_guard<std::mutex> lk(mu_);
-      stats_.active = 0;
+      stats_.active = static_cast<int64_t>(active_.size());
       continue;
     }
     absl::Status st = model_->ForwardBatch(batch);
@@ -499,9 +544,11 @@ void ModelWorker::Loop() {
       continue;
     }
     for (Active* a : rows) a->pos++;
+    for (Active* a : fresh) Prefilled(*a);
+    if (n_decode == 0) continue;
     std::lock_guard<std::mutex> lk(mu_);
     stats_.decode_steps++;
-    stats_.decode_rows += static_cast<int64_t>(batch.size());
+    stats_.decode_rows += static_cast<int64_t>(n_decode);
     stats_.decode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
     stats_.active = static_cast<int64_t>(active_.size());
   }

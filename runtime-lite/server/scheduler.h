@@ -128,6 +128,7 @@ class ModelWorker {
   void Loop();
   void RunEmbed(Job& job);
   void Admit(std::shared_ptr<Job> job);
+  void Prefilled(Active& a);  // the prompt has run: first-token time, stats
   // Handles a sampled token; returns false when the job is finished.
   bool Accept(Active& a, int32_t id);
   void Finish(Active& a, const std::string& reason, const std::string& error = "");
