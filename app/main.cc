@@ -125,6 +125,7 @@ struct QuantizeArgs {
   std::vector<std::string> overrides;
   int group = 32;
   int64_t calib_tokens = 0, calib_ctx = 0;
+  bool awq = false;
   bool asym = false, force = false, type_set = false, group_set = false, quiet = false;
 };
 absl::Status RunQuantize(const QuantizeArgs& a) {
@@ -164,6 +165,8 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   o.calib_text = a.calib;
   o.calib_tokens = a.calib_tokens;
   o.calib_ctx = a.calib_ctx;
+  o.awq = a.awq;
+  if (a.awq && a.calib.empty()) return absl::InvalidArgumentError("--awq needs --calib TEXT");
   o.group = static_cast<uint32_t>(a.group);
   o.force = a.force;
   o.cmdline = g_cmdline;
@@ -516,6 +519,8 @@ int main(int argc, char** argv) {
                     "energy (imatrix). Never the evaluation text");
   quant->add_option("--calib-tokens", qa.calib_tokens, "Use at most N calibration tokens (default: all)");
   quant->add_option("--calib-ctx", qa.calib_ctx, "Calibration chunk size in tokens (default: min(512, model ctx))");
+  quant->add_flag("--awq", qa.awq,
+                  "AWQ-style input-channel scaling folded into the norms (attn_q/k/v, ffn_gate/up, untied output); needs --calib");
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
   quant->footer("Recipes:\n" + tessera::RecipeHelp() +
                 "Schemes: f32, f16, bf16, int8[-gG], int4[-gG][-sym|-asym]\n"

@@ -48,7 +48,9 @@ std::string StoredSchemeName(const PackTensor& t) {
   return SchemeName(s);
 }
 
-absl::StatusOr<DistortionSums> CompareTensor(const PackTensor& q, const PackTensor& b, const std::string& key) {
+// col_scale (k values or empty): multiplies the quantized tensor's columns (AWQ folding, below).
+absl::StatusOr<DistortionSums> CompareTensor(const PackTensor& q, const PackTensor& b, const std::string& key,
+                                             const std::vector<float>& col_scale) {
   if (q.shape != b.shape)
     return absl::InvalidArgumentError(absl::StrCat(key, ": shape differs from the base package's"));
   const size_t rows = q.rows(), k = q.logical_cols();
@@ -58,6 +60,8 @@ absl::StatusOr<DistortionSums> CompareTensor(const PackTensor& q, const PackTens
     for (size_t r = r0; r < r1; ++r) {
       b.RowToF32(r, x.data());
       q.RowToF32(r, y.data());
+      if (!col_scale.empty())
+        for (size_t j = 0; j < k; ++j) y[j] *= col_scale[j];
       part[r].Add(x.data(), y.data(), k);
     }
   });
@@ -84,7 +88,25 @@ absl::StatusOr<DistortionReport> ComparePackages(const Package& pkg, const Packa
       const std::string key = stem + "/" + t.name;
       const PackTensor* bt = bp.Find(t.name);
       if (bt == nullptr) return absl::InvalidArgumentError(absl::StrCat(key, ": not in the base package"));
-      auto s = CompareTensor(t, *bt, key);
+      // A quantizer may fold per-channel scales into the norm feeding the matrix (AWQ: W' = W diag(s),
+      // g' = g / s); the matrix the model effectively uses is W' diag(g' / g).
+      std::vector<float> col_scale;
+      const char* norm_name = t.name == "attn_q" || t.name == "attn_k" || t.name == "attn_v" ? "attn_norm"
+                              : t.name == "ffn_gate" || t.name == "ffn_up"                  ? "ffn_norm"
+                              : t.name == "output"                                          ? "output_norm"
+                                                                                            : nullptr;
+      const PackTensor* qn = norm_name ? p.Find(norm_name) : nullptr;
+      const PackTensor* bn = norm_name ? bp.Find(norm_name) : nullptr;
+      if (qn && bn && qn->shape.size() == 1 && qn->shape == bn->shape && qn->logical_cols() == t.logical_cols()) {
+        std::vector<float> gq(qn->logical_cols()), gb(gq.size());
+        qn->RowToF32(0, gq.data());
+        bn->RowToF32(0, gb.data());
+        if (gq != gb) {
+          col_scale.resize(gq.size());
+          for (size_t j = 0; j < gq.size(); ++j) col_scale[j] = gb[j] != 0.0f ? gq[j] / gb[j] : 1.0f;
+        }
+      }
+      auto s = CompareTensor(t, *bt, key, col_scale);
       if (!s.ok()) return s.status();
       TensorDistortion td;
       td.key = key;

@@ -49,7 +49,9 @@ struct DistortionReport {
 };
 
 // Both packages must have the same architecture (matrix names and shapes); errors name the
-// tensor. Vectors (norms, biases) are skipped.
+// tensor. Vectors (norms, biases) are skipped. When a norm vector differs between the packages
+// (AWQ-style scales folded into it by `quantize --awq`), the matrices it feeds are compared as the
+// model uses them: the quantized columns are multiplied by g_pkg / g_base.
 absl::StatusOr<DistortionReport> ComparePackages(const Package& pkg, const Package& base);
 
 }  // namespace tessera
