@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "app/cmd_verify.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -137,6 +138,7 @@ struct QuantizeArgs {
   std::vector<std::string> overrides;
   int group = 32;
   int64_t calib_tokens = 0, calib_ctx = 0;
+  bool awq = false;
   bool asym = false, force = false, type_set = false, group_set = false, quiet = false;
 };
 absl::Status RunQuantize(const QuantizeArgs& a) {
@@ -176,6 +178,8 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   o.calib_text = a.calib;
   o.calib_tokens = a.calib_tokens;
   o.calib_ctx = a.calib_ctx;
+  o.awq = a.awq;
+  if (a.awq && a.calib.empty()) return absl::InvalidArgumentError("--awq needs --calib TEXT");
   o.group = static_cast<uint32_t>(a.group);
   o.force = a.force;
   o.cmdline = g_cmdline;
@@ -340,70 +344,6 @@ absl::Status RunDetokenize(const TokenizeArgs& a) {
   TESSERA_ASSIGN_OR_RETURN(auto ids, ParseIds(a.ids));
   TESSERA_RETURN_IF_ERROR(CheckIds(ids, tok.vocab_size()));
   std::cout << tok.Decode(ids, a.skip_special) << "\n";
-  return absl::OkStatus();
-}
-
-// ---- verify ----
-struct VerifyArgs {
-  std::string pkg, text, base, memory = "mmap";
-  int64_t ctx = 512, chunks = 0;
-  bool json = false;
-};
-absl::Status RunVerify(const VerifyArgs& a) {
-  TESSERA_ASSIGN_OR_RETURN(auto model, LoadModel(a.pkg, a.memory));
-  std::unique_ptr<tessera::Model> base;
-  if (!a.base.empty()) {
-    TESSERA_ASSIGN_OR_RETURN(base, tessera::Model::Load(a.base));
-  }
-  TESSERA_ASSIGN_OR_RETURN(std::string text, tessera::ReadFileToString(a.text));
-  auto tokens = model->tokenizer().Encode(text, true);
-  tessera::PerplexityOptions o;
-  o.ctx = a.ctx;
-  o.max_chunks = a.chunks;
-  std::unique_ptr<tessera::Progress> bar;
-  o.on_chunk = [&](int64_t done, int64_t total, double) {
-    if (!bar) bar = std::make_unique<tessera::Progress>("perplexity", static_cast<size_t>(total));
-    bar->Update(static_cast<size_t>(done));
-  };
-  TESSERA_ASSIGN_OR_RETURN(auto r, tessera::Perplexity(*model, tokens, o, base.get()));
-  if (bar) bar->Finish();
-  const std::string recipe = model->package().manifest().contains("quant")
-                                 ? model->package().manifest()["quant"].value("recipe", "") : "";
-  if (a.json) {
-    nlohmann::ordered_json j{{"package", a.pkg}, {"recipe", recipe}, {"text", a.text}, {"ctx", r.ctx},
-                             {"n_tokens", r.n_tokens}, {"n_chunks", r.n_chunks}, {"n_scored", r.n_scored},
-                             {"nll_mean", r.nll_mean}, {"ppl", r.ppl}, {"ppl_stderr", r.ppl_stderr}};
-    j["memory"] = {{"mode", a.memory}, {"peak_rss_bytes", PeakRssBytes()},
-                   {"bytes_read_per_token", model->package().streaming()
-                                                ? static_cast<double>(model->stream_stats().bytes_read) /
-                                                      static_cast<double>(std::max<int64_t>(1, r.n_chunks * r.ctx))
-                                                : 0.0},
-                   {"loader_stall_seconds", model->stream_stats().stall_seconds}};
-    if (r.has_base) {
-      j["base"] = a.base;
-      j["base_ppl"] = r.base_ppl;
-      j["ppl_ratio"] = r.ppl_ratio;
-      j["ln_ppl_ratio"] = r.ln_ppl_ratio;
-      j["kld_mean"] = r.kld_mean;
-      j["kld_median"] = r.kld_median;
-      j["kld_p99"] = r.kld_p99;
-      j["kld_max"] = r.kld_max;
-      j["top1"] = r.top1;
-    }
-    std::cout << j.dump(2) << "\n";
-  } else {
-    std::printf("package     %s (%s)\n", a.pkg.c_str(), recipe.c_str());
-    std::printf("text        %s: %lld tokens, %lld chunks of %lld, %lld scored\n", a.text.c_str(),
-                static_cast<long long>(r.n_tokens), static_cast<long long>(r.n_chunks),
-                static_cast<long long>(r.ctx), static_cast<long long>(r.n_scored));
-    std::printf("perplexity  %.6f +/- %.5f\n", r.ppl, r.ppl_stderr);
-    if (r.has_base) {
-      std::printf("base ppl    %.6f   ratio %.6f   ln(ratio) %.6f\n", r.base_ppl, r.ppl_ratio, r.ln_ppl_ratio);
-      std::printf("KLD         mean %.6f  median %.6f  p99 %.6f  max %.6f\n", r.kld_mean, r.kld_median,
-                  r.kld_p99, r.kld_max);
-      std::printf("same top-1  %.3f %%\n", 100.0 * r.top1);
-    }
-  }
   return absl::OkStatus();
 }
 
@@ -616,6 +556,8 @@ int main(int argc, char** argv) {
                     "energy (imatrix). Never the evaluation text");
   quant->add_option("--calib-tokens", qa.calib_tokens, "Use at most N calibration tokens (default: all)");
   quant->add_option("--calib-ctx", qa.calib_ctx, "Calibration chunk size in tokens (default: min(512, model ctx))");
+  quant->add_flag("--awq", qa.awq,
+                  "AWQ-style input-channel scaling folded into the norms (attn_q/k/v, ffn_gate/up, untied output); needs --calib");
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
   quant->footer("Recipes:\n" + tessera::RecipeHelp() +
                 "Schemes: f32, f16, bf16, int8[-gG], int4[-gG][-sym|-asym]\n"
@@ -672,17 +614,8 @@ int main(int argc, char** argv) {
   dt->add_flag("--skip-special", da.skip_special, "Drop special tokens");
   dt->footer("Example:\n  tessera detokenize out/s260k-f32 --ids 1,403,407");
 
-  VerifyArgs va;
-  auto* vf = app.add_subcommand("verify", "Perplexity (llama.cpp method) and, with --base, KLD / top-1 vs a base");
-  vf->add_option("pkg", va.pkg, "Package directory")->required();
-  vf->add_option("--text", va.text, "UTF-8 text file")->required();
-  vf->add_option("--ctx", va.ctx, "Chunk size in tokens")->capture_default_str();
-  vf->add_option("--chunks", va.chunks, "Evaluate at most this many chunks (0 = all)");
-  vf->add_option("--base", va.base, "Base package (e.g. the f32 one) for KLD, top-1 and PPL ratio");
-  vf->add_flag("--json", va.json, "Print one JSON object");
-  vf->add_option("--memory", va.memory, "full | mmap | stream (applies to PKG)")->capture_default_str();
-  vf->footer("Example:\n  tessera verify out/s260k-q4 --text ../shared/fixtures/text/tinystories_valid_sample.txt "
-             "--ctx 128 --base out/s260k-f32 --json");
+  tessera::app::VerifyArgs va;
+  auto* vf = tessera::app::AddVerifyCommand(app, &va);
 
   TemplateArgs tpa;
   auto* tp = app.add_subcommand("template", "Print the prompt the model's chat template renders for a conversation");
@@ -760,7 +693,7 @@ int main(int argc, char** argv) {
     } else if (*lg) st = RunLogits(la);
     else if (*tk) st = RunTokenize(ta);
     else if (*dt) st = RunDetokenize(da);
-    else if (*vf) st = RunVerify(va);
+    else if (*vf) st = tessera::app::RunVerify(va);
     else if (*insp) st = RunInspect(ia);
     else if (*tp) st = RunTemplate(tpa);
     else if (*bn) {

@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "core/thread_pool.h"
 #include "formats/package.h"
+#include "quantizer/awq.h"
 #include "quantizer/gptq.h"
 #include "quantizer/imatrix.h"
 #include "quantizer/kernels/kernels.h"
@@ -213,20 +214,116 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
                      int64_t layer) -> absl::Status {
     const std::string stem = fs::path(file).stem().string();
     std::vector<TensorData> out;
-    for (const auto& t : pack.tensors()) {
+    // Activation statistics for a matrix's input (token_embd doubles as the output when tied).
+    auto find_stats = [&](const PackTensor& t, const float** act2, const double** cov) {
+      const std::string key = stem + "/" + t.name;
+      std::string akey = key;
+      if (key == "embedding/token_embd" && cfg.tie_embeddings) akey = "lm/output";
+      *act2 = nullptr;
+      *cov = nullptr;
+      auto it = stats.mean_sq.find(akey);
+      if (it != stats.mean_sq.end() && it->second.size() == t.logical_cols()) *act2 = it->second.data();
+      auto ic = stats.cov.find(akey);
+      if (ic != stats.cov.end() && ic->second.size() == t.logical_cols() * t.logical_cols()) *cov = ic->second.data();
+    };
+    // AWQ-style channel scaling folded into the norms (quantizer/awq.h): name -> replacement
+    // f32 values (norm vectors divided by s, matrices times diag(s)) and the matrices' scaled stats.
+    std::map<std::string, std::vector<float>> replaced, act2_scaled;
+    std::map<std::string, std::vector<double>> cov_scaled;
+    std::map<std::string, double> awq_alpha;
+    if (o.awq && !stats.mean_sq.empty() && cfg.norm == "rms") {
+      struct Group {
+        const char* norm;
+        std::vector<const char*> mats;
+      };
+      const std::vector<Group> groups{{"attn_norm", {"attn_q", "attn_k", "attn_v"}},
+                                      {"ffn_norm", {"ffn_gate", "ffn_up"}},
+                                      {"output_norm", {"output"}}};
+      for (const Group& gr : groups) {
+        const PackTensor* norm = pack.Find(gr.norm);
+        if (norm == nullptr || norm->shape.size() != 1) continue;
+        if (std::string(gr.norm) == "output_norm" && cfg.tie_embeddings) continue;  // would rescale the embedding too
+        const size_t k = norm->logical_cols();
+        std::vector<const PackTensor*> mats;
+        bool ok = true, any_i4 = false;
+        for (const char* m : gr.mats) {
+          const PackTensor* t = pack.Find(m);
+          if (t == nullptr || t->shape.size() != 2 || t->logical_cols() != k) {
+            ok = false;
+            break;
+          }
+          const TensorScheme& sc = plan.scheme.at(stem + "/" + m);
+          ok = ok && IsQuantized(sc.type);
+          any_i4 = any_i4 || sc.type == QType::kI4Sym || sc.type == QType::kI4Asym;
+          mats.push_back(t);
+        }
+        if (!ok || !any_i4) continue;
+        const float* act2 = nullptr;
+        const double* cov = nullptr;
+        find_stats(*mats[0], &act2, &cov);
+        if (act2 == nullptr) continue;
+        std::vector<std::vector<float>> w;
+        std::vector<quant::AwqMatrix> am;
+        for (size_t i = 0; i < mats.size(); ++i) w.push_back(mats[i]->ToF32());
+        for (size_t i = 0; i < mats.size(); ++i)
+          am.push_back({w[i].data(), mats[i]->rows(), plan.scheme.at(stem + "/" + gr.mats[i])});
+        const quant::AwqChoice ch = quant::ChooseAwqScale(am, k, act2, cov);
+        for (const char* m : gr.mats) awq_alpha[m] = ch.alpha;
+        if (ch.alpha == 0.0) continue;
+        const std::vector<float>& sv = ch.scale;
+        std::vector<float> nv(k);
+        norm->RowToF32(0, nv.data());
+        for (size_t j = 0; j < k; ++j) nv[j] /= sv[j];
+        replaced[gr.norm] = std::move(nv);
+        const std::string bias = std::string(gr.norm) + ".bias";
+        if (const PackTensor* b = pack.Find(bias); b != nullptr && b->shape.size() == 1 && b->logical_cols() == k) {
+          std::vector<float> bv(k);
+          b->RowToF32(0, bv.data());
+          for (size_t j = 0; j < k; ++j) bv[j] /= sv[j];
+          replaced[bias] = std::move(bv);
+        }
+        for (size_t i = 0; i < mats.size(); ++i) {
+          std::vector<float>& wi = w[i];
+          for (size_t r = 0; r < mats[i]->rows(); ++r)
+            for (size_t j = 0; j < k; ++j) wi[r * k + j] *= sv[j];
+          replaced[gr.mats[i]] = std::move(wi);
+          std::vector<float> a(k);
+          for (size_t j = 0; j < k; ++j) a[j] = act2[j] / (sv[j] * sv[j]);
+          act2_scaled[gr.mats[i]] = std::move(a);
+          if (cov != nullptr) {
+            std::vector<double> c(k * k);
+            for (size_t r = 0; r < k; ++r)
+              for (size_t j = 0; j < k; ++j)
+                c[r * k + j] = cov[r * k + j] / (static_cast<double>(sv[r]) * static_cast<double>(sv[j]));
+            cov_scaled[gr.mats[i]] = std::move(c);
+          }
+        }
+      }
+    }
+    for (const auto& t0 : pack.tensors()) {
+      // A tensor replaced by AWQ is read from an f32 view of its new values.
+      PackTensor view;
+      const PackTensor* tp = &t0;
+      auto rep = replaced.find(t0.name);
+      if (rep != replaced.end()) {
+        view.name = t0.name;
+        view.qtype = QType::kF32;
+        view.shape = t0.shape;
+        view.cols = t0.logical_cols();
+        view.data = reinterpret_cast<const uint8_t*>(rep->second.data());
+        view.data_bytes = rep->second.size() * 4;
+        tp = &view;
+      }
+      const PackTensor& t = *tp;
       const std::string key = stem + "/" + t.name;
       const bool matrix = t.shape.size() == 2;
       TensorScheme s{QType::kF32, 0};
       if (matrix) s = plan.scheme.at(key);
-      // Activation statistics for this matrix's input (token_embd doubles as the output when tied).
-      std::string akey = key;
-      if (key == "embedding/token_embd" && cfg.tie_embeddings) akey = "lm/output";
       const float* act2 = nullptr;
       const double* cov = nullptr;
-      auto it = stats.mean_sq.find(akey);
-      if (it != stats.mean_sq.end() && it->second.size() == t.logical_cols()) act2 = it->second.data();
-      auto ic = stats.cov.find(akey);
-      if (ic != stats.cov.end() && ic->second.size() == t.logical_cols() * t.logical_cols()) cov = ic->second.data();
+      find_stats(t0, &act2, &cov);
+      if (auto a = act2_scaled.find(t.name); a != act2_scaled.end()) act2 = a->second.data();
+      if (auto c = cov_scaled.find(t.name); c != cov_scaled.end()) cov = c->second.data();
       TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, s, o.algorithm, act2, cov));
       if (matrix) {
         const QuantAlgorithm eff = Effective(o.algorithm, s, cov != nullptr);
@@ -235,6 +332,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
         if (!plan.reason.at(key).empty()) e["rule"] = plan.reason.at(key);
         if (eff == QuantAlgorithm::kSearch) e["weights"] = act2 ? "imatrix" : "unit";
         if (eff == QuantAlgorithm::kGptq) e["weights"] = "covariance";
+        if (auto a = awq_alpha.find(t.name); a != awq_alpha.end()) e["awq_alpha"] = a->second;
         per_tensor[key] = e;
         algorithms.insert(alg);
         const uint64_t bytes = q.data.size() + q.scales.size() + q.mins.size();
@@ -283,6 +381,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     q["upgrades_skipped"] = plan.upgrades_skipped;
   }
   if (!calib_info.is_null()) q["calibration"] = calib_info;
+  if (o.awq) q["awq"] = !stats.mean_sq.empty();
   q["bits_per_weight"] = matrix_weights ? 8.0 * static_cast<double>(matrix_bytes) / static_cast<double>(matrix_weights) : 0.0;
   q["matrix_bytes"] = matrix_bytes;
   q["matrix_weights"] = matrix_weights;

@@ -33,6 +33,8 @@ struct QuantizeOptions {
   std::string calib_text;      // path of a UTF-8 text file; empty: no calibration
   int64_t calib_tokens = 0;    // 0: the whole file
   int64_t calib_ctx = 0;       // 0: min(512, the model's context)
+  // AWQ-style input-channel scaling folded into the norms (quantizer/awq.h); needs calib_text.
+  bool awq = false;
   bool force = false;
   std::string cmdline;
 };

@@ -115,14 +115,24 @@ bool UseMoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (
 
 const char* kMixedSummary =
     "int4-g32-sym plus upgrades, each kept only while all matrices stay <= 4.9 bits/weight, in this order: "
-    "lm/output -> int4-g32-asym, every attn_v -> int8-g32, ffn_down of llama.cpp's use_more_bits layers -> "
+    "the output matrix (lm/output, or embedding/token_embd when the embeddings are tied) -> int4-g32-asym, every attn_v -> int8-g32, ffn_down of llama.cpp's use_more_bits layers -> "
     "int8-g32 (one layer at a time), every attn_k -> int8-g32";
 std::vector<QuantRule> MixedUpgrades() {
-  return {R("lm/output", "int4-g32-asym"), R("block_*/attn_v", "int8-g32"), R("{more_bits}/ffn_down", "int8-g32"),
+  return {R("{output}", "int4-g32-asym"), R("block_*/attn_v", "int8-g32"), R("{more_bits}/ffn_down", "int8-g32"),
           R("block_*/attn_k", "int8-g32")};
 }
 
-std::vector<QuantRule> Expand(const QuantRule& r, int64_t n_layers) {
+// "{output}": the matrix that produces the logits - lm/output, or embedding/token_embd when there
+// is no lm/output (tied embeddings). "{more_bits}": each layer of llama.cpp's use_more_bits.
+std::vector<QuantRule> Expand(const QuantRule& r, int64_t n_layers, const std::vector<MatrixShape>& matrices) {
+  if (r.pattern == "{output}") {
+    bool has_lm = false;
+    for (const MatrixShape& m : matrices) has_lm = has_lm || m.key == "lm/output";
+    QuantRule e = r;
+    e.pattern = has_lm ? "lm/output" : "embedding/token_embd";
+    e.text = absl::StrCat(e.pattern, "=", SchemeName(e.scheme));
+    return {e};
+  }
   const std::string tag = "{more_bits}";
   const size_t pos = r.pattern.find(tag);
   if (pos == std::string::npos) return {r};
@@ -186,7 +196,7 @@ QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector
   }
   const double budget_bits = max_bits_per_weight * static_cast<double>(p.weights);
   for (const QuantRule& u0 : upgrades) {
-    for (const QuantRule& u : Expand(u0, n_layers)) {
+    for (const QuantRule& u : Expand(u0, n_layers, matrices)) {
       std::map<std::string, TensorScheme> saved = p.scheme;
       bool any = false;
       for (const MatrixShape& m : matrices) {

@@ -11,9 +11,13 @@ namespace {
 
 constexpr size_t kMaxGroup = 128;
 
+// Clamp, then round half to even: the same result as std::nearbyint in the default rounding mode
+// for |v| < 2^22 (v is clamped to [-8, 15] here), without a libm call on baseline x86-64
+// (std::nearbyint is a function call without SSE4.1; this is the search's inner loop).
 inline int RoundClamp(float v, float lo, float hi) {
   v = std::min(std::max(v, lo), hi);
-  return static_cast<int>(std::nearbyint(v));
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23 (IEEE arithmetic: not folded without -ffast-math)
+  return static_cast<int>((v + kMagic) - kMagic);
 }
 inline float Wt(const float* w, size_t i) { return w ? w[i] : 1.0f; }
 
@@ -76,19 +80,34 @@ void SearchGroupSym(const float* x, const float* w, size_t G, uint8_t* codes, ui
   SymEval best, cur;
   EvalSym(x, w, G, ScaleBits(m / -8.0f), &best);  // RTN first
   if (amax > 0.0f && best.h != 0) {
-    auto consider = [&](uint16_t h) {
-      if (h == 0) return;
+    // Returns the candidate's error before the refit; the least-squares refit is skipped for a
+    // candidate more than 50 % worse than the best so far (it does not catch up in practice).
+    auto consider = [&](uint16_t h) -> double {
+      if (h == 0) return INFINITY;
       EvalSym(x, w, G, h, &cur);
+      const double e0 = cur.err;
       if (cur.err < best.err) best = cur;
       uint16_t h2;
-      if (RefitSym(x, w, G, cur.l, &h2) && h2 != cur.h) {
+      if (e0 <= 1.5 * best.err && RefitSym(x, w, G, cur.l, &h2) && h2 != cur.h) {
         EvalSym(x, w, G, h2, &cur);
         if (cur.err < best.err) best = cur;
       }
+      return e0;
     };
-    // Extreme mapped to -(8 + t) (clipping when t > 0) and to +(7 + t).
-    for (int k = -12; k <= 16; ++k) consider(ScaleBits(m / -(8.0f + 0.125f * static_cast<float>(k))));
-    for (int k = -8; k <= 16; ++k) consider(ScaleBits(m / (7.0f + 0.125f * static_cast<float>(k))));
+    // Extreme mapped to -(8 + t) (clipping when t > 0) and to +(7 + t), t in 1/8 steps: a coarse
+    // pass (every 4th step), then the 1/8 steps within 3/8 of the best coarse candidate of each side.
+    auto side = [&](float base, float sign, int lo, int hi) {
+      int kbest = lo;
+      double ebest = INFINITY;
+      for (int k = lo; k <= hi; k += 4) {
+        const double e = consider(ScaleBits(m / (sign * (base + 0.125f * static_cast<float>(k)))));
+        if (e < ebest) ebest = e, kbest = k;
+      }
+      for (int k = std::max(lo, kbest - 3); k <= std::min(hi, kbest + 3); ++k)
+        if ((k - lo) % 4 != 0) consider(ScaleBits(m / (sign * (base + 0.125f * static_cast<float>(k)))));
+    };
+    side(8.0f, -1.0f, -12, 16);
+    side(7.0f, 1.0f, -8, 16);
     // Polish the winner: alternate codes <-> least-squares scale while it improves.
     for (int it = 0; it < 4; ++it) {
       uint16_t h2;
@@ -161,18 +180,27 @@ void SearchGroupAsym(const float* x, const float* w, size_t G, uint8_t* codes, u
   AsymEval best, cur;
   EvalAsym(x, w, G, ScaleBits((vmax - vmin) / 15.0f), hmin, &best);  // RTN first
   if (best.hs != 0) {
-    auto consider = [&](uint16_t hs, uint16_t hm) {
-      if (hs == 0) return;
+    auto consider = [&](uint16_t hs, uint16_t hm) -> double {
+      if (hs == 0) return INFINITY;
       EvalAsym(x, w, G, hs, hm, &cur);
+      const double e0 = cur.err;
       if (cur.err < best.err) best = cur;
       uint16_t hs2, hm2;
-      if (RefitAsym(x, w, G, cur.q, &hs2, &hm2) && (hs2 != cur.hs || hm2 != cur.hm)) {
+      if (e0 <= 1.5 * best.err && RefitAsym(x, w, G, cur.q, &hs2, &hm2) && (hs2 != cur.hs || hm2 != cur.hm)) {
         EvalAsym(x, w, G, hs2, hm2, &cur);
         if (cur.err < best.err) best = cur;
       }
+      return e0;
     };
-    for (int k = -8; k <= 12; ++k)
-      consider(ScaleBits((vmax - vmin) / (15.0f + 0.125f * static_cast<float>(k))), hmin);
+    // range / (15 + t), t in 1/8 steps: coarse (every 4th), then 1/8 steps around the best.
+    int kbest = -8;
+    double ebest = INFINITY;
+    for (int k = -8; k <= 12; k += 4) {
+      const double e = consider(ScaleBits((vmax - vmin) / (15.0f + 0.125f * static_cast<float>(k))), hmin);
+      if (e < ebest) ebest = e, kbest = k;
+    }
+    for (int k = std::max(-8, kbest - 3); k <= std::min(12, kbest + 3); ++k)
+      if ((k + 8) % 4 != 0) consider(ScaleBits((vmax - vmin) / (15.0f + 0.125f * static_cast<float>(k))), hmin);
     for (int it = 0; it < 4; ++it) {
       uint16_t hs2, hm2;
       if (!RefitAsym(x, w, G, best.q, &hs2, &hm2) || (hs2 == best.hs && hm2 == best.hm)) break;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
@@ -19,6 +20,18 @@ void LogSoftmax(const float* x, int64_t n, std::vector<double>* out) {
   for (int64_t i = 0; i < n; ++i) (*out)[static_cast<size_t>(i)] = static_cast<double>(x[i]) - lse;
 }
 }  // namespace
+
+std::pair<double, double> MeanAndStderr(const std::vector<double>& xs) {
+  if (xs.empty()) return {0.0, 0.0};
+  const double n = static_cast<double>(xs.size());
+  double s = 0;
+  for (double x : xs) s += x;
+  const double mean = s / n;
+  if (xs.size() < 2) return {mean, 0.0};
+  double v = 0;
+  for (double x : xs) v += (x - mean) * (x - mean);
+  return {mean, std::sqrt(v / n / (n - 1.0))};
+}
 
 absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
                                             const PerplexityOptions& opts, const Model* base) {
@@ -46,7 +59,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
   if (base) base_cache = std::make_unique<KVCache>(base->config(), ctx);
   double nll = 0, nll2 = 0, base_nll = 0;
   int64_t count = 0, same_top = 0;
-  std::vector<double> klds;
+  std::vector<double> klds, dnll;  // per scored token: KLD, NLL - base NLL
   std::vector<double> lp, blp;
   for (int64_t ch = 0; ch < n_chunks; ++ch) {
     std::vector<int32_t> chunk(tokens.begin() + ch * ctx, tokens.begin() + (ch + 1) * ctx);
@@ -64,6 +77,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
       if (base) {
         LogSoftmax(base_logits.data() + j * V, V, &blp);
         base_nll += -blp[static_cast<size_t>(target)];
+        dnll.push_back(l + blp[static_cast<size_t>(target)]);
         double kl = 0;
         for (int64_t i = 0; i < V; ++i) {
           const double pb = std::exp(blp[static_cast<size_t>(i)]);
@@ -88,9 +102,12 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
     r.base_ppl = std::exp(base_nll / static_cast<double>(count));
     r.ppl_ratio = r.ppl / r.base_ppl;
     r.ln_ppl_ratio = std::log(r.ppl_ratio);
-    double s = 0;
-    for (double k : klds) s += k;
-    r.kld_mean = s / static_cast<double>(klds.size());
+    std::tie(r.kld_mean, r.kld_stderr) = MeanAndStderr(klds);
+    const auto [dmean, dse] = MeanAndStderr(dnll);
+    (void)dmean;
+    r.ln_ppl_ratio_stderr = dse;
+    r.ppl_ratio_stderr = r.ppl_ratio * dse;
+    r.delta_ppl_stderr = r.ppl * dse;
     std::vector<double> sorted = klds;
     std::sort(sorted.begin(), sorted.end());
     auto pct = [&](double p) {
@@ -102,6 +119,8 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
     r.kld_p99 = pct(0.99);
     r.kld_max = sorted.back();
     r.top1 = static_cast<double>(same_top) / static_cast<double>(count);
+    r.top1_stderr = count > 1 ? std::sqrt(r.top1 * (1.0 - r.top1) / static_cast<double>(count - 1)) : 0.0;
+    r.kld = std::move(klds);
   }
   return r;
 }

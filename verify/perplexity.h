@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -23,7 +24,15 @@ struct PerplexityResult {
   bool has_base = false;
   double base_ppl = 0, ppl_ratio = 0, ln_ppl_ratio = 0;
   double kld_mean = 0, kld_median = 0, kld_p99 = 0, kld_max = 0, top1 = 0;
+  // Uncertainties (standard errors of the mean over the scored tokens, as llama.cpp prints them):
+  // KLD: sd(kld) / sqrt(n - 1); top-1: sqrt(p (1 - p) / (n - 1)); ln(PPL/PPL_base): the standard
+  // error of the mean per-token NLL difference (so the correlation of the two runs is accounted for).
+  double kld_stderr = 0, top1_stderr = 0, ln_ppl_ratio_stderr = 0, ppl_ratio_stderr = 0, delta_ppl_stderr = 0;
+  std::vector<double> kld;  // per scored token, in scoring order
 };
+
+// Mean and its standard error (sd / sqrt(n - 1), population sd) of xs; {0, 0} when empty.
+std::pair<double, double> MeanAndStderr(const std::vector<double>& xs);
 
 // tokens: the whole tokenized text (BOS first if the tokenizer adds one). Chunk i covers
 // tokens[i*ctx, (i+1)*ctx); its first token is replaced by BOS (when the model has one); the

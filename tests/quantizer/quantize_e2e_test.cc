@@ -12,6 +12,7 @@
 #include "quantizer/quantize.h"
 #include "runtime-lite/model.h"
 #include "tests/testutil.h"
+#include "verify/distortion.h"
 #include "verify/perplexity.h"
 
 namespace tessera {
@@ -154,6 +155,47 @@ TEST(Calibration, Stories260KGptqBeatsRtnAndIsRecorded) {
     ASSERT_EQ(ta.size(), tb.size());
     for (size_t j = 0; j < ta.size(); ++j) EXPECT_EQ(ta[j].checksum, tb[j].checksum) << ta[j].name;
   }
+}
+
+// --awq: scales folded into the norms; the float model is unchanged, so the weights verify compares
+// (quantized columns times g' / g) stay as close to the base as without scaling, and the model
+// quality is in the same range.
+TEST(Calibration, Stories260KAwqFoldsScalesIntoTheNorms) {
+  const std::string base = Converted("stories260K/hf");
+  auto text = ReadFileToString(Fixture("text/tinystories_valid_sample.txt"));
+  ASSERT_TRUE(text.ok());
+  const size_t cut = text->find('\n', text->size() / 3) + 1;
+  const std::string calib = Dir() / "awq_calib.txt", eval = Dir() / "awq_eval.txt";
+  std::ofstream(calib, std::ios::binary) << text->substr(0, cut);
+  std::ofstream(eval, std::ios::binary) << text->substr(cut);
+  QuantizeOptions o;
+  o.recipe = "int4-g32";
+  o.algorithm = QuantAlgorithm::kSearch;
+  o.calib_text = calib;
+  o.calib_ctx = 128;
+  const std::string plain = Quantize(base, "s-imx", o);
+  o.awq = true;
+  const std::string awq = Quantize(base, "s-awq", o);
+  const auto m = ReadJson(awq + "/manifest.json");
+  EXPECT_EQ(m["quant"]["awq"], true);
+  ASSERT_TRUE(m["quant"]["tensors"]["block_0/attn_q"].contains("awq_alpha"));
+  EXPECT_FALSE(m["quant"]["tensors"]["embedding/token_embd"].contains("awq_alpha"));  // tied: output not scaled
+  auto pa = Package::Open(awq), pp = Package::Open(plain), pb = Package::Open(base);
+  ASSERT_TRUE(pa.ok() && pp.ok() && pb.ok());
+  int scaled = 0;
+  for (int64_t i = 0; i < (*pa)->config().layers; ++i) {
+    const double alpha = m["quant"]["tensors"]["block_" + std::to_string(i) + "/ffn_gate"]["awq_alpha"].get<double>();
+    const auto ga = (*pa)->block(i).Find("ffn_norm")->ToF32(), gb = (*pb)->block(i).Find("ffn_norm")->ToF32();
+    EXPECT_EQ(ga != gb, alpha > 0) << i;
+    scaled += alpha > 0;
+  }
+  EXPECT_GT(scaled, 0);
+  auto da = ComparePackages(**pa, **pb), dp = ComparePackages(**pp, **pb);
+  ASSERT_TRUE(da.ok() && dp.ok());
+  EXPECT_GT(da->total.snr_db, dp->total.snr_db - 3.0);
+  const auto ra = Quality(base, awq, eval, 128), rp = Quality(base, plain, eval, 128);
+  EXPECT_GT(ra.kld_mean, 0.0);
+  EXPECT_LT(ra.kld_mean, 1.5 * rp.kld_mean);
 }
 
 TEST(QuantizeCli, OverridesAndRecipes) {

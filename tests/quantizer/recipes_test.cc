@@ -128,6 +128,21 @@ TEST(Plan, BudgetedUpgradesStayWithinBudget) {
   for (const auto& u : p.upgrades_applied) saw2 |= u == "block_2/ffn_down=int8-g32";
   for (const auto& u : p.upgrades_skipped) saw2 |= u == "block_2/ffn_down=int8-g32";
   EXPECT_TRUE(saw2);
+  // The output matrix is upgraded first: lm/output when present ...
+  EXPECT_EQ(p.upgrades_applied.front(), "lm/output=int4-g32-asym");
+  EXPECT_EQ(SchemeName(p.scheme["lm/output"]), "int4-g32-asym");
+  // ... and the token embedding when the embeddings are tied (no lm/output matrix).
+  std::vector<MatrixShape> tied(m.begin(), m.end() - 1);
+  tied.push_back({"embedding/token_embd", 4096, 256});
+  auto p3 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, tied, 6);
+  ASSERT_FALSE(p3.upgrades_applied.empty());
+  EXPECT_EQ(p3.upgrades_applied.front(), "embedding/token_embd=int4-g32-asym");
+  EXPECT_EQ(SchemeName(p3.scheme["embedding/token_embd"]), "int4-g32-asym");
+  // An untied embedding is not the output: it keeps the default.
+  std::vector<MatrixShape> untied = m;
+  untied.push_back({"embedding/token_embd", 4096, 256});
+  auto p4 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, untied, 6);
+  EXPECT_EQ(SchemeName(p4.scheme["embedding/token_embd"]), "int4-g32-sym");
 }
 
 }  // namespace
