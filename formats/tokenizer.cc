@@ -1290,7 +1290,7 @@ absl::StatusOr<json> ReadJsonFile(const std::string& path) {
     try {
       json again = json::parse(text);
       (void)again;
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e99999
       return FileError(path, absl::StrCat("invalid JSON: ", e.what()));
     }
     return FileError(path, "invalid JSON");
