@@ -265,6 +265,12 @@ TEST(FuzzRegressions, NonIntegerArchFieldsAreRejected) {
     ASSERT_FALSE(c.ok()) << k;
     EXPECT_NE(c.status().message().find(k), std::string::npos) << c.status();
   }
+  // The same for a file's "bytes" (fuzz/corpus/package/regress-files-bytes-float).
+  m["files"][0]["bytes"] = 1.858e59;
+  std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
+  auto p = Package::Open(pkg);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("\"bytes\""), std::string::npos) << p.status();
 }
 
 // ---- integrity: flip a byte in every section, truncate at every section boundary ----
