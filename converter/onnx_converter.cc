@@ -397,7 +397,7 @@ Importer::Reach Importer::ReachFrom(const std::string& v, const std::set<int>& s
 
 absl::Status Importer::Attention(Block* b, const Norm& norm, const std::string& attn_out, int residual_node) {
   TESSERA_ASSIGN_OR_RETURN(int o, LinearProducing(attn_out, residual_node));
-  const Linear& ol = linears_[static_cast<size_t>(o)];
+  const Linear ol = linears_[static_cast<size_t>(o)];
   b->o = {ol.output, o, 0, ol.w.N};
   // Context MatMul (probs x V) feeding the output projection, Softmax, score MatMul (Q x K^T).
   const std::string ctx_v = Back(ol.input, {"Reshape", "Identity", "Transpose"});
@@ -570,7 +570,7 @@ absl::Status Importer::Attention(Block* b, const Norm& norm, const std::string& 
 
 absl::Status Importer::Mlp(Block* b, const Norm& norm, const std::string& mlp_out, int residual_node) {
   TESSERA_ASSIGN_OR_RETURN(int d, LinearProducing(mlp_out, residual_node));
-  const Linear& dl = linears_[static_cast<size_t>(d)];
+  const Linear dl = linears_[static_cast<size_t>(d)];
   b->down = {dl.output, d, 0, dl.w.N};
   TESSERA_ASSIGN_OR_RETURN(auto lins, LinearsFrom(norm.out));
   std::vector<Part> parts;
@@ -747,7 +747,7 @@ absl::Status Importer::Recognise() {
   TESSERA_ASSIGN_OR_RETURN(auto heads_found, LinearsFrom(final_norm.out));
   if (heads_found.size() != 1)
     return Err(final_norm.node, absl::StrCat("expected exactly one LM-head linear on the final norm, found ", heads_found.size()));
-  const Linear& hl = linears_[static_cast<size_t>(heads_found[0])];
+  const Linear hl = linears_[static_cast<size_t>(heads_found[0])];
   bool to_output = false;
   for (const auto& v : Forward(hl.output)) to_output |= m_.IsGraphOutput(v);
   if (!to_output) {

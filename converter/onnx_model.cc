@@ -1,6 +1,7 @@
 #include "converter/onnx_model.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <filesystem>
 
@@ -141,8 +142,13 @@ std::string OnnxModel::Describe(int i) const {
 }
 
 int64_t OnnxModel::Numel(const onnx::TensorProto& t) {
+  // Hostile dims must not overflow (undefined behaviour): a negative dim gives -1, a product
+  // past int64 saturates at INT64_MAX; callers compare with the bytes actually present.
   int64_t n = 1;
-  for (auto d : t.dims()) n *= d;
+  for (auto d : t.dims()) {
+    if (d < 0) return -1;
+    if (__builtin_mul_overflow(n, d, &n)) return INT64_MAX;
+  }
   return n;
 }
 

@@ -38,6 +38,15 @@ nlohmann::json ModelConfig::ToJson() const {
 
 absl::StatusOr<ModelConfig> ModelConfig::FromJson(const nlohmann::json& j, const std::string& where) {
   ModelConfig c;
+  // nlohmann's get<int64_t>() of a float (e.g. "hidden": 1e300) is an unchecked cast: insist on
+  // integers so a hostile manifest cannot reach undefined behaviour.
+  for (const char* k : {"hidden", "layers", "heads", "kv_heads", "head_dim", "ffn", "vocab", "max_ctx", "bos_id", "eos_id"})
+    if (j.is_object() && j.contains(k) && !j[k].is_number_integer())
+      return absl::InvalidArgumentError(absl::StrCat(where, ": bad \"arch\": \"", k, "\" must be an integer"));
+  if (j.is_object() && j.contains("eos_ids") && j["eos_ids"].is_array())
+    for (const auto& e : j["eos_ids"])
+      if (!e.is_number_integer())
+        return absl::InvalidArgumentError(absl::StrCat(where, ": bad \"arch\": \"eos_ids\" must hold integers"));
   try {
     c.family = j.at("family").get<std::string>();
     c.hidden = j.at("hidden").get<int64_t>();

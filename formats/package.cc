@@ -95,6 +95,9 @@ absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, c
     std::string hash;
     try {
       rel = f.at("path").get<std::string>();
+      // get<uint64_t>() of a float (1e59) is an unchecked cast: insist on an integer.
+      if (!f.at("bytes").is_number_unsigned())
+        return FileError(mpath, absl::StrCat("bad \"files\" entry: \"bytes\" of '", rel, "' is not a non-negative integer"));
       bytes = f.at("bytes").get<uint64_t>();
       hash = f.value("xxh3_64", "");
     } catch (const std::exception& e) {

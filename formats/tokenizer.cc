@@ -1296,7 +1296,7 @@ absl::StatusOr<json> ReadJsonFile(const std::string& path) {
     try {
       json again = json::parse(text);
       (void)again;
-    } catch (const json::parse_error& e) {
+    } catch (const json::exception& e) {  // parse_error, or out_of_range for a number like 1e99999
       return FileError(path, absl::StrCat("invalid JSON: ", e.what()));
     }
     return FileError(path, "invalid JSON");
@@ -1932,7 +1932,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
       im->merges.emplace_back(static_cast<int32_t>(l), static_cast<int32_t>(r));
     } else if (key == "type") {
       if (!need(2) || (f[1] != "bpe-sp" && f[1] != "bpe-byte"))
-        return err(absl::StrCat("unsupported type '", AV(line.substr(5)), "'"));
+        return err(absl::StrCat("unsupported type '", AV(line.substr(std::min<size_t>(5, line.size()))), "'"));
       have_type = true;  // derived again from the components by Finalize
     } else if (key == "vocab_size") {
       if (!need(2) || !int_field(1, &vocab_size) || vocab_size <= 0 || vocab_size > (1 << 30)) {
@@ -1963,7 +1963,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
         st.regex = f[2] == "regex";
         if (!UnB64(f[3], &st.a) || !UnB64(f[4], &st.b)) return err("bad normalizer replace");
       } else {
-        return err(absl::StrCat("unsupported normalizer '", AV(line.substr(11)), "'"));
+        return err(absl::StrCat("unsupported normalizer '", AV(line.substr(std::min<size_t>(11, line.size()))), "'"));
       }
       im->normalizer.push_back(std::move(st));
     } else if (key == "pre_tokenizer") {
@@ -1997,7 +1997,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
         if (f[2] != "0" && f[2] != "1") return err("bad digits pre_tokenizer");
         st.individual = f[2] == "1";
       } else {
-        return err(absl::StrCat("unsupported pre_tokenizer '", AV(line.substr(14)), "'"));
+        return err(absl::StrCat("unsupported pre_tokenizer '", AV(line.substr(std::min<size_t>(14, line.size()))), "'"));
       }
       im->pre.push_back(std::move(st));
     } else if (key == "bpe_unk" || key == "bos" || key == "eos") {
@@ -2049,7 +2049,7 @@ absl::StatusOr<Tokenizer> Tokenizer::Deserialize(std::string_view text, const st
       }
       im->decoder.push_back(std::move(s));
     } else if (key == "chat_template") {
-      json j = json::parse(line.substr(key.size() + 1), nullptr, false);
+      json j = json::parse(line.substr(std::min(key.size() + 1, line.size())), nullptr, false);
       if (j.is_discarded() || !j.is_string()) return err("chat_template is not a JSON string");
       im->chat_template = j.get<std::string>();
     } else {

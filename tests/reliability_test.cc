@@ -20,7 +20,9 @@
 #include "core/cleanup.h"
 #include "core/mapped_file.h"
 #include "core/npy.h"
+#include "formats/model_config.h"
 #include "formats/package.h"
+#include "formats/tokenizer.h"
 #include "gtest/gtest.h"
 #include "quantizer/quantize.h"
 #include "tests/testutil.h"
@@ -228,6 +230,47 @@ TEST(AtomicOutputs, LogitsNeedsForceAndReplacesAtomically) {
   r = RunTessera({"logits", pkg, "--ids", "1,99999", "-o", npy, "--force"});
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_TRUE(ReadNpyF32(npy).ok());
+}
+
+
+// ---- regressions for what the fuzzers found (each also a seed in fuzz/corpus/) ----
+TEST(FuzzRegressions, TokenizerTxtKeyWithoutValueIsAnError) {
+  // Was: std::out_of_range from string_view::substr (process abort). fuzz/corpus/tokenizer/regress-type-without-value
+  for (const char* key : {"type", "normalizer", "pre_tokenizer", "chat_template"}) {
+    auto t = Tokenizer::Deserialize(std::string("tessera-tokenizer 2\n") + key + "\n", "x/tokenizer.txt");
+    ASSERT_FALSE(t.ok()) << key;
+    EXPECT_NE(t.status().message().find("x/tokenizer.txt"), std::string::npos) << t.status();
+  }
+}
+
+TEST(FuzzRegressions, TokenizerJsonNumberOverflowIsAnError) {
+  // Was: json out_of_range escaping ReadJsonFile (abort). fuzz/corpus/tokenizer/regress-json-number-overflow
+  TempDir tmp;
+  std::ofstream(tmp / "tokenizer.json") << "{\"model\": {\"vocab\": 5555555555e99999}}";
+  auto t = Tokenizer::FromHuggingFace(tmp / "tokenizer.json", "");
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("invalid JSON"), std::string::npos) << t.status();
+}
+
+TEST(FuzzRegressions, NonIntegerArchFieldsAreRejected) {
+  // Was: float-to-int undefined behaviour in nlohmann get<int64_t>(). fuzz/corpus/package/regress-arch-float-to-int
+  TempDir tmp;
+  const std::string pkg = Convert("stories260K/hf", tmp / "pkg");
+  auto m = ReadJson(pkg + "/manifest.json");
+  auto arch = m["arch"];
+  for (const char* k : {"hidden", "layers", "vocab", "max_ctx"}) {
+    auto a = arch;
+    a[k] = 1e300;
+    auto c = ModelConfig::FromJson(a, "m.json");
+    ASSERT_FALSE(c.ok()) << k;
+    EXPECT_NE(c.status().message().find(k), std::string::npos) << c.status();
+  }
+  // The same for a file's "bytes" (fuzz/corpus/package/regress-files-bytes-float).
+  m["files"][0]["bytes"] = 1.858e59;
+  std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
+  auto p = Package::Open(pkg);
+  ASSERT_FALSE(p.ok());
+  EXPECT_NE(p.status().message().find("\"bytes\""), std::string::npos) << p.status();
 }
 
 // ---- integrity: flip a byte in every section, truncate at every section boundary ----

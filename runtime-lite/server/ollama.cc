@@ -1,6 +1,8 @@
 // Ollama-compatible routes: /, /api/version, /api/tags, /api/ps, /api/show, /api/generate,
 // /api/chat, /api/embed, /api/embeddings (+ /api/pull for a model that is already served).
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -71,7 +73,14 @@ std::optional<ApiError> ParseOptions(const json& b, GenParams* p, int64_t* num_c
   auto integer = [&](const char* key, int64_t* out) -> std::optional<ApiError> {
     if (!o.contains(key) || o[key].is_null()) return std::nullopt;
     if (!o[key].is_number()) return Bad(absl::StrCat("option ", key, " must be an integer"));
-    *out = static_cast<int64_t>(o[key].get<double>());
+    if (o[key].is_number_integer()) {
+      *out = o[key].is_number_unsigned() ? static_cast<int64_t>(std::min<uint64_t>(o[key].get<uint64_t>(), INT64_MAX))
+                                         : o[key].get<int64_t>();
+      return std::nullopt;
+    }
+    const double d = o[key].get<double>();  // 1e300 -> int64 would be undefined behaviour
+    if (!(d >= -9.0e18 && d <= 9.0e18)) return Bad(absl::StrCat("option ", key, " is out of range"));
+    *out = static_cast<int64_t>(d);
     return std::nullopt;
   };
   if (auto e = num("temperature", &p->sampling.temperature)) return e;
@@ -87,7 +96,8 @@ std::optional<ApiError> ParseOptions(const json& b, GenParams* p, int64_t* num_c
   if (auto e = integer("repeat_last_n", &v)) return e;
   p->sampling.repeat_last_n = static_cast<int>(v);
   if (o.contains("seed") && o["seed"].is_number()) {
-    const int64_t seed = static_cast<int64_t>(o["seed"].get<double>());
+    int64_t seed = -1;
+    if (auto e = integer("seed", &seed)) return e;
     if (seed >= 0) p->sampling.seed = static_cast<uint64_t>(seed);  // negative: random
   }
   v = -1;

@@ -1078,6 +1078,14 @@ TEST(Serve, ToolCalls) {
 
 // ---- hostile clients (issue 10) ----
 
+#if defined(__clang__)
+#if __has_feature(address_sanitizer)
+#define TESSERA_TEST_ASAN 1
+#endif
+#elif defined(__SANITIZE_ADDRESS__)
+#define TESSERA_TEST_ASAN 1
+#endif
+
 // VmRSS of a process in KiB (/proc/PID/status).
 long RssKib(pid_t pid) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -1253,7 +1261,16 @@ TEST(Serve, SoakMixedRequestsAbortedStreamsNoLeak) {
   EXPECT_EQ(wrong.load(), 0) << first_problem;
   EXPECT_GT(ok.load(), 0);
   EXPECT_GT(aborted.load(), 0);
-  EXPECT_LE(rss1, rss0 * 11 / 10) << "resident memory grew more than 10 %";
+#if defined(TESSERA_TEST_ASAN)
+  // ASan's quarantine keeps freed memory resident on purpose; LeakSanitizer checks the server
+  // at exit instead (Stop() must return 0 below).
+  constexpr bool kAsan = true;
+#else
+  constexpr bool kAsan = false;
+#endif
+  if (!kAsan) {
+    EXPECT_LE(rss1, rss0 * 11 / 10) << "resident memory grew more than 10 %";
+  }
   Reply after = Post(s, "/v1/completions", good);
   EXPECT_EQ(after.status, 200);
   EXPECT_EQ(after.j["choices"][0]["text"], want);

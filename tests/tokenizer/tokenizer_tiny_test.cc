@@ -391,7 +391,7 @@ TEST(TokenizerSentencePiece, Errors) {
   // A Unigram model (trainer_spec.model_type = 1): one piece "a", then field 2 {field 3 = 1}.
   {
     std::ofstream f(path, std::ios::binary | std::ios::trunc);
-    f << std::string("\x0a\x08\x0a\x01" "a" "\x15\x00\x00\x00\x00" "\x12\x02\x18\x01", 16);
+    f << std::string("\x0a\x08\x0a\x01" "a" "\x15\x00\x00\x00\x00" "\x12\x02\x18\x01", 14);
   }
   tok = Tokenizer::FromSentencePiece(path, "");
   ASSERT_FALSE(tok.ok());
