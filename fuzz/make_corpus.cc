@@ -10,6 +10,7 @@
 
 #include "converter/hf_converter.h"
 #include "core/half.h"
+#include "formats/gguf.h"
 #include "formats/tensor_pack.h"
 #include "formats/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -230,6 +231,74 @@ void Server() {
 }
 }  // namespace
 
+// A two-token-type llama in every small tensor type the importer maps (a few KB).
+void GgufSeeds() {
+  namespace g = tessera::gguf;
+  auto make = [](bool qwen) {
+    g::Writer w;
+    const std::string arch = qwen ? "qwen2" : "llama";
+    w.Add("general.architecture", g::Value::Str(arch));
+    w.Add("general.name", g::Value::Str("seed"));
+    w.Add(arch + ".block_count", g::Value::U32(1));
+    w.Add(arch + ".context_length", g::Value::U32(64));
+    w.Add(arch + ".embedding_length", g::Value::U32(32));
+    w.Add(arch + ".feed_forward_length", g::Value::U32(32));
+    w.Add(arch + ".attention.head_count", g::Value::U32(2));
+    w.Add(arch + ".attention.head_count_kv", g::Value::U32(1));
+    w.Add(arch + ".attention.layer_norm_rms_epsilon", g::Value::F32(1e-5f));
+    w.Add(arch + ".rope.freq_base", g::Value::F32(10000.0f));
+    if (qwen) {
+      w.Add("tokenizer.ggml.model", g::Value::Str("gpt2"));
+      w.Add("tokenizer.ggml.pre", g::Value::Str("qwen2"));
+      w.Add("tokenizer.ggml.tokens", g::Value::StrArray({"a", "b", "ab", "\xc4\xa0", "<|im_end|>", "c", "d", "e"}));
+      w.Add("tokenizer.ggml.merges", g::Value::StrArray({"a b"}));
+      w.Add("tokenizer.ggml.eos_token_id", g::Value::U32(4));
+      w.Add("tokenizer.chat_template", g::Value::Str("{% for m in messages %}{{ m.content }}{% endfor %}"));
+    } else {
+      w.Add("tokenizer.ggml.model", g::Value::Str("llama"));
+      w.Add("tokenizer.ggml.tokens", g::Value::StrArray({"<unk>", "<s>", "</s>", "<0x0A>", "\xe2\x96\x81a", "a", "b", "ab"}));
+      w.Add("tokenizer.ggml.scores", g::Value::F32Array({0, 0, 0, 0, -1, -2, -3, -4}));
+      w.Add("tokenizer.ggml.token_type", g::Value::I32Array({2, 3, 3, 6, 1, 1, 1, 1}));
+      w.Add("tokenizer.ggml.bos_token_id", g::Value::U32(1));
+      w.Add("tokenizer.ggml.eos_token_id", g::Value::U32(2));
+    }
+    auto t = [&](const std::string& name, std::vector<uint64_t> dims, uint32_t type) {
+      uint64_t numel = 1;
+      for (uint64_t d : dims) numel *= d;
+      const uint64_t bytes = g::TensorBytes(type, dims[0], numel);
+      w.AddTensor(name, dims, type, [bytes, type]() -> absl::StatusOr<std::vector<uint8_t>> {
+        std::vector<uint8_t> b(bytes);
+        for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<uint8_t>((i * 37 + type) & 0x3f);
+        return b;
+      });
+    };
+    t("token_embd.weight", {32, 8}, g::kF16);
+    t("output_norm.weight", {32}, g::kF32);
+    t("output.weight", {32, 8}, g::kQ8_0);
+    t("blk.0.attn_norm.weight", {32}, g::kF32);
+    t("blk.0.attn_q.weight", {32, 32}, g::kQ4_0);
+    t("blk.0.attn_k.weight", {32, 16}, g::kQ4_1);
+    t("blk.0.attn_v.weight", {32, 16}, g::kQ5_0);
+    if (qwen) {
+      t("blk.0.attn_q.bias", {32}, g::kF32);
+      t("blk.0.attn_k.bias", {16}, g::kF32);
+      t("blk.0.attn_v.bias", {16}, g::kF32);
+    }
+    t("blk.0.attn_output.weight", {32, 32}, g::kQ5_1);
+    t("blk.0.ffn_norm.weight", {32}, g::kF32);
+    t("blk.0.ffn_gate.weight", {32, 32}, g::kBF16);
+    t("blk.0.ffn_up.weight", {32, 32}, g::kQ8_0);
+    t("blk.0.ffn_down.weight", {32, 32}, g::kF16);
+    auto bytes = w.Serialize();
+    if (!bytes.ok()) std::abort();
+    return std::string(bytes->begin(), bytes->end());
+  };
+  const std::string llama = make(false), qwen = make(true);
+  Put("gguf", "llama.gguf", llama);
+  Put("gguf", "qwen2.gguf", qwen);
+  Put("gguf", "truncated.gguf", llama.substr(0, llama.size() / 3));
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     std::cerr << "usage: fuzz_make_corpus FIXTURES_DIR OUT_DIR\n";
@@ -245,6 +314,7 @@ int main(int argc, char** argv) {
   Onnx(fx);
   ChatTemplates(fx);
   Server();
+  GgufSeeds();
   std::cout << "wrote seeds to " << g_out << "\n";
   return 0;
 }
