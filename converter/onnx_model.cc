@@ -83,6 +83,9 @@ absl::StatusOr<std::unique_ptr<OnnxModel>> OnnxModel::Load(const std::string& pa
       m->model_.graph().output_size() == 0)
     return FileError(path, "incomplete ONNX model (no graph, nodes, outputs or opset_import: truncated file?)");
   const auto& g = m->model_.graph();
+  for (int i = 0; i < g.node_size(); ++i)  // the importer reads output(0) of the nodes it follows
+    if (g.node(i).output_size() == 0)
+      return FileError(path, absl::StrCat("node ", i, " (", g.node(i).op_type(), ") has no outputs"));
   for (const auto& t : g.initializer()) m->consts_[t.name()] = &t;
   for (const auto& o : g.output()) m->outputs_[o.name()] = true;
   for (int i = 0; i < g.node_size(); ++i) {

@@ -61,6 +61,15 @@ std::vector<const TensorPack*> Package::all_packs() const {
 }
 
 absl::StatusOr<std::unique_ptr<Package>> Package::Open(const std::string& dir, const Options& opts) {
+  // A manifest field of the wrong type (e.g. "format": {}) throws from nlohmann accessors.
+  try {
+    return OpenImpl(dir, opts);
+  } catch (const nlohmann::json::exception& e) {
+    return FileError((fs::path(dir) / "manifest.json").string(), absl::StrCat("malformed manifest: ", e.what()));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Package>> Package::OpenImpl(const std::string& dir, const Options& opts) {
   std::unique_ptr<Package> pkg(new Package());
   pkg->dir_ = dir;
   pkg->opts_ = opts;

@@ -65,6 +65,7 @@ class Package {
   std::string FilePath(const std::string& file_name) const;
 
  private:
+  static absl::StatusOr<std::unique_ptr<Package>> OpenImpl(const std::string& dir, const Options& opts);
   std::string dir_;
   Options opts_;
   nlohmann::ordered_json manifest_;

@@ -1,6 +1,7 @@
 #include "formats/tokenizer.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <array>
 #include <charconv>
 #include <cstring>
@@ -1434,10 +1435,19 @@ absl::StatusOr<Tokenizer> Tokenizer::FromHuggingFace(const std::string& tokenize
       return FileError(path, "model has no 'vocab' object");
     }
     int32_t max_id = -1;
-    for (const auto& [piece, id] : model["vocab"].items())
+    // get<int32_t>() of a float or huge number is an unchecked cast: insist on int32 ids.
+    auto id_ok = [](const json& id) {
+      return id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= INT32_MAX;
+    };
+    for (const auto& [piece, id] : model["vocab"].items()) {
+      if (!id_ok(id)) return FileError(path, absl::StrCat("vocab id of '", piece, "' is not a token id"));
       max_id = std::max(max_id, id.get<int32_t>());
+    }
     const json added = tj.value("added_tokens", json::array());
-    for (const auto& a : added) max_id = std::max(max_id, a.at("id").get<int32_t>());
+    for (const auto& a : added) {
+      if (!a.is_object() || !a.contains("id") || !id_ok(a["id"])) return FileError(path, "added token without a valid id");
+      max_id = std::max(max_id, a.at("id").get<int32_t>());
+    }
     if (max_id < 0) return FileError(path, "empty vocab");
     im->pieces.assign(max_id + 1, "");
     im->flags.assign(max_id + 1, 0);
