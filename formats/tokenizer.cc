@@ -1449,6 +1449,12 @@ absl::StatusOr<Tokenizer> Tokenizer::FromHuggingFace(const std::string& tokenize
       max_id = std::max(max_id, a.at("id").get<int32_t>());
     }
     if (max_id < 0) return FileError(path, "empty vocab");
+    // Ids index dense tables: a hostile id far beyond the number of entries must not allocate
+    // gigabytes. Real vocabularies are dense (gaps of a few padding ids at most).
+    const int64_t entries = static_cast<int64_t>(model["vocab"].size() + added.size());
+    if (static_cast<int64_t>(max_id) >= entries + (int64_t{1} << 16))
+      return FileError(path, absl::StrCat("token id ", max_id, " is far beyond the ", entries,
+                                          " entries of the vocabulary (ids must be dense)"));
     im->pieces.assign(max_id + 1, "");
     im->flags.assign(max_id + 1, 0);
     im->scores.assign(max_id + 1, 0.0f);

@@ -252,6 +252,17 @@ TEST(FuzzRegressions, TokenizerJsonNumberOverflowIsAnError) {
   EXPECT_NE(t.status().message().find("invalid JSON"), std::string::npos) << t.status();
 }
 
+TEST(FuzzRegressions, SparseHugeVocabIdIsAnErrorNotAnAllocation) {
+  // Was: a vocab id near 1.5e9 sized the token tables to ~6 GB (out of memory).
+  // fuzz/corpus/tokenizer/regress-huge-vocab-id
+  TempDir tmp;
+  std::ofstream(tmp / "tokenizer.json")
+      << R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1500000000}, "merges": []}})";
+  auto t = Tokenizer::FromHuggingFace(tmp / "tokenizer.json", "");
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("far beyond"), std::string::npos) << t.status();
+}
+
 TEST(FuzzRegressions, NonIntegerArchFieldsAreRejected) {
   // Was: float-to-int undefined behaviour in nlohmann get<int64_t>(). fuzz/corpus/package/regress-arch-float-to-int
   TempDir tmp;
