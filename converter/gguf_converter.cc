@@ -235,7 +235,7 @@ absl::Status TokenizerToGguf(const Tokenizer& tok, int64_t n_vocab, gguf::Writer
     } else if (f[0] == "normalizer" && f.size() >= 2 && f[1] == "nfc") {
       nfc = true;
     } else if (f[0] == "bpe_unk" && f.size() == 2) {
-      absl::SimpleAtoi(f[1], &unk);
+      if (!absl::SimpleAtoi(f[1], &unk)) unk = -1;
     } else if (f[0] == "chat_template") {
       chat_template = nlohmann::json::parse(line.substr(14)).get<std::string>();
     }
