@@ -256,7 +256,7 @@ void GgufSeeds() {
       w.Add("tokenizer.chat_template", g::Value::Str("{% for m in messages %}{{ m.content }}{% endfor %}"));
     } else {
       w.Add("tokenizer.ggml.model", g::Value::Str("llama"));
-      w.Add("tokenizer.ggml.tokens", g::Value::StrArray({"<unk>", "<s>", "</s>", "<0x0A>", "\xe2\x96\x81a", "a", "b", "ab"}));
+      w.Add("tokenizer.ggml.tokens", g::Value::StrArray({"<unk>", "<s>", "</s>", "<0x0A>", "\xe2\x96\x81" "a", "a", "b", "ab"}));
       w.Add("tokenizer.ggml.scores", g::Value::F32Array({0, 0, 0, 0, -1, -2, -3, -4}));
       w.Add("tokenizer.ggml.token_type", g::Value::I32Array({2, 3, 3, 6, 1, 1, 1, 1}));
       w.Add("tokenizer.ggml.bos_token_id", g::Value::U32(1));
