@@ -698,11 +698,7 @@ absl::Status ConvertGguf(const std::string& src, const std::string& out, const C
                  {"files", nlohmann::ordered_json::array({{{"path", fs::path(src).filename().string()}, {"bytes", f.file_size()}, {"xxh3_64", h}}})},
                  {"gguf", g}};
   m["arch"] = c.ToJson();
-  nlohmann::ordered_json eos = nlohmann::ordered_json::array();
-  for (int32_t id : tok.eos_ids()) eos.push_back(id);
-  m["tokenizer"] = {{"file", "tokenizer.txt"}, {"type", tok.type()}, {"vocab", tok.vocab_size()},
-                    {"bos", tok.bos_id()}, {"eos", eos}, {"add_bos", tok.add_bos()},
-                    {"chat_template", tok.chat_template()}};
+  m["tokenizer"] = TokenizerManifest(tok);
   std::string recipe = stats.schemes.size() == 1 ? *stats.schemes.begin() : "mixed";
   const bool all_float = std::all_of(stats.schemes.begin(), stats.schemes.end(), [](const std::string& s) { return s == "f32" || s == "f16" || s == "bf16"; });
   nlohmann::ordered_json q = {{"recipe", recipe}, {"type", recipe}, {"algorithm", all_float && stats.mapping_count["dequantized"] == 0 ? "none" : "gguf-import"}};

@@ -273,6 +273,14 @@ void Append(std::vector<TensorData>* dst, std::vector<TensorData>&& src) {
 
 }  // namespace
 
+nlohmann::ordered_json TokenizerManifest(const Tokenizer& tok) {
+  nlohmann::ordered_json eos = nlohmann::ordered_json::array();
+  for (int32_t id : tok.eos_ids()) eos.push_back(id);
+  return {{"file", "tokenizer.txt"}, {"type", tok.type()},   {"vocab", tok.vocab_size()},
+          {"bos", tok.bos_id()},     {"eos", eos},           {"add_bos", tok.add_bos()},
+          {"chat_template", tok.chat_template()}};
+}
+
 absl::Status ReconcileTokenizer(const Tokenizer& tok, const std::string& tok_json, ModelConfig* c) {
   if (tok.vocab_size() > c->vocab)
     return FileError(tok_json, absl::StrCat("tokenizer has ", tok.vocab_size(), " tokens but the model's vocab is ", c->vocab));
@@ -422,11 +430,7 @@ absl::Status ConvertHuggingFace(const std::string& src, const std::string& out, 
   m["producer"] = {{"tool", "tessera"}, {"version", kTesseraVersion}, {"cmdline", opts.cmdline}};
   m["source"] = {{"type", "hf-safetensors"}, {"path", fs::absolute(src).string()}, {"files", source_files}};
   m["arch"] = c.ToJson();
-  nlohmann::ordered_json eos = nlohmann::ordered_json::array();
-  for (int32_t id : tok.eos_ids()) eos.push_back(id);
-  m["tokenizer"] = {{"file", "tokenizer.txt"}, {"type", tok.type()}, {"vocab", tok.vocab_size()},
-                    {"bos", tok.bos_id()}, {"eos", eos}, {"add_bos", tok.add_bos()},
-                    {"chat_template", tok.chat_template()}};
+  m["tokenizer"] = TokenizerManifest(tok);
   m["quant"] = {{"recipe", src_dtype}, {"type", src_dtype}, {"algorithm", "none"}};
   return writer->Commit(std::move(m));
 }

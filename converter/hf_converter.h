@@ -19,6 +19,8 @@ class Tokenizer;
 // Checks the tokenizer fits the model's vocabulary and fills bos/eos ids the config left open
 // (eos_ids gets the tokenizer's end-of-turn tokens too). Shared by the HF and ONNX importers.
 absl::Status ReconcileTokenizer(const Tokenizer& tok, const std::string& tok_json, ModelConfig* c);
+// The manifest's "tokenizer" object for tokenizer.txt (shared by every importer).
+nlohmann::ordered_json TokenizerManifest(const Tokenizer& tok);
 
 // Reads config.json and returns the canonical architecture (errors name the file and field).
 absl::StatusOr<ModelConfig> ReadHfConfig(const std::string& hf_dir);

@@ -1203,11 +1203,7 @@ absl::Status ConvertOnnx(const std::string& model_path, const std::string& out, 
                   {"config", config_source},
                   {"tokenizer", tok_json}};
   mj["arch"] = c.ToJson();
-  nlohmann::ordered_json eos = nlohmann::ordered_json::array();
-  for (int32_t id : tok.eos_ids()) eos.push_back(id);
-  mj["tokenizer"] = {{"file", "tokenizer.txt"}, {"type", tok.type()}, {"vocab", tok.vocab_size()},
-                     {"bos", tok.bos_id()}, {"eos", eos}, {"add_bos", tok.add_bos()},
-                     {"chat_template", tok.chat_template()}};
+  mj["tokenizer"] = TokenizerManifest(tok);
   std::vector<std::string> notes;
   notes.push_back(absl::StrCat("config: ", config_source));
   if (stats.exact + stats.dequant > 0) {
