@@ -337,6 +337,17 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
 
   const bool include_usage = r.include_usage;
   const Request req = r;  // for tool-call parsing at the end of a stream
+  // One SSE event: the stream's common fields around `choices` (and usage when requested).
+  auto event = [=](ojson choices, ojson usage) {
+    ojson j = {{"id", id},
+               {"object", chat ? "chat.completion.chunk" : "text_completion"},
+               {"created", created},
+               {"model", model},
+               {"system_fingerprint", "tessera"},
+               {"choices", std::move(choices)}};
+    if (include_usage) j["usage"] = std::move(usage);
+    return Sse(j);
+  };
   auto chunk = [=](size_t index, ojson delta_or_text, const ojson& lp, const ojson& finish) {
     ojson choice = {{"index", index}};
     if (chat) {
@@ -346,14 +357,7 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
     }
     choice["logprobs"] = lp;
     choice["finish_reason"] = finish;
-    ojson j = {{"id", id},
-               {"object", chat ? "chat.completion.chunk" : "text_completion"},
-               {"created", created},
-               {"model", model},
-               {"system_fingerprint", "tessera"},
-               {"choices", ojson::array({choice})}};
-    if (include_usage) j["usage"] = nullptr;
-    return Sse(j);
+    return event(ojson::array({choice}), nullptr);
   };
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -416,16 +420,7 @@ void Generate(ServerState& s, const Request& r, std::vector<int32_t> prompt, boo
             tail = Sse(ojson{{"error", {{"message", j->error}, {"type", "server_error"}, {"param", nullptr},
                                         {"code", nullptr}}}});
         if (tail.empty()) {
-          if (include_usage) {
-            ojson u = {{"id", id},
-                       {"object", chat ? "chat.completion.chunk" : "text_completion"},
-                       {"created", created},
-                       {"model", model},
-                       {"system_fingerprint", "tessera"},
-                       {"choices", ojson::array()},
-                       {"usage", Usage(prompt_tokens, completion_tokens())}};
-            tail += Sse(u);
-          }
+          if (include_usage) tail += event(ojson::array(), Usage(prompt_tokens, completion_tokens()));
           tail += "data: [DONE]\n\n";
         }
         if (!sink.write(tail.data(), tail.size())) return false;

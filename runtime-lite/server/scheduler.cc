@@ -344,6 +344,19 @@ bool ModelWorker::Accept(Active& a, int32_t id) {
   return true;
 }
 
+namespace {
+// Token ids 0..V-1 in *order, ready for PlaceBest.
+void AllIds(std::vector<int32_t>* order, int64_t V) {
+  order->resize(static_cast<size_t>(V));
+  std::iota(order->begin(), order->end(), 0);
+}
+// Moves the best-scoring ids of order[begin..] into order[begin, end), best first (ties: lower id).
+void PlaceBest(std::vector<int32_t>* order, const float* lg, size_t begin, size_t end) {
+  std::partial_sort(order->begin() + static_cast<std::ptrdiff_t>(begin), order->begin() + static_cast<std::ptrdiff_t>(end),
+                    order->end(), [lg](int32_t x, int32_t y) { return lg[x] > lg[y] || (lg[x] == lg[y] && x < y); });
+}
+}  // namespace
+
 bool ModelWorker::Constrain(Active& a, float* lg) {
   const int64_t V = model_->vocab();
   const SamplingParams& sp = a.job->params.sampling;
@@ -351,16 +364,13 @@ bool ModelWorker::Constrain(Active& a, float* lg) {
   // remaining tail of the distribution is dropped; documented in the server README).
   const size_t need = sp.temperature <= 0.0f ? 1 : (sp.top_k > 0 ? static_cast<size_t>(sp.top_k) : 64);
   std::vector<int32_t>& order = a.order;
-  order.resize(static_cast<size_t>(V));
-  std::iota(order.begin(), order.end(), 0);
-  auto by_logit = [lg](int32_t x, int32_t y) { return lg[x] > lg[y] || (lg[x] == lg[y] && x < y); };
+  AllIds(&order, V);
   const JsonConstraint& c = *a.job->params.constraint;
   std::vector<std::pair<int32_t, float>> valid;
   size_t begin = 0, chunk = 256;
   while (begin < order.size() && valid.size() < need) {
     const size_t end = std::min(order.size(), begin + chunk);
-    std::partial_sort(order.begin() + static_cast<std::ptrdiff_t>(begin), order.begin() + static_cast<std::ptrdiff_t>(end),
-                      order.end(), by_logit);
+    PlaceBest(&order, lg, begin, end);
     for (size_t i = begin; i < end && valid.size() < need; ++i) {
       const int32_t id = order[i];
       if (!std::isfinite(lg[id]) && lg[id] < 0) {
@@ -400,10 +410,8 @@ void ModelWorker::RecordLogprob(Active& a, const float* lg, int32_t id) {
   const int k = std::min<int64_t>(a.job->params.top_logprobs, V);
   if (k > 0) {
     std::vector<int32_t>& order = a.order;
-    order.resize(static_cast<size_t>(V));
-    std::iota(order.begin(), order.end(), 0);
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [lg](int32_t x, int32_t y) { return lg[x] > lg[y] || (lg[x] == lg[y] && x < y); });
+    AllIds(&order, V);
+    PlaceBest(&order, lg, 0, static_cast<size_t>(k));
     for (int i = 0; i < k; ++i) {
       const int32_t t = order[static_cast<size_t>(i)];
       e.top.emplace_back(t, lg[t] - lse);
