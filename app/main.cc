@@ -150,6 +150,8 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
     o.recipe = a.recipe;
   } else if (a.type == "int4") {
     o.type = a.asym ? QType::kI4Asym : QType::kI4Sym;
+  } else if (a.type == "int6") {
+    o.type = QType::kI6Sym;
   } else if (a.type == "int8") {
     o.type = QType::kI8;
   } else if (a.type == "f16") {
@@ -159,7 +161,7 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   } else if (a.type == "f32") {
     o.type = QType::kF32;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown --type '", a.type, "' (int4, int8, f16, bf16, f32)"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown --type '", a.type, "' (int4, int6, int8, f16, bf16, f32)"));
   }
   if (a.recipe.empty() && a.asym && a.type != "int4")
     return absl::InvalidArgumentError("--asym applies to --type int4 only");
@@ -539,16 +541,16 @@ int main(int argc, char** argv) {
   quant->add_option("src", qa.src, "Source package")->required();
   quant->add_option("-o,--out", qa.out, "Output package directory")->required();
   quant->add_option("--recipe", qa.recipe, "Named recipe (see below); replaces --type/--group/--asym");
-  auto* type_opt = quant->add_option("--type", qa.type, "int4 | int8 | f16 | bf16 | f32 (without --recipe)")->capture_default_str();
-  auto* group_opt = quant->add_option("--group", qa.group, "Group size along K for int4 (32, 64, 128) and int8 (multiple of 32)")
+  auto* type_opt = quant->add_option("--type", qa.type, "int4 | int6 | int8 | f16 | bf16 | f32 (without --recipe)")->capture_default_str();
+  auto* group_opt = quant->add_option("--group", qa.group, "Group size along K for int4 / int6 (32, 64, 128) and int8 (multiple of 32)")
       ->capture_default_str();
   quant->add_flag("--asym", qa.asym, "Asymmetric int4 (scale + min per group)");
   quant->add_option("--override", qa.overrides,
                     "PATTERN=SCHEME per tensor (repeatable, last match wins); PATTERN globs FILE_STEM/TENSOR, "
                     "e.g. 'block_*/ffn_down=int8', 'lm/output=int8', 'embedding/token_embd=f16'; without '/' it "
-                    "matches the file stem or the tensor name ('lm=int8', 'attn_v=int4-g32-asym')");
+                    "matches the file stem or the tensor name ('lm=int6', 'attn_v=int4-g32-asym')");
   quant->add_option("--algorithm", qa.algorithm,
-                    "default (int4: gptq with --calib, else search; int8: rtn) | rtn (round to nearest) | search "
+                    "default (int4 / int6: gptq with --calib, else search; int8: rtn) | rtn (round to nearest) | search "
                     "(error-minimising scales) | gptq (GPTQ error feedback over the calibration covariance)")
       ->capture_default_str();
   quant->add_option("--calib", qa.calib,
@@ -560,10 +562,11 @@ int main(int argc, char** argv) {
                   "AWQ-style input-channel scaling folded into the norms (attn_q/k/v, ffn_gate/up, untied output); needs --calib");
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
   quant->footer("Recipes:\n" + tessera::RecipeHelp() +
-                "Schemes: f32, f16, bf16, int8[-gG], int4[-gG][-sym|-asym]\n"
+                "Schemes: f32, f16, bf16, int8[-gG], int6[-gG] (symmetric, 6.5 bits/weight at g32), int4[-gG][-sym|-asym]\n"
                 "Examples:\n  tessera quantize out/s260k-f32 -o out/s260k-q4 --recipe int4-g32\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4 --recipe int4-g32 --calib ../shared/fixtures/text/kjv_calib.txt\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-mix --recipe int4-mixed --override 'block_*/attn_v=int8'\n"
+                "  tessera quantize out/kjv-f32 -o out/kjv-q4o6 --recipe int4-g32 --override 'lm=int6'\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q4a --type int4 --group 64 --asym\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q8 --type int8");
 

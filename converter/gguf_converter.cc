@@ -738,6 +738,8 @@ OutTensor ChooseType(const PackTensor& t) {
     case QType::kI8: return blockable ? OutTensor{GgmlType::kQ8_0, "exact"} : OutTensor{GgmlType::kF32, "dequantized"};
     case QType::kI4Sym: return blockable ? OutTensor{GgmlType::kQ4_0, "exact"} : OutTensor{GgmlType::kF32, "dequantized"};
     case QType::kI4Asym: return blockable ? OutTensor{GgmlType::kQ4_1, "exact"} : OutTensor{GgmlType::kF32, "dequantized"};
+    // (c - 32) * d with c - 32 in [-32, 31]: an int8 Q8_0 block with the group's d, bit for bit.
+    case QType::kI6Sym: return blockable ? OutTensor{GgmlType::kQ8_0, "exact"} : OutTensor{GgmlType::kF32, "dequantized"};
   }
   return {GgmlType::kF32, "dequantized"};
 }
@@ -761,8 +763,23 @@ void EncodeRow(const PackTensor& t, size_t r, uint32_t type, uint8_t* out) {
       std::memcpy(out, t.data + r * K * 2, K * 2);
       return;
     case GgmlType::kQ8_0: {
-      const auto* codes = t.data + r * K;
       const uint16_t* sc = t.scales + r * (K / G);
+      if (t.qtype == QType::kI6Sym) {  // layout: kernels.h; each group of G splits into G / 32 blocks
+        const uint8_t* codes = t.data + r * (K / 4 * 3);
+        const size_t half = G / 2, quarter = G / 4;
+        for (size_t b = 0; b < K / 32; ++b, out += 34) {
+          std::memcpy(out, &sc[b * 32 / G], 2);
+          for (size_t i = 0; i < 32; ++i) {
+            const size_t e = b * 32 + i, g = e / G, j = e % G;
+            const uint8_t* lo = codes + g * (3 * G / 4);
+            const int l = j < half ? (lo[j] & 0xF) : (lo[j - half] >> 4);
+            const int h = (lo[half + j % quarter] >> (2 * (j / quarter))) & 3;
+            out[2 + i] = static_cast<uint8_t>(static_cast<int8_t>((l | (h << 4)) - 32));
+          }
+        }
+        return;
+      }
+      const auto* codes = t.data + r * K;
       for (size_t b = 0; b < K / 32; ++b, out += 34) {
         std::memcpy(out, &sc[b * 32 / G], 2);
         std::memcpy(out + 2, codes + b * 32, 32);

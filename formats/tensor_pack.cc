@@ -55,12 +55,13 @@ const char* QTypeName(QType t) {
     case QType::kI8: return "int8";
     case QType::kI4Sym: return "int4-sym";
     case QType::kI4Asym: return "int4-asym";
+    case QType::kI6Sym: return "int6-sym";
   }
   return "unknown";
 }
 
 bool QTypeFromName(const std::string& name, QType* out) {
-  for (int i = 0; i <= 5; ++i) {
+  for (int i = 0; i <= kMaxQType; ++i) {
     if (name == QTypeName(static_cast<QType>(i))) {
       *out = static_cast<QType>(i);
       return true;
@@ -69,7 +70,9 @@ bool QTypeFromName(const std::string& name, QType* out) {
   return false;
 }
 
-bool IsQuantized(QType t) { return t == QType::kI8 || t == QType::kI4Sym || t == QType::kI4Asym; }
+bool IsQuantized(QType t) {
+  return t == QType::kI8 || t == QType::kI4Sym || t == QType::kI4Asym || t == QType::kI6Sym;
+}
 
 size_t DataPlaneBytes(QType t, size_t rows, size_t cols) {
   switch (t) {
@@ -79,6 +82,7 @@ size_t DataPlaneBytes(QType t, size_t rows, size_t cols) {
     case QType::kI8: return rows * cols;
     case QType::kI4Sym:
     case QType::kI4Asym: return rows * cols / 2;
+    case QType::kI6Sym: return rows * cols / 4 * 3;
   }
   return 0;
 }
@@ -123,6 +127,20 @@ void PackTensor::RowToF32(size_t r, float* out) const {
         const float sc = F16ToF32(s[g]);
         out[i] = qtype == QType::kI4Sym ? static_cast<float>(nib - 8) * sc
                                          : static_cast<float>(nib) * sc + F16ToF32(m[g]);
+      }
+      return;
+    }
+    case QType::kI6Sym: {
+      // Layout: kernels.h (per group G/2 low-nibble bytes, then G/4 bytes of high 2-bit pairs).
+      const uint8_t* q = data + r * cols / 4 * 3;
+      const uint16_t* s = scales + r * (cols / group);
+      const size_t half = group / 2, quarter = group / 4;
+      for (size_t i = 0; i < k; ++i) {
+        const size_t g = i / group, j = i % group;
+        const uint8_t* lo = q + g * (3 * group / 4);
+        const int l = j < half ? (lo[j] & 0xF) : (lo[j - half] >> 4);
+        const int h = (lo[half + j % quarter] >> (2 * (j / quarter))) & 3;
+        out[i] = static_cast<float>((l | (h << 4)) - 32) * F16ToF32(s[g]);
       }
       return;
     }
@@ -278,7 +296,7 @@ absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& 
     uint8_t qtype, ndim, n_planes;
     auto trunc = [&] { return FileError(path, absl::StrCat("index truncated in record ", i)); };
     if (!c.Get(&name_len) || !c.GetBytes(name_len, &t.name) || !c.Get(&qtype) || !c.Get(&ndim)) return trunc();
-    if (qtype > 5) return FileError(path, absl::StrCat("tensor ", t.name, ": unknown qtype ", int{qtype}));
+    if (qtype > kMaxQType) return FileError(path, absl::StrCat("tensor ", t.name, ": unknown qtype ", int{qtype}));
     t.qtype = static_cast<QType>(qtype);
     if (ndim == 0 || ndim > 4) return FileError(path, absl::StrCat("tensor ", t.name, ": bad ndim ", int{ndim}));
     size_t numel = 1;
@@ -293,7 +311,8 @@ absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& 
     if (!c.Get(&t.group) || !c.Get(&t.cols) || !c.Get(&n_planes)) return trunc();
     const size_t rows = t.rows(), k = t.logical_cols();
     if (IsQuantized(t.qtype)) {
-      if (t.group == 0 || t.group % 2 != 0 || t.cols % t.group != 0 || t.cols < k || t.cols - k >= t.group)
+      if (t.group == 0 || t.group % 2 != 0 || t.cols % t.group != 0 || t.cols < k || t.cols - k >= t.group ||
+          (t.qtype == QType::kI6Sym && t.group % 32 != 0))
         return FileError(path, absl::StrCat("tensor ", t.name, ": inconsistent group ", t.group, " / cols ", t.cols));
     } else if (t.cols != k) {
       return FileError(path, absl::StrCat("tensor ", t.name, ": cols ", t.cols, " != ", k));

@@ -39,6 +39,9 @@ double AwqRowError(const float* w, size_t k, const TensorScheme& scheme, const f
   if (scheme.type == QType::kI4Asym) {
     kernels::QuantizeRowI4Asym(x.data(), kp, g, codes.data(), sc.data(), mn.data());
     kernels::DequantizeRowI4Asym(codes.data(), sc.data(), mn.data(), kp, g, deq.data());
+  } else if (scheme.type == QType::kI6Sym) {
+    kernels::QuantizeRowI6Sym(x.data(), kp, g, codes.data(), sc.data());
+    kernels::DequantizeRowI6Sym(codes.data(), sc.data(), kp, g, deq.data());
   } else if (scheme.type == QType::kI8) {
     kernels::QuantizeRowI8(x.data(), kp, g, reinterpret_cast<int8_t*>(codes.data()), sc.data());
     kernels::DequantizeRowI8(reinterpret_cast<int8_t*>(codes.data()), sc.data(), kp, g, deq.data());

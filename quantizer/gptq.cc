@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
+#include "quantizer/kernels/ref.h"
 #include "quantizer/search.h"
 
 namespace tessera::quant {
@@ -120,8 +121,9 @@ bool SolveSpd(std::vector<double> a, std::vector<double> b, size_t n, std::vecto
   return true;
 }
 
+// Sym codes q are stored offset by H (H = 8 for int4, 32 for int6): w = (q - H) * d.
 template <bool kAsym>
-void Dequant(const std::vector<int>& q, size_t k, size_t group, const uint16_t* scales, const uint16_t* mins,
+void Dequant(const std::vector<int>& q, size_t k, size_t group, int H, const uint16_t* scales, const uint16_t* mins,
              std::vector<double>* out) {
   out->resize(k);
   for (size_t c = 0; c < k; ++c) {
@@ -131,7 +133,7 @@ void Dequant(const std::vector<int>& q, size_t k, size_t group, const uint16_t* 
       const float p = static_cast<float>(q[c]) * d;
       (*out)[c] = static_cast<double>(p + F16ToF32(mins[g]));
     } else {
-      (*out)[c] = static_cast<double>(static_cast<float>(q[c] - 8) * d);
+      (*out)[c] = static_cast<double>(static_cast<float>(q[c] - H) * d);
     }
   }
 }
@@ -150,7 +152,7 @@ double HError(const float* x, const std::vector<double>& deq, size_t k, const do
 }
 
 template <bool kAsym>
-void RefitScales(const float* x, size_t k, size_t group, size_t ng, const double* h, const std::vector<int>& q,
+void RefitScales(const float* x, size_t k, size_t group, size_t ng, int H, const double* h, const std::vector<int>& q,
                  uint16_t* scales, uint16_t* mins) {
   // Parameters: per group with real columns, the scale (and the min).
   const size_t ngr = (k + group - 1) / group;
@@ -159,7 +161,7 @@ void RefitScales(const float* x, size_t k, size_t group, size_t ng, const double
     const size_t g = p / per;
     if (c / group != g) return 0.0;
     if constexpr (kAsym) return (p % 2 == 0) ? static_cast<double>(q[c]) : 1.0;
-    return static_cast<double>(q[c] - 8);
+    return static_cast<double>(q[c] - H);
   };
   std::vector<double> hb(n * k, 0.0);  // (H b_p)[i]
   for (size_t p = 0; p < n; ++p) {
@@ -204,22 +206,27 @@ void RefitScales(const float* x, size_t k, size_t group, size_t ng, const double
     }
   }
   std::vector<double> d_old, d_new;
-  Dequant<kAsym>(q, k, group, scales, mins, &d_old);
-  Dequant<kAsym>(q, k, group, ns.data(), kAsym ? nm.data() : nullptr, &d_new);
+  Dequant<kAsym>(q, k, group, H, scales, mins, &d_old);
+  Dequant<kAsym>(q, k, group, H, ns.data(), kAsym ? nm.data() : nullptr, &d_new);
   if (HError(x, d_new, k, h) < HError(x, d_old, k, h)) {
     std::copy(ns.begin(), ns.end(), scales);
     if constexpr (kAsym) std::copy(nm.begin(), nm.end(), mins);
   }
 }
 
+// Sym: H = 8 (int4) or 32 (int6); the codes q (offset by H) are returned in *q_out (kp values);
+// asym (int4 only): H unused.
 template <bool kAsym>
-void GptqRow(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f, const float* act2,
-             uint8_t* codes, uint16_t* scales, uint16_t* mins) {
+void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const GptqFactor& f, const float* act2,
+             std::vector<int>* q_out, uint16_t* scales, uint16_t* mins) {
   std::vector<double> w(x, x + k);
   std::vector<float> gx(group), gw(group);
   std::vector<uint8_t> gc(group / 2);
-  std::vector<int> q(kp, 0);
-  const size_t half = group / 2, ng = kp / group;
+  std::vector<int> gq(group);
+  std::vector<int>& q = *q_out;
+  q.assign(kp, 0);
+  const size_t ng = kp / group;
+  const float fh = static_cast<float>(H);
   // Group scale (and min) from the current weights of group g, by the weighted search.
   auto choose = [&](size_t g) {
     const size_t g0 = g * group;
@@ -231,7 +238,7 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, const GptqFactor
     if constexpr (kAsym) {
       QuantizeRowI4AsymSearch_ref(gx.data(), gw.data(), group, group, gc.data(), &scales[g], &mins[g]);
     } else {
-      QuantizeRowI4SymSearch_ref(gx.data(), gw.data(), group, group, gc.data(), &scales[g]);
+      SearchGroupSym(gx.data(), gw.data(), group, H, gq.data(), &scales[g]);
     }
   };
   auto quantize = [&](size_t c, float v) {
@@ -245,8 +252,8 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, const GptqFactor
       const float p = static_cast<float>(q[c]) * d;
       deq = p + mn;
     } else {
-      q[c] = d != 0.0f ? static_cast<int>(std::nearbyint(std::min(std::max(v * inv, -8.0f), 7.0f))) + 8 : 8;
-      deq = static_cast<float>(q[c] - 8) * d;
+      q[c] = d != 0.0f ? static_cast<int>(std::nearbyint(std::min(std::max(v * inv, -fh), fh - 1.0f))) + H : H;
+      deq = static_cast<float>(q[c] - H) * d;
     }
     return deq;
   };
@@ -264,8 +271,12 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, const GptqFactor
     if (!f.act_order && c % group == 0) choose(c / group);
     quantize(c, 0.0f);
   }
-  RefitScales<kAsym>(x, k, group, ng, f.h.data(), q, scales, mins);
-  for (size_t g = 0; g < ng; ++g)
+  RefitScales<kAsym>(x, k, group, ng, H, f.h.data(), q, scales, mins);
+}
+
+void PackI4(const std::vector<int>& q, size_t kp, size_t group, uint8_t* codes) {
+  const size_t half = group / 2;
+  for (size_t g = 0; g < kp / group; ++g)
     for (size_t j = 0; j < half; ++j)
       codes[g * half + j] = static_cast<uint8_t>(q[g * group + j] | (q[g * group + j + half] << 4));
 }
@@ -274,12 +285,24 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, const GptqFactor
 
 void QuantizeRowI4SymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                               const float* act2, uint8_t* codes, uint16_t* scales) {
-  GptqRow<false>(x, k, kp, group, f, act2, codes, scales, nullptr);
+  std::vector<int> q;
+  GptqRow<false>(x, k, kp, group, 8, f, act2, &q, scales, nullptr);
+  PackI4(q, kp, group, codes);
+}
+
+void QuantizeRowI6SymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
+                              const float* act2, uint8_t* codes, uint16_t* scales) {
+  std::vector<int> q;
+  GptqRow<false>(x, k, kp, group, 32, f, act2, &q, scales, nullptr);
+  for (int& v : q) v -= 32;
+  kernels::PackI6_ref(q.data(), kp, group, codes);
 }
 
 void QuantizeRowI4AsymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                                const float* act2, uint8_t* codes, uint16_t* scales, uint16_t* mins) {
-  GptqRow<true>(x, k, kp, group, f, act2, codes, scales, mins);
+  std::vector<int> q;
+  GptqRow<true>(x, k, kp, group, 0, f, act2, &q, scales, mins);
+  PackI4(q, kp, group, codes);
 }
 
 double HessianError(const float* x, const float* xh, size_t k, const double* h) {

@@ -1,4 +1,4 @@
-// GPTQ (Frantar et al. 2022) for group-wise INT4 with f16 scales, scalar reference.
+// GPTQ (Frantar et al. 2022) for group-wise INT4 / INT6 with f16 scales, scalar reference.
 //
 // With H = E[x x^T] over the calibration activations of a matrix's input, the output error of
 // a quantized row is (w - q) H (w - q)^T. GPTQ quantizes one column at a time and spreads each
@@ -44,6 +44,9 @@ void QuantizeRowI4SymGptq_ref(const float* x, size_t k, size_t kp, size_t group,
                               const float* act2, uint8_t* codes, uint16_t* scales);
 void QuantizeRowI4AsymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                                const float* act2, uint8_t* codes, uint16_t* scales, uint16_t* mins);
+// The same column pass with int6 levels [-32, 31] (kernels.h I6 sym layout, 3 kp / 4 code bytes).
+void QuantizeRowI6SymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
+                              const float* act2, uint8_t* codes, uint16_t* scales);
 
 // Output-error proxy of a dequantized row: (x - xh) H (x - xh)^T.
 double HessianError(const float* x, const float* xh, size_t k, const double* h);

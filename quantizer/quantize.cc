@@ -49,8 +49,8 @@ TensorScheme LegacyScheme(const QuantizeOptions& o) {
 
 // The algorithm actually used for a scheme (kGptq only where a covariance is available).
 QuantAlgorithm Effective(QuantAlgorithm a, const TensorScheme& s, bool have_cov) {
-  const bool i4 = s.type == QType::kI4Sym || s.type == QType::kI4Asym;
-  if (!i4) return IsQuantized(s.type) ? QuantAlgorithm::kRtn : QuantAlgorithm::kDefault;
+  const bool searchable = s.type == QType::kI4Sym || s.type == QType::kI4Asym || s.type == QType::kI6Sym;
+  if (!searchable) return IsQuantized(s.type) ? QuantAlgorithm::kRtn : QuantAlgorithm::kDefault;
   if (a == QuantAlgorithm::kDefault) return have_cov ? QuantAlgorithm::kGptq : QuantAlgorithm::kSearch;
   if (a == QuantAlgorithm::kGptq && !have_cov) return QuantAlgorithm::kSearch;
   return a;
@@ -120,9 +120,12 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
       src.RowToF32(r, row.data());
       uint16_t* sc = reinterpret_cast<uint16_t*>(d.scales.data()) + r * ng;
       uint8_t* codes4 = d.data.data() + r * kp / 2;
+      uint8_t* codes6 = d.data.data() + r * kp / 4 * 3;
       if (eff == QuantAlgorithm::kSearch) quant::SearchWeights(row.data(), kp, k, act, w.data());
       if (eff == QuantAlgorithm::kGptq) {
-        if (type == QType::kI4Sym) {
+        if (type == QType::kI6Sym) {
+          quant::QuantizeRowI6SymGptq_ref(row.data(), k, kp, g, factor, act2, codes6, sc);
+        } else if (type == QType::kI4Sym) {
           quant::QuantizeRowI4SymGptq_ref(row.data(), k, kp, g, factor, act2, codes4, sc);
         } else {
           quant::QuantizeRowI4AsymGptq_ref(row.data(), k, kp, g, factor, act2, codes4, sc,
@@ -133,6 +136,12 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
       switch (type) {
         case QType::kI8:
           kernels::QuantizeRowI8(row.data(), kp, g, reinterpret_cast<int8_t*>(d.data.data()) + r * kp, sc);
+          break;
+        case QType::kI6Sym:
+          if (eff == QuantAlgorithm::kSearch)
+            quant::QuantizeRowI6SymSearch_ref(row.data(), w.data(), kp, g, codes6, sc);
+          else
+            kernels::QuantizeRowI6Sym(row.data(), kp, g, codes6, sc);
           break;
         case QType::kI4Sym:
           if (eff == QuantAlgorithm::kSearch)

@@ -14,7 +14,7 @@
 namespace tessera {
 
 enum class QuantAlgorithm {
-  kDefault,  // search for int4 schemes, rtn for int8 / float
+  kDefault,  // search (gptq with --calib) for int4 / int6 schemes, rtn for int8 / float
   kRtn,      // round to nearest (kernels::QuantizeRow*)
   kSearch,   // error-minimising scale (and min) search per group
   kGptq,     // GPTQ error feedback over the calibration covariance + per-group search (needs --calib)
@@ -24,7 +24,7 @@ bool QuantAlgorithmFromName(const std::string& name, QuantAlgorithm* out);
 
 struct QuantizeOptions {
   // Without a recipe: every matrix gets `type` / `group` (the pre-recipe CLI: --type/--group/--asym).
-  QType type = QType::kI4Sym;  // kF32, kF16, kBF16, kI8, kI4Sym, kI4Asym
+  QType type = QType::kI4Sym;  // kF32, kF16, kBF16, kI8, kI4Sym, kI4Asym, kI6Sym
   uint32_t group = 32;         // for int8 / int4
   std::string recipe;          // a name from AllRecipes(), or empty
   std::vector<std::string> overrides;  // "PATTERN=SCHEME", applied after the recipe (last wins)

@@ -14,6 +14,7 @@ std::string SchemeName(const TensorScheme& s) {
     case QType::kI4Sym: return absl::StrCat("int4-g", s.group, "-sym");
     case QType::kI4Asym: return absl::StrCat("int4-g", s.group, "-asym");
     case QType::kI8: return absl::StrCat("int8-g", s.group);
+    case QType::kI6Sym: return absl::StrCat("int6-g", s.group);
     default: return QTypeName(s.type);
   }
 }
@@ -26,6 +27,7 @@ double SchemeBitsPerWeight(const TensorScheme& s) {
     case QType::kI8: return 8 + 16.0 / s.group;
     case QType::kI4Sym: return 4 + 16.0 / s.group;
     case QType::kI4Asym: return 4 + 32.0 / s.group;
+    case QType::kI6Sym: return 6 + 16.0 / s.group;
   }
   return 0;
 }
@@ -34,7 +36,7 @@ absl::StatusOr<TensorScheme> ParseScheme(const std::string& text) {
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(
         absl::StrCat("bad scheme '", text, "'", why.empty() ? "" : ": ", why,
-                     " (f32, f16, bf16, int8[-gG], int4[-gG][-sym|-asym])"));
+                     " (f32, f16, bf16, int8[-gG], int6[-gG], int4[-gG][-sym|-asym])"));
   };
   std::vector<std::string> parts = absl::StrSplit(text, '-');
   TensorScheme s;
@@ -42,9 +44,10 @@ absl::StatusOr<TensorScheme> ParseScheme(const std::string& text) {
     QTypeFromName(parts[0], &s.type);
     return s;
   }
-  if (parts[0] != "int4" && parts[0] != "int8") return bad("");
+  if (parts[0] != "int4" && parts[0] != "int6" && parts[0] != "int8") return bad("");
   const bool i4 = parts[0] == "int4";
-  s.type = i4 ? QType::kI4Sym : QType::kI8;
+  const bool i6 = parts[0] == "int6";
+  s.type = i4 ? QType::kI4Sym : (i6 ? QType::kI6Sym : QType::kI8);
   s.group = 32;
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& p = parts[i];
@@ -59,7 +62,7 @@ absl::StatusOr<TensorScheme> ParseScheme(const std::string& text) {
       return bad(absl::StrCat("unknown part '", p, "'"));
     }
   }
-  if (s.group == 0 || s.group % 32 != 0 || (i4 && s.group != 32 && s.group != 64 && s.group != 128))
+  if (s.group == 0 || s.group % 32 != 0 || ((i4 || i6) && s.group != 32 && s.group != 64 && s.group != 128))
     return bad(absl::StrCat("group ", s.group, " not supported"));
   return s;
 }
@@ -115,11 +118,11 @@ bool UseMoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (
 
 const char* kMixedSummary =
     "int4-g32-sym plus upgrades, each kept only while all matrices stay <= 4.9 bits/weight, in this order: "
-    "the output matrix (lm/output, or embedding/token_embd when the embeddings are tied) -> int4-g32-asym, every attn_v -> int8-g32, ffn_down of llama.cpp's use_more_bits layers -> "
-    "int8-g32 (one layer at a time), every attn_k -> int8-g32";
+    "the output matrix (lm/output, or embedding/token_embd when the embeddings are tied) -> int6-g32, every attn_v -> "
+    "int6-g32, every attn_k -> int6-g32, ffn_down of llama.cpp's use_more_bits layers -> int6-g32 (one layer at a time)";
 std::vector<QuantRule> MixedUpgrades() {
-  return {R("{output}", "int4-g32-asym"), R("block_*/attn_v", "int8-g32"), R("{more_bits}/ffn_down", "int8-g32"),
-          R("block_*/attn_k", "int8-g32")};
+  return {R("{output}", "int6-g32"), R("block_*/attn_v", "int6-g32"), R("block_*/attn_k", "int6-g32"),
+          R("{more_bits}/ffn_down", "int6-g32")};
 }
 
 // "{output}": the matrix that produces the logits - lm/output, or embedding/token_embd when there

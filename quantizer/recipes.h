@@ -7,8 +7,8 @@
 // stem or the tensor name ("lm=int8" or "ffn_down=int8"). Vectors (norms, biases) are
 // always f32 and never matched.
 //
-// Schemes: f32 | f16 | bf16 | int8[-gG] | int4[-gG][-sym|-asym]   (G: 32, 64, 128; int8 any
-// multiple of 32; int4 defaults to g32 sym, int8 to g32).
+// Schemes: f32 | f16 | bf16 | int8[-gG] | int6[-gG] | int4[-gG][-sym|-asym]   (G: 32, 64, 128;
+// int8 any multiple of 32; int4 defaults to g32 sym, int6 and int8 to g32; int6 is symmetric).
 #pragma once
 
 #include <cstdint>
@@ -27,7 +27,7 @@ struct TensorScheme {
   bool operator==(const TensorScheme&) const = default;
 };
 
-// "int4-g32-sym", "int4-g64-asym", "int8-g32", "f16", ...
+// "int4-g32-sym", "int4-g64-asym", "int6-g32", "int8-g32", "f16", ...
 std::string SchemeName(const TensorScheme& s);
 // Bits per weight of the stored planes (codes + f16 scales [+ f16 mins]), padding excluded.
 double SchemeBitsPerWeight(const TensorScheme& s);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "quantizer/kernels/ref.h"
 
 namespace tessera::quant {
 namespace {
@@ -27,14 +28,14 @@ inline uint16_t ScaleBits(float s) {
   return F16ToF32(h) == 0.0f ? uint16_t{0} : h;
 }
 
-// ---- symmetric: x ~ l * d, l = q - 8 in [-8, 7] -------------------------------------------
+// ---- symmetric: x ~ l * d, l in [-H, H - 1] (H = 8 for int4, 32 for int6) -------------------
 struct SymEval {
   double err;
   uint16_t h;
   int l[kMaxGroup];
 };
 
-void EvalSym(const float* x, const float* w, size_t G, uint16_t h, SymEval* e) {
+void EvalSym(const float* x, const float* w, size_t G, int H, uint16_t h, SymEval* e) {
   e->h = h;
   const float d = F16ToF32(h);
   double err = 0.0;
@@ -49,7 +50,7 @@ void EvalSym(const float* x, const float* w, size_t G, uint16_t h, SymEval* e) {
   }
   const float inv = 1.0f / d;
   for (size_t i = 0; i < G; ++i) {
-    const int l = RoundClamp(x[i] * inv, -8.0f, 7.0f);
+    const int l = RoundClamp(x[i] * inv, static_cast<float>(-H), static_cast<float>(H - 1));
     e->l[i] = l;
     const float diff = x[i] - static_cast<float>(l) * d;
     err += static_cast<double>(Wt(w, i)) * diff * diff;
@@ -70,7 +71,7 @@ bool RefitSym(const float* x, const float* w, size_t G, const int* l, uint16_t* 
   return *h != 0;
 }
 
-void SearchGroupSym(const float* x, const float* w, size_t G, uint8_t* codes, uint16_t* scale) {
+void SearchGroupSymLevels(const float* x, const float* w, size_t G, int H, int* l, uint16_t* scale) {
   float vmax = -INFINITY, amax = 0.0f;
   for (size_t i = 0; i < G; ++i) {
     vmax = std::max(vmax, x[i]);
@@ -78,49 +79,57 @@ void SearchGroupSym(const float* x, const float* w, size_t G, uint8_t* codes, ui
   }
   const float m = (vmax >= amax) ? amax : -amax;
   SymEval best, cur;
-  EvalSym(x, w, G, ScaleBits(m / -8.0f), &best);  // RTN first
+  const float fh = static_cast<float>(H);
+  EvalSym(x, w, G, H, ScaleBits(m / -fh), &best);  // RTN first
   if (amax > 0.0f && best.h != 0) {
     // Returns the candidate's error before the refit; the least-squares refit is skipped for a
     // candidate more than 50 % worse than the best so far (it does not catch up in practice).
     auto consider = [&](uint16_t h) -> double {
       if (h == 0) return INFINITY;
-      EvalSym(x, w, G, h, &cur);
+      EvalSym(x, w, G, H, h, &cur);
       const double e0 = cur.err;
       if (cur.err < best.err) best = cur;
       uint16_t h2;
       if (e0 <= 1.5 * best.err && RefitSym(x, w, G, cur.l, &h2) && h2 != cur.h) {
-        EvalSym(x, w, G, h2, &cur);
+        EvalSym(x, w, G, H, h2, &cur);
         if (cur.err < best.err) best = cur;
       }
       return e0;
     };
-    // Extreme mapped to -(8 + t) (clipping when t > 0) and to +(7 + t), t in 1/8 steps: a coarse
-    // pass (every 4th step), then the 1/8 steps within 3/8 of the best coarse candidate of each side.
+    // Extreme mapped to -(H + t) (clipping when t > 0) and to +(H - 1 + t), t in steps of H / 64
+    // (1/8 for int4, 1/2 for int6: the same relative grid): a coarse pass (every 4th step), then
+    // the fine steps within 3 of the best coarse candidate of each side.
+    const float step = fh / 64.0f;
     auto side = [&](float base, float sign, int lo, int hi) {
       int kbest = lo;
       double ebest = INFINITY;
       for (int k = lo; k <= hi; k += 4) {
-        const double e = consider(ScaleBits(m / (sign * (base + 0.125f * static_cast<float>(k)))));
+        const double e = consider(ScaleBits(m / (sign * (base + step * static_cast<float>(k)))));
         if (e < ebest) ebest = e, kbest = k;
       }
       for (int k = std::max(lo, kbest - 3); k <= std::min(hi, kbest + 3); ++k)
-        if ((k - lo) % 4 != 0) consider(ScaleBits(m / (sign * (base + 0.125f * static_cast<float>(k)))));
+        if ((k - lo) % 4 != 0) consider(ScaleBits(m / (sign * (base + step * static_cast<float>(k)))));
     };
-    side(8.0f, -1.0f, -12, 16);
-    side(7.0f, 1.0f, -8, 16);
+    side(fh, -1.0f, -12, 16);
+    side(fh - 1.0f, 1.0f, -8, 16);
     // Polish the winner: alternate codes <-> least-squares scale while it improves.
     for (int it = 0; it < 4; ++it) {
       uint16_t h2;
       if (!RefitSym(x, w, G, best.l, &h2) || h2 == best.h) break;
-      EvalSym(x, w, G, h2, &cur);
+      EvalSym(x, w, G, H, h2, &cur);
       if (!(cur.err < best.err)) break;
       best = cur;
     }
   }
   *scale = best.h;
+  std::copy(best.l, best.l + G, l);
+}
+
+void SearchGroupSymI4(const float* x, const float* w, size_t G, uint8_t* codes, uint16_t* scale) {
+  int l[kMaxGroup];
+  SearchGroupSymLevels(x, w, G, 8, l, scale);
   const size_t half = G / 2;
-  for (size_t j = 0; j < half; ++j)
-    codes[j] = static_cast<uint8_t>((best.l[j] + 8) | ((best.l[j + half] + 8) << 4));
+  for (size_t j = 0; j < half; ++j) codes[j] = static_cast<uint8_t>((l[j] + 8) | ((l[j + half] + 8) << 4));
 }
 
 // ---- asymmetric: x ~ q * s + mn, q in [0, 15] ----------------------------------------------
@@ -220,7 +229,32 @@ void SearchGroupAsym(const float* x, const float* w, size_t G, uint8_t* codes, u
 void QuantizeRowI4SymSearch_ref(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
                                 uint16_t* scales) {
   for (size_t g = 0; g < n / group; ++g)
-    SearchGroupSym(x + g * group, w ? w + g * group : nullptr, group, codes + g * group / 2, scales + g);
+    SearchGroupSymI4(x + g * group, w ? w + g * group : nullptr, group, codes + g * group / 2, scales + g);
+}
+
+void SearchGroupSym(const float* x, const float* w, size_t group, int half_levels, int* q, uint16_t* scale) {
+  SearchGroupSymLevels(x, w, group, half_levels, q, scale);
+}
+
+void QuantizeRowI6SymSearch_ref(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
+                                uint16_t* scales) {
+  int q[kMaxGroup];
+  for (size_t g = 0; g < n / group; ++g) {
+    SearchGroupSymLevels(x + g * group, w ? w + g * group : nullptr, group, 32, q, scales + g);
+    kernels::PackI6_ref(q, group, group, codes + g * (3 * group / 4));
+  }
+}
+
+double GroupErrorI6Sym(const float* x, const float* w, size_t group, const uint8_t* codes, uint16_t scale) {
+  int q[kMaxGroup];
+  kernels::UnpackI6_ref(codes, group, group, q);
+  const float d = F16ToF32(scale);
+  double err = 0.0;
+  for (size_t i = 0; i < group; ++i) {
+    const float diff = x[i] - static_cast<float>(q[i]) * d;
+    err += static_cast<double>(Wt(w, i)) * diff * diff;
+  }
+  return err;
 }
 
 void QuantizeRowI4AsymSearch_ref(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,

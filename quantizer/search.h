@@ -1,4 +1,4 @@
-// Error-minimising INT4 group quantization (the analogue of llama.cpp's make_qx_quants /
+// Error-minimising INT4 / INT6 group quantization (the analogue of llama.cpp's make_qx_quants /
 // make_qkx2_quants), scalar reference implementations: the source of truth.
 //
 // Output layout and dequantization are exactly kernels.h's (sym: (q - 8) * d; asym:
@@ -23,12 +23,20 @@ void QuantizeRowI4SymSearch_ref(const float* x, const float* w, size_t n, size_t
                                 uint16_t* scales);
 void QuantizeRowI4AsymSearch_ref(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
                                  uint16_t* scales, uint16_t* mins);
+// int6 (kernels.h I6 sym layout): the same search with levels [-32, 31] (RTN candidate d = m / -32,
+// the candidate grid scaled by 4 so it covers the same relative range).
+void QuantizeRowI6SymSearch_ref(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
+                                uint16_t* scales);
+// One symmetric group with levels [-half_levels, half_levels - 1] (8: int4, 32: int6): the chosen
+// f16 scale and the signed codes q (group values). group <= 128.
+void SearchGroupSym(const float* x, const float* w, size_t group, int half_levels, int* q, uint16_t* scale);
 
 // Weighted squared error sum_i w_i (x_i - deq_i)^2 of one stored group (w null: unit weights),
 // dequantizing exactly as kernels::DequantizeRow*_ref.
 double GroupErrorI4Sym(const float* x, const float* w, size_t group, const uint8_t* codes, uint16_t scale);
 double GroupErrorI4Asym(const float* x, const float* w, size_t group, const uint8_t* codes, uint16_t scale,
                         uint16_t min);
+double GroupErrorI6Sym(const float* x, const float* w, size_t group, const uint8_t* codes, uint16_t scale);
 
 // Importance weights for the search of one row of n values (k_logical of them real, the rest
 // padding, weight 0). act2: per-input-channel mean(a^2) of the activations from calibration,

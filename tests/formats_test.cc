@@ -94,6 +94,96 @@ TEST(TensorPack, RejectsInconsistentPlanesAndEveryTruncation) {
   }
 }
 
+// int6: packed here from the layout documented in kernels.h (independently of the quantizer):
+// per group of G, G/2 low-nibble bytes then G/4 bytes of high 2-bit pairs; w = (c - 32) * d.
+TensorData MakeI6(const std::string& name, int64_t rows, int64_t k, uint32_t group, std::vector<int>* codes_out,
+                  std::vector<uint16_t>* scales_out) {
+  TensorData t;
+  t.name = name;
+  t.qtype = QType::kI6Sym;
+  t.shape = {rows, k};
+  t.group = group;
+  t.cols = (static_cast<uint64_t>(k) + group - 1) / group * group;
+  const size_t kp = t.cols, ng = kp / group;
+  std::vector<int>& c = *codes_out;
+  c.resize(static_cast<size_t>(rows) * kp);
+  for (size_t i = 0; i < c.size(); ++i) c[i] = static_cast<int>((i * 37 + i / 7) % 64);
+  t.data.assign(static_cast<size_t>(rows) * kp * 3 / 4, 0);
+  for (size_t r = 0; r < static_cast<size_t>(rows); ++r)
+    for (size_t e = 0; e < kp; ++e) {
+      const size_t g = e / group, j = e % group;
+      uint8_t* gb = t.data.data() + r * kp * 3 / 4 + g * group * 3 / 4;
+      const int v = c[r * kp + e];
+      if (j < group / 2) gb[j] |= static_cast<uint8_t>(v & 0xF);
+      else gb[j - group / 2] |= static_cast<uint8_t>((v & 0xF) << 4);
+      gb[group / 2 + j % (group / 4)] |= static_cast<uint8_t>((v >> 4) << (2 * (j / (group / 4))));
+    }
+  scales_out->resize(static_cast<size_t>(rows) * ng);
+  for (size_t i = 0; i < scales_out->size(); ++i) (*scales_out)[i] = F32ToF16(0.01f * static_cast<float>(i + 1) * (i % 2 ? -1.0f : 1.0f));
+  t.scales.resize(scales_out->size() * 2);
+  std::memcpy(t.scales.data(), scales_out->data(), t.scales.size());
+  return t;
+}
+
+TEST(TensorPack, Int6RoundTripValuesAndValidation) {
+  TempDir tmp;
+  for (uint32_t group : {32u, 64u}) {
+    std::vector<int> codes;
+    std::vector<uint16_t> scales;
+    std::vector<TensorData> ts = {MakeI6("w6", 3, 80, group, &codes, &scales)};
+    ASSERT_TRUE(WriteTensorPack(tmp / "i6.bin", ts).ok());
+    auto p = TensorPack::Open(tmp / "i6.bin");
+    ASSERT_TRUE(p.ok()) << p.status();
+    const PackTensor* t = (*p)->Find("w6");
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->qtype, QType::kI6Sym);
+    EXPECT_EQ(std::string(QTypeName(t->qtype)), "int6-sym");
+    EXPECT_EQ(t->data_bytes, 3u * t->cols * 3 / 4);
+    const std::vector<float> f = t->ToF32();
+    ASSERT_EQ(f.size(), 3u * 80u);
+    const size_t kp = t->cols, ng = kp / group;
+    for (size_t r = 0; r < 3; ++r)
+      for (size_t i = 0; i < 80; ++i)
+        ASSERT_EQ(f[r * 80 + i], static_cast<float>(codes[r * kp + i] - 32) * F16ToF32(scales[r * ng + i / group]))
+            << "G=" << group << " r=" << r << " i=" << i;
+  }
+  std::vector<int> codes;
+  std::vector<uint16_t> scales;
+  // A data plane sized like int4 (K/2 per row) is rejected, naming the tensor.
+  TensorData bad = MakeI6("w6", 2, 64, 32, &codes, &scales);
+  bad.data.resize(2 * 64 / 2);
+  ASSERT_TRUE(WriteTensorPack(tmp / "bad6.bin", {bad}).ok());
+  auto pb = TensorPack::Open(tmp / "bad6.bin");
+  ASSERT_FALSE(pb.ok());
+  EXPECT_NE(std::string(pb.status().message()).find("w6"), std::string::npos);
+  // int6 groups must be multiples of 32 (the kernels unpack 32 codes at a time).
+  TensorData g16 = MakeI6("g16", 2, 64, 32, &codes, &scales);
+  g16.group = 16;
+  g16.scales.resize(2 * 4 * 2);
+  ASSERT_TRUE(WriteTensorPack(tmp / "g16.bin", {g16}).ok());
+  auto pg = TensorPack::Open(tmp / "g16.bin");
+  ASSERT_FALSE(pg.ok());
+  EXPECT_NE(std::string(pg.status().message()).find("inconsistent group 16"), std::string::npos) << pg.status();
+  // A flipped code byte fails the tensor checksum, naming the file, tensor and offset.
+  ASSERT_TRUE(WriteTensorPack(tmp / "ok6.bin", {MakeI6("w6", 2, 64, 32, &codes, &scales)}).ok());
+  std::string bytes;
+  {
+    std::ifstream in(tmp / "ok6.bin", std::ios::binary);
+    bytes.assign((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  auto po = TensorPack::Open(tmp / "ok6.bin");
+  ASSERT_TRUE(po.ok());
+  const uint64_t off = (*po)->Find("w6")->file_offset;
+  bytes[off + 5] = static_cast<char>(bytes[off + 5] ^ 0x04);
+  std::ofstream(tmp / "flip6.bin", std::ios::binary) << bytes;
+  auto pf = TensorPack::Open(tmp / "flip6.bin");
+  ASSERT_FALSE(pf.ok());
+  const std::string msg(pf.status().message());
+  EXPECT_NE(msg.find("flip6.bin"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("w6"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(std::to_string(off)), std::string::npos) << msg;
+}
+
 TEST(Safetensors, ReadsFixtureAndShards) {
   auto one = SafetensorsSet::Open(Fixture("stories260K/hf"));
   ASSERT_TRUE(one.ok()) << one.status();

@@ -8,6 +8,11 @@
 //   I4 sym:   w = (nibble - 8) * scale          scales: f16 [rows][K/G]
 //   I4 asym:  w = nibble * scale + min          scales, mins: f16 [rows][K/G]
 //   I8:       w = int8 * scale                  scales: f16 [rows][K/G]
+//   I6 sym:   w = (c - 32) * scale, c in 0..63  scales: f16 [rows][K/G]; group a multiple of 32.
+//             3K/4 bytes per row; each group of G is 3G/4 contiguous bytes: G/2 bytes of low
+//             nibbles (byte j: element j's low 4 bits | element j + G/2's << 4, as I4), then G/4
+//             bytes of high 2-bit pairs (byte j: the high 2 bits of elements j, j + G/4,
+//             j + G/2, j + 3G/4 at bits 0, 2, 4, 6 - Q6_K's ql/qh split).
 // Quantizers compute the group scale, round it to f16 (RNE), and quantize with the rounded
 // scale, so a dequantized value is exactly what a consumer of the file computes.
 #pragma once
@@ -28,6 +33,8 @@ void QuantizeRowI4Sym(const float* x, size_t n, size_t group, uint8_t* codes, ui
 void QuantizeRowI4Asym(const float* x, size_t n, size_t group, uint8_t* codes, uint16_t* scales,
                        uint16_t* mins);
 void QuantizeRowI8(const float* x, size_t n, size_t group, int8_t* codes, uint16_t* scales);
+// Round to nearest: d = m / -32 (m: the group's signed extreme), q = clamp(round(x / d), -32, 31).
+void QuantizeRowI6Sym(const float* x, size_t n, size_t group, uint8_t* codes, uint16_t* scales);
 
 // ---- dequantize one row ---------------------------------------------------------------
 void DequantizeRowI4Sym(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
@@ -36,9 +43,11 @@ void DequantizeRowI4Asym(const uint8_t* codes, const uint16_t* scales, const uin
                          size_t n, size_t group, float* out);
 void DequantizeRowI8(const int8_t* codes, const uint16_t* scales, size_t n, size_t group,
                      float* out);
+void DequantizeRowI6Sym(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                        float* out);
 
 // ---- matrix x activations ----------------------------------------------------------------
-enum class WType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI4Sym = 4, kI4Asym = 5 };
+enum class WType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI4Sym = 4, kI4Asym = 5, kI6Sym = 6 };
 
 // A weight matrix [rows][cols] in one of the layouts above. For F32/F16/BF16, `data` points at
 // rows * cols elements and scales/mins are null. `cols` is the padded K (multiple of group).

@@ -306,6 +306,10 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
             F16ToF32(w.mins + r * ng, ng, mn);
             DequantI4AsymF(static_cast<const uint8_t*>(w.data) + r * (K / 2), sc, mn, K, G, out);
             break;
+          case WType::kI6Sym:
+            F16ToF32(w.scales + r * ng, ng, sc);
+            DequantI6SymF(static_cast<const uint8_t*>(w.data) + r * (3 * K / 4), sc, K, G, out);
+            break;
         }
         rows[i] = out;
       }
@@ -342,6 +346,19 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
       for (size_t r = row_begin; r < row_end; ++r) {
         F16ToF32(w.scales + r * ng, ng, sc);
         for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI8Row(W + r * K, sc, x + t * ldx, K, G);
+      }
+      return;
+    }
+    case WType::kI6Sym: {
+      // Each row is unpacked once to int8 (UnpackI6ToI8) and then takes the int8 path: the same
+      // arithmetic as an I8 matrix holding c - 32, for any T.
+      const uint8_t* W = static_cast<const uint8_t*>(w.data);
+      float* sc = ScratchFloats<2>(ng);
+      int8_t* q = ScratchBytes<1>(K);
+      for (size_t r = row_begin; r < row_end; ++r) {
+        F16ToF32(w.scales + r * ng, ng, sc);
+        UnpackI6ToI8(W + r * (3 * K / 4), K, G, q);
+        for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI8Row(q, sc, x + t * ldx, K, G);
       }
       return;
     }

@@ -7,6 +7,7 @@
 #define TESSERA_KERNELS_QUANT_INL_H_
 #endif
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -150,6 +151,83 @@ HWY_MAYBE_UNUSED static void QuantizeRowI8(const float* HWY_RESTRICT x, size_t n
   }
 }
 
+// ---- I6 sym (layout in kernels.h) ----------------------------------------------------------
+static_assert(std::endian::native == std::endian::little, "I6 unpacking assumes little endian");
+
+// Codes of n elements -> q = c - 32 as int8, 8 elements per u64 (SWAR: for G = 32, 6 loads and
+// a dozen ALU ops per 8 weights, no tables). Block b of 8 elements takes its low nibbles from
+// low-nibble word b % (G/16) shifted by 4 * (b / (G/16)), its high bits from high-bit word
+// b % (G/32) shifted by 2 * (b / (G/32)).
+HWY_INLINE void UnpackI6ToI8(const uint8_t* HWY_RESTRICT codes, size_t n, size_t group,
+                             int8_t* HWY_RESTRICT out) {
+  constexpr uint64_t kNib = 0x0F0F0F0F0F0F0F0Full, kTwo = 0x0303030303030303ull;
+  constexpr uint64_t kB5 = 0x2020202020202020ull, kLow5 = 0x1F1F1F1F1F1F1F1Full;
+  const size_t nlo = group / 16, nhi = group / 32, gbytes = 3 * group / 4;
+  for (size_t g = 0; g < n / group; ++g) {
+    const uint8_t* lo = codes + g * gbytes;
+    const uint8_t* hi = lo + group / 2;
+    int8_t* og = out + g * group;
+    for (size_t b = 0; b < group / 8; ++b) {
+      uint64_t l, h;
+      memcpy(&l, lo + 8 * (b % nlo), 8);
+      memcpy(&h, hi + 8 * (b % nhi), 8);
+      const uint64_t c = ((l >> (4 * (b / nlo))) & kNib) | (((h >> (2 * (b / nhi))) & kTwo) << 4);
+      const uint64_t t = c ^ kB5;  // bit 5 now set iff c < 32
+      const uint64_t q = (t & kLow5) | ((t & kB5) * 7);  // c - 32 as two's complement bytes
+      memcpy(og + 8 * b, &q, 8);
+    }
+  }
+}
+
+// q in [-32, 31] (group values, group % 32 == 0) -> one group's 3G/4 code bytes.
+HWY_INLINE void PackI6Group(const int8_t* HWY_RESTRICT q, size_t group, uint8_t* HWY_RESTRICT out) {
+  const size_t half = group / 2, quarter = group / 4;
+  for (size_t j = 0; j < half; ++j)
+    out[j] = static_cast<uint8_t>(((q[j] + 32) & 0xF) | (((q[j + half] + 32) & 0xF) << 4));
+  for (size_t j = 0; j < quarter; ++j) {
+    out[half + j] = static_cast<uint8_t>(((q[j] + 32) >> 4) | (((q[j + quarter] + 32) >> 4) << 2) |
+                                         (((q[j + half] + 32) >> 4) << 4) |
+                                         (((q[j + 3 * quarter] + 32) >> 4) << 6));
+  }
+}
+
+HWY_MAYBE_UNUSED static void QuantizeRowI6Sym(const float* HWY_RESTRICT x, size_t n, size_t group,
+                                              uint8_t* HWY_RESTRICT codes,
+                                              uint16_t* HWY_RESTRICT scales) {
+  // group: a multiple of 32, at most 256.
+  const QuantTag df;
+  const hn::Rebind<int8_t, decltype(df)> di8;
+  const size_t N = hn::Lanes(df);
+  HWY_ALIGN int8_t q[256];
+  for (size_t g0 = 0; g0 < n; g0 += group) {
+    const float* xg = x + g0;
+    auto vmax = hn::Set(df, -hwy::HighestValue<float>());
+    auto vamax = hn::Zero(df);
+    for (size_t i = 0; i < group; i += N) {
+      const auto v = hn::LoadU(df, xg + i);
+      vmax = hn::Max(vmax, v);
+      vamax = hn::Max(vamax, hn::Abs(v));
+    }
+    const float smax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+    const float amax = hn::GetLane(hn::MaxOfLanes(df, vamax));
+    const float m = (smax >= amax) ? amax : -amax;
+    const float d = QuantRoundScale(m / -32.0f, &scales[g0 / group]);
+    uint8_t* cg = codes + g0 / group * (3 * group / 4);
+    if (d == 0.0f) {
+      memset(q, 0, group);
+    } else {
+      const auto vinv = hn::Set(df, 1.0f / d);
+      const auto lo = hn::Set(df, -32.0f);
+      const auto hi = hn::Set(df, 31.0f);
+      for (size_t i = 0; i < group; i += N) {
+        const auto a = hn::Min(hn::Max(hn::Mul(hn::LoadU(df, xg + i), vinv), lo), hi);
+        hn::StoreU(hn::DemoteTo(di8, RoundToInt(df, a)), di8, q + i);
+      }
+    }
+    PackI6Group(q, group, cg);
+  }
+}
+
 // ---- dequantization with f32 scales (shared with MatMul) ------------------------------------
 
 HWY_MAYBE_UNUSED static void DequantI4SymF(const uint8_t* HWY_RESTRICT codes,
@@ -218,6 +296,27 @@ HWY_MAYBE_UNUSED static void DequantI8F(const int8_t* HWY_RESTRICT codes,
   }
 }
 
+// Thread-local scratch buffer of at least n bytes (index selects independent buffers).
+template <int kIndex>
+int8_t* ScratchBytes(size_t n) {
+  static thread_local hwy::AlignedFreeUniquePtr<int8_t[]> buf;
+  static thread_local size_t cap = 0;
+  if (cap < n) {
+    buf = hwy::AllocateAligned<int8_t>(n);
+    cap = n;
+  }
+  return buf.get();
+}
+
+// I6 sym with f32 scales: unpack to int8, then exactly DequantI8F's arithmetic ((c - 32) * d).
+HWY_MAYBE_UNUSED static void DequantI6SymF(const uint8_t* HWY_RESTRICT codes,
+                                           const float* HWY_RESTRICT sc, size_t n, size_t group,
+                                           float* HWY_RESTRICT out) {
+  int8_t* q = ScratchBytes<0>(n);
+  UnpackI6ToI8(codes, n, group, q);
+  DequantI8F(q, sc, n, group, out);
+}
+
 // Thread-local scratch buffer of at least n floats (index selects independent buffers).
 template <int kIndex>
 float* ScratchFloats(size_t n) {
@@ -255,6 +354,14 @@ HWY_MAYBE_UNUSED static void DequantizeRowI8(const int8_t* HWY_RESTRICT codes,
   float* sc = ScratchFloats<0>(n / group);
   F16ToF32(scales, n / group, sc);
   DequantI8F(codes, sc, n, group, out);
+}
+
+HWY_MAYBE_UNUSED static void DequantizeRowI6Sym(const uint8_t* HWY_RESTRICT codes,
+                                                const uint16_t* HWY_RESTRICT scales, size_t n,
+                                                size_t group, float* HWY_RESTRICT out) {
+  float* sc = ScratchFloats<0>(n / group);
+  F16ToF32(scales, n / group, sc);
+  DequantI6SymF(codes, sc, n, group, out);
 }
 
 }  // namespace tessera::kernels::HWY_NAMESPACE

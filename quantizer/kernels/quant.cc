@@ -13,6 +13,8 @@ namespace tessera::kernels {
 HWY_EXPORT(QuantizeRowI4Sym);
 HWY_EXPORT(QuantizeRowI4Asym);
 HWY_EXPORT(QuantizeRowI8);
+HWY_EXPORT(QuantizeRowI6Sym);
+HWY_EXPORT(DequantizeRowI6Sym);
 HWY_EXPORT(DequantizeRowI4Sym);
 HWY_EXPORT(DequantizeRowI4Asym);
 HWY_EXPORT(DequantizeRowI8);
@@ -26,6 +28,13 @@ void QuantizeRowI4Asym(const float* x, size_t n, size_t group, uint8_t* codes, u
 }
 void QuantizeRowI8(const float* x, size_t n, size_t group, int8_t* codes, uint16_t* scales) {
   HWY_DYNAMIC_DISPATCH(QuantizeRowI8)(x, n, group, codes, scales);
+}
+void QuantizeRowI6Sym(const float* x, size_t n, size_t group, uint8_t* codes, uint16_t* scales) {
+  HWY_DYNAMIC_DISPATCH(QuantizeRowI6Sym)(x, n, group, codes, scales);
+}
+void DequantizeRowI6Sym(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                        float* out) {
+  HWY_DYNAMIC_DISPATCH(DequantizeRowI6Sym)(codes, scales, n, group, out);
 }
 void DequantizeRowI4Sym(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
                         float* out) {

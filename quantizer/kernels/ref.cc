@@ -115,6 +115,61 @@ void QuantizeRowI8_ref(const float* x, size_t n, size_t group, int8_t* codes, ui
   }
 }
 
+void PackI6_ref(const int* q, size_t n, size_t group, uint8_t* codes) {
+  const size_t half = group / 2, quarter = group / 4;
+  for (size_t g = 0; g < n / group; ++g) {
+    const int* qg = q + g * group;
+    uint8_t* lo = codes + g * (3 * group / 4);
+    uint8_t* hi = lo + half;
+    for (size_t j = 0; j < half; ++j)
+      lo[j] = static_cast<uint8_t>(((qg[j] + 32) & 0xF) | (((qg[j + half] + 32) & 0xF) << 4));
+    for (size_t j = 0; j < quarter; ++j) {
+      int b = 0;
+      for (size_t p = 0; p < 4; ++p) b |= ((qg[j + p * quarter] + 32) >> 4) << (2 * p);
+      hi[j] = static_cast<uint8_t>(b);
+    }
+  }
+}
+
+void UnpackI6_ref(const uint8_t* codes, size_t n, size_t group, int* q) {
+  const size_t half = group / 2, quarter = group / 4;
+  for (size_t g = 0; g < n / group; ++g) {
+    const uint8_t* lo = codes + g * (3 * group / 4);
+    const uint8_t* hi = lo + half;
+    for (size_t e = 0; e < group; ++e) {
+      const int l = e < half ? (lo[e] & 0xF) : (lo[e - half] >> 4);
+      const int h = (hi[e % quarter] >> (2 * (e / quarter))) & 3;
+      q[g * group + e] = (l | (h << 4)) - 32;
+    }
+  }
+}
+
+void QuantizeRowI6Sym_ref(const float* x, size_t n, size_t group, uint8_t* codes,
+                          uint16_t* scales) {
+  std::vector<int> q(group);
+  for (size_t g = 0; g < n / group; ++g) {
+    const float* xg = x + g * group;
+    float vmax = -std::numeric_limits<float>::infinity();
+    float amax = 0.0f;
+    for (size_t i = 0; i < group; ++i) {
+      vmax = std::max(vmax, xg[i]);
+      amax = std::max(amax, std::fabs(xg[i]));
+    }
+    const float m = (vmax >= amax) ? amax : -amax;
+    const float d = RoundScale(m / -32.0f, &scales[g]);
+    const float inv = d == 0.0f ? 0.0f : 1.0f / d;
+    for (size_t i = 0; i < group; ++i) q[i] = d == 0.0f ? 0 : QuantizeOne(xg[i] * inv, -32.0f, 31.0f);
+    PackI6_ref(q.data(), group, group, codes + g * (3 * group / 4));
+  }
+}
+
+void DequantizeRowI6Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                            float* out) {
+  std::vector<int> q(n);
+  UnpackI6_ref(codes, n, group, q.data());
+  for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(q[i]) * tessera::F16ToF32(scales[i / group]);
+}
+
 void DequantizeRowI4Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
                             float* out) {
   const size_t half = group / 2;
@@ -180,6 +235,10 @@ void DequantizeRow_ref(const WeightMatrix& w, size_t r, float* out) {
     case WType::kI4Asym:
       DequantizeRowI4Asym_ref(static_cast<const uint8_t*>(w.data) + r * (K / 2), w.scales + r * ng,
                               w.mins + r * ng, K, w.group, out);
+      break;
+    case WType::kI6Sym:
+      DequantizeRowI6Sym_ref(static_cast<const uint8_t*>(w.data) + r * (3 * K / 4), w.scales + r * ng,
+                             K, w.group, out);
       break;
   }
 }

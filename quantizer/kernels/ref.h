@@ -8,9 +8,9 @@
 //   * rounding is round-half-to-even; the product is clamped to the code range in float
 //     before rounding (identical to clamping after rounding for finite inputs);
 //   * a group whose rounded scale is 0 stores scale 0x0000 and the "zero" code
-//     (8 for I4 sym, 0 for I4 asym and I8; I4 asym still stores its f16 min).
+//     (8 for I4 sym, 32 for I6 sym, 0 for I4 asym and I8; I4 asym still stores its f16 min).
 //   * dequantization: sym (q - 8) * d;  asym (q * s) + min  (two roundings, no FMA);
-//     I8 q * d.
+//     I8 q * d;  I6 sym (c - 32) * d.
 // Inputs are expected to be finite.
 #pragma once
 
@@ -35,6 +35,11 @@ void QuantizeRowI4Sym_ref(const float* x, size_t n, size_t group, uint8_t* codes
 void QuantizeRowI4Asym_ref(const float* x, size_t n, size_t group, uint8_t* codes, uint16_t* scales,
                            uint16_t* mins);
 void QuantizeRowI8_ref(const float* x, size_t n, size_t group, int8_t* codes, uint16_t* scales);
+void QuantizeRowI6Sym_ref(const float* x, size_t n, size_t group, uint8_t* codes, uint16_t* scales);
+// I6 sym code packing (kernels.h layout): q[i] in [-32, 31] (stored as c = q + 32), n % group == 0,
+// group % 32 == 0. Unpack returns q (not c).
+void PackI6_ref(const int* q, size_t n, size_t group, uint8_t* codes);
+void UnpackI6_ref(const uint8_t* codes, size_t n, size_t group, int* q);
 
 void DequantizeRowI4Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
                             float* out);
@@ -42,6 +47,8 @@ void DequantizeRowI4Asym_ref(const uint8_t* codes, const uint16_t* scales, const
                              size_t n, size_t group, float* out);
 void DequantizeRowI8_ref(const int8_t* codes, const uint16_t* scales, size_t n, size_t group,
                          float* out);
+void DequantizeRowI6Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                            float* out);
 
 // Dequantize row r of any WeightMatrix into out[0, w.cols).
 void DequantizeRow_ref(const WeightMatrix& w, size_t r, float* out);

@@ -491,6 +491,58 @@ TEST_F(RoundTrip, Stories260KF32F16Int4) {
   EXPECT_LE(max_diff, 1e-4f);  // same weights; ffn_down runs the f32 kernel instead of the int4 one
 }
 
+// int6 exports as Q8_0 (value = d * (c - 32), c - 32 in [-32, 31]): exact. g64 splits each group
+// into two Q8_0 blocks with the same d. Back in Tessera the matrices are int8-g32 with the same
+// values bit for bit, and (f32 activations) the same logits: the int6 kernel unpacks to int8 and
+// takes the int8 arithmetic.
+TEST_F(RoundTrip, Int6ExportsAsExactQ8_0) {
+  Run({"convert", Fixture("stories260K/hf"), "-o", tmp_ / "f32"});
+  for (const char* g : {"32", "64"}) {
+    const std::string q = tmp_ / (std::string("q6-g") + g);
+    Run({"quantize", tmp_ / "f32", "-o", q, "--type", "int6", "--group", g, "--algorithm", "rtn"});
+    ThroughGguf(q, std::string("q6-g") + g);
+    auto a = Package::Open(q);
+    auto b = Package::Open(q + "-back");
+    ASSERT_TRUE(a.ok() && b.ok());
+    int exact_q8 = 0, as_f32 = 0;
+    for (size_t p = 0; p < (*a)->all_packs().size(); ++p) {
+      for (const auto& ta : (*a)->all_packs()[p]->tensors()) {
+        const PackTensor* tb = (*b)->all_packs()[p]->Find(ta.name);
+        ASSERT_NE(tb, nullptr) << ta.name;
+        const auto fa = ta.ToF32(), fb = tb->ToF32();
+        ASSERT_EQ(fa.size(), fb.size());
+        EXPECT_EQ(0, std::memcmp(fa.data(), fb.data(), fa.size() * 4)) << g << " " << ta.name;
+        if (ta.qtype != QType::kI6Sym) continue;
+        if (ta.cols == ta.logical_cols()) {
+          EXPECT_EQ(tb->qtype, QType::kI8) << ta.name;
+          EXPECT_EQ(tb->group, 32u) << ta.name;
+          ++exact_q8;
+        } else {
+          EXPECT_EQ(tb->qtype, QType::kF32) << ta.name;  // padded ffn_down (K = 172)
+          ++as_f32;
+        }
+      }
+    }
+    EXPECT_EQ(exact_q8, 1 + 6 * 5) << g;  // token_embd + q/k/v/o/gate/up of 5 layers
+    EXPECT_EQ(as_f32, 5) << g;
+    auto m = ReadJson(q + "-back/manifest.json");
+    EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["mapping"], "exact");
+    setenv("TESSERA_INT8_ACT", "0", 1);
+    auto r1 = RunTessera({"logits", q, "--ids", "1,403,407,261,378", "-o", tmp_ / "a6.npy"});
+    auto r2 = RunTessera({"logits", q + "-back", "--ids", "1,403,407,261,378", "-o", tmp_ / "b6.npy"});
+    unsetenv("TESSERA_INT8_ACT");
+    ASSERT_EQ(r1.exit_code, 0) << r1.err;
+    ASSERT_EQ(r2.exit_code, 0) << r2.err;
+    auto la = ReadNpyF32(tmp_ / "a6.npy");
+    auto lb = ReadNpyF32(tmp_ / "b6.npy");
+    ASSERT_TRUE(la.ok() && lb.ok());
+    ASSERT_EQ(la->data.size(), lb->data.size());
+    float max_diff = 0;
+    for (size_t i = 0; i < la->data.size(); ++i) max_diff = std::max(max_diff, std::fabs(la->data[i] - lb->data[i]));
+    EXPECT_LE(max_diff, 1e-4f);  // only ffn_down differs in kernel (f32 after the round trip)
+  }
+}
+
 TEST_F(RoundTrip, QkRowsArePermutedForLlamaCpp) {
   Run({"convert", Fixture("stories260K/hf"), "-o", tmp_ / "f32"});
   Run({"export", tmp_ / "f32", "--format", "gguf", "-o", tmp_ / "m.gguf"});

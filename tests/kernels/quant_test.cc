@@ -1,5 +1,6 @@
 // Per-target tests of the row quantizers / dequantizers: codes and f16 scales bit-exact
 // against ref.cc on every target, dequantized values bit-exact, round-trip error bounded.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -240,6 +241,110 @@ void TestQuantizeI8() {
   EXPECT_EQ(q[4], 0);
 }
 
+// I6 sym: codes and scales bit-exact vs ref on this target, the scale rule d = f16(m / -32),
+// the SWAR unpacking (UnpackI6ToI8, used by MatMul) against ref's per-element unpacking,
+// dequantization bit-exact and within half a step (one step for the clipped +32).
+void TestQuantizeI6Sym() {
+  for (const Shape& s : I4Shapes()) {
+    const size_t n = s.group * s.ngroups;
+    const size_t ng = s.ngroups;
+    for (size_t off : {0, 1, 3}) {
+      Buf<float> x(n, off);
+      ktest::FillWeights(x.data(), n, s.group, static_cast<uint32_t>(3 * n + off));
+      Buf<uint8_t> codes(3 * n / 4, off), codes_ref(3 * n / 4, 0);
+      Buf<uint16_t> sc(ng, off), sc_ref(ng, 0);
+      QuantizeRowI6Sym(x.data(), n, s.group, codes.data(), sc.data());
+      QuantizeRowI6Sym_ref(x.data(), n, s.group, codes_ref.data(), sc_ref.data());
+      for (size_t g = 0; g < ng; ++g) ASSERT_EQ(sc[g], sc_ref[g]) << "G=" << s.group << " g=" << g;
+      for (size_t j = 0; j < 3 * n / 4; ++j)
+        ASSERT_EQ(codes[j], codes_ref[j]) << "G=" << s.group << " n=" << n << " j=" << j;
+      for (size_t g = 0; g < ng; ++g) {
+        float amax = 0.0f, m = 0.0f;
+        for (size_t i = 0; i < s.group; ++i) {
+          const float v = x[g * s.group + i];
+          if (std::fabs(v) > amax || (std::fabs(v) == amax && v > 0)) {
+            amax = std::fabs(v);
+            m = v;
+          }
+        }
+        const uint16_t expect = amax == 0.0f ? 0 : tessera::F32ToF16(m / -32.0f);
+        ASSERT_EQ(sc[g], expect);
+      }
+      // Codes really use 6 bits: q = round(x / d) for unclipped values.
+      std::vector<int> q(n);
+      UnpackI6_ref(codes.data(), n, s.group, q.data());
+      std::vector<int8_t> q8(n);
+      UnpackI6ToI8(codes.data(), n, s.group, q8.data());
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_EQ(q8[i], q[i]) << "SWAR unpack G=" << s.group << " i=" << i;
+        const float d = tessera::F16ToF32(sc[i / s.group]);
+        ASSERT_GE(q[i], -32);
+        ASSERT_LE(q[i], 31);
+        if (d != 0.0f) {
+          const float t = x[i] * (1.0f / d);
+          if (t < 31.0f) {
+            ASSERT_EQ(q[i], RoundHalfEven_ref(t)) << i;
+          }
+        }
+      }
+      Buf<float> out(n, off), out_ref(n, 0);
+      DequantizeRowI6Sym(codes.data(), sc.data(), n, s.group, out.data());
+      DequantizeRowI6Sym_ref(codes.data(), sc.data(), n, s.group, out_ref.data());
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(Bits(out[i]), Bits(out_ref[i])) << i;
+      std::vector<float> step(ng);
+      for (size_t g = 0; g < ng; ++g) step[g] = tessera::F16ToF32(sc[g]);
+      CheckRoundTrip(x.data(), out.data(), n, s.group, step.data(), "i6sym");
+      // 4 more levels per sign than int4: the step is a quarter of int4's for the same group.
+      std::vector<uint16_t> sc4(ng);
+      std::vector<uint8_t> c4(n / 2);
+      QuantizeRowI4Sym_ref(x.data(), n, s.group, c4.data(), sc4.data());
+      for (size_t g = 0; g < ng; ++g)
+        ASSERT_NEAR(std::fabs(tessera::F16ToF32(sc[g])), std::fabs(tessera::F16ToF32(sc4[g])) / 4, 1e-3f * std::fabs(tessera::F16ToF32(sc4[g])));
+    }
+  }
+}
+
+void TestQuantizeI6SymEdgeCases() {
+  // d = 1 (extreme -32): every level -32..31 round-trips through the packing, ties to even.
+  std::vector<float> x(64, 0.0f);
+  x[0] = -32.0f;
+  for (int i = 1; i < 64; ++i) x[static_cast<size_t>(i)] = static_cast<float>(i - 32);  // -31 .. 31
+  uint8_t codes[48];
+  uint16_t sc[2];
+  QuantizeRowI6Sym(x.data(), 64, 32, codes, sc);
+  EXPECT_EQ(sc[0], tessera::F32ToF16(1.0f));
+  int q[64];
+  UnpackI6_ref(codes, 64, 32, q);
+  for (size_t i = 0; i < 32; ++i) EXPECT_EQ(q[i], static_cast<int>(x[i])) << i;
+  // Second group: extreme +31 -> d = -31/32; x = v maps to round(-v * 32 / 31).
+  const float d1 = tessera::F16ToF32(sc[1]);
+  EXPECT_EQ(sc[1], tessera::F32ToF16(31.0f / -32.0f));
+  for (size_t i = 32; i < 64; ++i) EXPECT_EQ(q[i], std::clamp(RoundHalfEven_ref(x[i] / d1), -32, 31)) << i;
+  // Ties: d = 1 groups, 2.5 -> 2, 3.5 -> 4, -2.5 -> -2, 0.49999997 -> 0, 31.5 -> clipped 31.
+  std::vector<float> y(32, 0.0f);
+  y[0] = -32.0f;
+  y[1] = 2.5f;
+  y[2] = 3.5f;
+  y[3] = -2.5f;
+  y[4] = 0.49999997f;
+  y[5] = 31.5f;
+  QuantizeRowI6Sym(y.data(), 32, 32, codes, sc);
+  UnpackI6_ref(codes, 32, 32, q);
+  EXPECT_EQ(q[1], 2);
+  EXPECT_EQ(q[2], 4);
+  EXPECT_EQ(q[3], -2);
+  EXPECT_EQ(q[4], 0);
+  EXPECT_EQ(q[5], 31);
+  // All-zero group: scale 0, code 32 (low nibbles 0, high pairs 2 -> 0xAA).
+  std::vector<float> z(64, 0.0f);
+  uint8_t zc[48];
+  uint16_t zs[1] = {1};
+  QuantizeRowI6Sym(z.data(), 64, 64, zc, zs);
+  EXPECT_EQ(zs[0], 0);
+  for (size_t i = 0; i < 32; ++i) EXPECT_EQ(zc[i], 0x00) << i;
+  for (size_t i = 32; i < 48; ++i) EXPECT_EQ(zc[i], 0xAA) << i;
+}
+
 }  // namespace
 }  // namespace tessera::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -251,6 +356,8 @@ HWY_EXPORT_AND_TEST_P(QuantTest, TestQuantizeI4Sym);
 HWY_EXPORT_AND_TEST_P(QuantTest, TestQuantizeI4SymEdgeCases);
 HWY_EXPORT_AND_TEST_P(QuantTest, TestQuantizeI4Asym);
 HWY_EXPORT_AND_TEST_P(QuantTest, TestQuantizeI8);
+HWY_EXPORT_AND_TEST_P(QuantTest, TestQuantizeI6Sym);
+HWY_EXPORT_AND_TEST_P(QuantTest, TestQuantizeI6SymEdgeCases);
 
 TEST(QuantDispatchTest, PublicApiMatchesRef) {
   const size_t n = 4096, G = 64, ng = n / G;
@@ -276,6 +383,14 @@ TEST(QuantDispatchTest, PublicApiMatchesRef) {
   QuantizeRowI8_ref(x.data(), n, G, qr.data(), sr.data());
   EXPECT_EQ(q, qr);
   EXPECT_EQ(s, sr);
+  std::vector<uint8_t> c6(3 * n / 4), c6r(3 * n / 4);
+  QuantizeRowI6Sym(x.data(), n, G, c6.data(), s.data());
+  QuantizeRowI6Sym_ref(x.data(), n, G, c6r.data(), sr.data());
+  EXPECT_EQ(c6, c6r);
+  EXPECT_EQ(s, sr);
+  DequantizeRowI6Sym(c6.data(), s.data(), n, G, o.data());
+  DequantizeRowI6Sym_ref(c6.data(), s.data(), n, G, orf.data());
+  EXPECT_EQ(o, orf);
 }
 
 }  // namespace tessera::kernels
