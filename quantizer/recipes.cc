@@ -118,11 +118,12 @@ bool UseMoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (
 
 const char* kMixedSummary =
     "int4-g32-sym plus upgrades, each kept only while all matrices stay <= 4.9 bits/weight, in this order: "
-    "the output matrix (lm/output, or embedding/token_embd when the embeddings are tied) -> int6-g32, every attn_v -> "
-    "int6-g32, every attn_k -> int6-g32, ffn_down of llama.cpp's use_more_bits layers -> int6-g32 (one layer at a time)";
+    "the output matrix (lm/output, or embedding/token_embd when the embeddings are tied) -> int6-g32 (if that does "
+    "not fit: int6-g64, then int4-g32-asym), every attn_v -> int6-g32, every attn_k -> int6-g32, ffn_down of "
+    "llama.cpp's use_more_bits layers -> int6-g32 (one layer at a time)";
 std::vector<QuantRule> MixedUpgrades() {
-  return {R("{output}", "int6-g32"), R("block_*/attn_v", "int6-g32"), R("block_*/attn_k", "int6-g32"),
-          R("{more_bits}/ffn_down", "int6-g32")};
+  return {R("{output}", "int6-g32"),       R("{output}", "int6-g64"),         R("{output}", "int4-g32-asym"),
+          R("block_*/attn_v", "int6-g32"), R("block_*/attn_k", "int6-g32"), R("{more_bits}/ffn_down", "int6-g32")};
 }
 
 // "{output}": the matrix that produces the logits - lm/output, or embedding/token_embd when there
@@ -202,9 +203,13 @@ QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector
     for (const QuantRule& u : Expand(u0, n_layers, matrices)) {
       std::map<std::string, TensorScheme> saved = p.scheme;
       bool any = false;
+      std::vector<std::string> touched;
       for (const MatrixShape& m : matrices) {
         if (forced.count(m.key) || !PatternMatchesKey(u.pattern, m.key)) continue;
+        // An upgrade never lowers a matrix's bits (a fallback after a kept upgrade is a no-op).
+        if (SchemeBitsPerWeight(u.scheme) <= SchemeBitsPerWeight(p.scheme[m.key])) continue;
         p.scheme[m.key] = u.scheme;
+        touched.push_back(m.key);
         any = true;
       }
       if (!any) continue;
@@ -213,8 +218,7 @@ QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector
         p.upgrades_skipped.push_back(u.text);
         continue;
       }
-      for (const MatrixShape& m : matrices)
-        if (!forced.count(m.key) && PatternMatchesKey(u.pattern, m.key)) p.reason[m.key] = u.text;
+      for (const std::string& key : touched) p.reason[key] = u.text;
       p.upgrades_applied.push_back(u.text);
     }
   }

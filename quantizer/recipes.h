@@ -53,6 +53,8 @@ struct Recipe {
   std::vector<QuantRule> rules;  // always applied (last match wins)
   // Budgeted recipes: `upgrades` are tried in order and kept only while the matrices' total
   // stays within max_bits_per_weight (computed from the exact stored bytes, padding included).
+  // An upgrade only touches matrices whose current scheme has fewer bits/weight than its own, so
+  // a cheaper fallback listed after an upgrade that was kept changes nothing.
   // "{output}" is lm/output, or embedding/token_embd when tied (no lm/output).
   // "{more_bits}" in a pattern expands to each layer of llama.cpp's use_more_bits(i, n)
   // (first and last eighth of the layers and every third one between).

@@ -1,6 +1,7 @@
 // Micro-benchmarks for the kernels (not run as a test):
 //   MatMul (f32 activations) and MatMulQ8 (int8 activations, repacked weights), 4096 x 4096,
-//   for f32 / int8 (G=32) / int4 sym (G=32) weights, decode (T = 1) and prefill (T = 64), once
+//   for f32 / int8 (G=32) / int4 sym (G=32) / int6 sym (G=32, MatMul only) weights, decode
+//   (T = 1) and prefill (T = 64), once
 //   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
 //   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
 //   in the Q8 figures).
@@ -27,15 +28,17 @@ constexpr size_t kGroup = 32;
 struct Fixture {
   std::vector<float> f32;
   std::vector<int8_t> i8;
-  std::vector<uint8_t> i4;
-  std::vector<uint16_t> s8, s4;
+  std::vector<uint8_t> i4, i6;
+  std::vector<uint16_t> s8, s4, s6;
   std::vector<float> x;
   Fixture()
       : f32(kRows * kCols),
         i8(kRows * kCols),
         i4(kRows * kCols / 2),
+        i6(kRows * kCols / 4 * 3),
         s8(kRows * kCols / kGroup),
         s4(kRows * kCols / kGroup),
+        s6(kRows * kCols / kGroup),
         x(kCols) {
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.0f, 0.05f);
@@ -47,6 +50,8 @@ struct Fixture {
                     s8.data() + r * ng);
       QuantizeRowI4Sym(f32.data() + r * kCols, kCols, kGroup, i4.data() + r * kCols / 2,
                        s4.data() + r * ng);
+      QuantizeRowI6Sym(f32.data() + r * kCols, kCols, kGroup, i6.data() + r * kCols / 4 * 3,
+                       s6.data() + r * ng);
     }
   }
 };
@@ -74,6 +79,11 @@ void BM_MatMul(benchmark::State& state, WType type, size_t T, int64_t target) {
       w.data = f.i8.data();
       w.scales = f.s8.data();
       bytes = f.i8.size() + f.s8.size() * 2;
+      break;
+    case WType::kI6Sym:
+      w.data = f.i6.data();
+      w.scales = f.s6.data();
+      bytes = f.i6.size() + f.s6.size() * 2;
       break;
     default:
       w.data = f.i4.data();
@@ -152,6 +162,9 @@ int RegisterAll() {
                                    target)
           ->Unit(benchmark::kMillisecond);
       benchmark::RegisterBenchmark(("MatMul" + ts + "int4/" + t).c_str(), BM_MatMul, WType::kI4Sym,
+                                   T, target)
+          ->Unit(benchmark::kMillisecond);
+      benchmark::RegisterBenchmark(("MatMul" + ts + "int6/" + t).c_str(), BM_MatMul, WType::kI6Sym,
                                    T, target)
           ->Unit(benchmark::kMillisecond);
       if (T == 1 || vnni) {

@@ -528,13 +528,14 @@ TEST_F(RoundTrip, Int6ExportsAsExactQ8_0) {
     auto m = ReadJson(q + "-back/manifest.json");
     EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["mapping"], "exact");
     setenv("TESSERA_INT8_ACT", "0", 1);
-    auto r1 = RunTessera({"logits", q, "--ids", "1,403,407,261,378", "-o", tmp_ / "a6.npy"});
-    auto r2 = RunTessera({"logits", q + "-back", "--ids", "1,403,407,261,378", "-o", tmp_ / "b6.npy"});
+    const std::string a_npy = tmp_ / (std::string("a6-") + g + ".npy"), b_npy = tmp_ / (std::string("b6-") + g + ".npy");
+    auto r1 = RunTessera({"logits", q, "--ids", "1,403,407,261,378", "-o", a_npy});
+    auto r2 = RunTessera({"logits", q + "-back", "--ids", "1,403,407,261,378", "-o", b_npy});
     unsetenv("TESSERA_INT8_ACT");
     ASSERT_EQ(r1.exit_code, 0) << r1.err;
     ASSERT_EQ(r2.exit_code, 0) << r2.err;
-    auto la = ReadNpyF32(tmp_ / "a6.npy");
-    auto lb = ReadNpyF32(tmp_ / "b6.npy");
+    auto la = ReadNpyF32(a_npy);
+    auto lb = ReadNpyF32(b_npy);
     ASSERT_TRUE(la.ok() && lb.ok());
     ASSERT_EQ(la->data.size(), lb->data.size());
     float max_diff = 0;

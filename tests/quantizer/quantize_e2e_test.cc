@@ -101,7 +101,36 @@ TEST(Recipes, BitsPerWeightOnKjv6L) {
   auto m = ReadJson(Dir() / "kjv-int4-mixed/manifest.json");
   EXPECT_NE(m["quant"]["tensors"]["lm/output"]["scheme"], "int4-g32-sym");
   EXPECT_EQ(m["quant"]["tensors"]["block_0/attn_q"]["scheme"], "int4-g32-sym");
-  EXPECT_TRUE(Model::Load(Dir() / "kjv-int4-mixed").ok());
+  EXPECT_EQ(m["quant"]["tensors"]["lm/output"]["scheme"], "int6-g32");
+  EXPECT_EQ(m["quant"]["tensors"]["block_5/attn_v"]["scheme"], "int6-g32");
+  EXPECT_EQ(m["quant"]["tensors"]["block_5/attn_k"]["scheme"], "int6-g32");
+  // The whole package is no larger than llama.cpp's Q4_K_M file of the same weights.
+  uint64_t pkg_bytes = 0;
+  for (const auto& e : std::filesystem::directory_iterator(Dir() / "kjv-int4-mixed"))
+    if (e.is_regular_file()) pkg_bytes += e.file_size();
+  EXPECT_LE(pkg_bytes, 4214336u);
+  auto model = Model::Load(Dir() / "kjv-int4-mixed");
+  ASSERT_TRUE(model.ok()) << model.status();
+  // An int6 matrix has no int8-activation repack: rows are not computed independently of the batch.
+  EXPECT_FALSE((*model)->RowsIndependent());
+  // verify's per-tensor distortion decodes int6: about a quarter of int4-g32's relative RMSE.
+  auto pq = Package::Open(Dir() / "kjv-int4-mixed");
+  auto pb = Package::Open(base);
+  ASSERT_TRUE(pq.ok() && pb.ok());
+  auto d = ComparePackages(**pq, **pb);
+  ASSERT_TRUE(d.ok()) << d.status();
+  int n6 = 0;
+  for (const auto& t : d->tensors) {
+    if (t.scheme == "int6-g32") {
+      ++n6;
+      EXPECT_LT(t.stats.rel_rmse, 0.04) << t.key;
+      EXPECT_GT(t.stats.rel_rmse, 0.005) << t.key;
+    } else {
+      EXPECT_EQ(t.scheme, "int4-g32-sym") << t.key;
+      EXPECT_GT(t.stats.rel_rmse, 0.06) << t.key;
+    }
+  }
+  EXPECT_EQ(n6, 1 + 2 * 6);  // lm/output, attn_k and attn_v of 6 layers
 }
 
 TEST(Recipes, SearchBeatsRtnOnKjv6L) {

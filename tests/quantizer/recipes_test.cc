@@ -1,4 +1,6 @@
 // Recipes, schemes, overrides and glob matching (quantizer/recipes.h).
+#include <tuple>
+
 #include "gtest/gtest.h"
 #include "quantizer/recipes.h"
 
@@ -12,14 +14,16 @@ TEST(Scheme, ParsesAndNames) {
   };
   for (const Case& c : {Case{"int4", "int4-g32-sym"}, Case{"int4-g64", "int4-g64-sym"},
                         Case{"int4-g128-asym", "int4-g128-asym"}, Case{"int4-asym", "int4-g32-asym"},
-                        Case{"int8", "int8-g32"}, Case{"int8-g256", "int8-g256"}, Case{"f16", "f16"},
+                        Case{"int8", "int8-g32"}, Case{"int8-g256", "int8-g256"}, Case{"int6", "int6-g32"},
+                        Case{"int6-g64", "int6-g64"}, Case{"int6-g128", "int6-g128"}, Case{"f16", "f16"},
                         Case{"bf16", "bf16"}, Case{"f32", "f32"}}) {
     auto s = ParseScheme(c.in);
     ASSERT_TRUE(s.ok()) << c.in << ": " << s.status();
     EXPECT_EQ(SchemeName(*s), c.name);
     EXPECT_EQ(*ParseScheme(SchemeName(*s)), *s);
   }
-  for (const char* bad : {"", "int3", "int4-g48", "int4-g256", "int8-asym", "f16-g32", "int4-g32-sym-x", "int4-g"}) {
+  for (const char* bad : {"", "int3", "int4-g48", "int4-g256", "int8-asym", "f16-g32", "int4-g32-sym-x", "int4-g",
+                          "int6-asym", "int6-g256", "int6-g16", "int6-sym"}) {
     auto s = ParseScheme(bad);
     EXPECT_FALSE(s.ok()) << bad;
   }
@@ -27,6 +31,9 @@ TEST(Scheme, ParsesAndNames) {
   EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int4-g64-asym")), 4.5);
   EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int4-g128-asym")), 4.25);
   EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int8")), 8.5);
+  EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int6")), 6.5);
+  EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int6-g64")), 6.25);
+  EXPECT_EQ(SchemeBytes(*ParseScheme("int6-g32"), 4, 80), 4u * 96 * 3 / 4 + 4u * 3 * 2);  // padded to 96
 }
 
 TEST(Glob, Matches) {
@@ -100,7 +107,62 @@ TEST(Plan, FitGroupAvoidsPadding) {
   EXPECT_EQ(FitGroup(*ParseScheme("f16"), 7).type, QType::kF16);
 }
 
+// kjv6L's matrix shapes (6 layers, 256 wide, kv 64, ffn 768, vocab 4096, untied).
+std::vector<MatrixShape> Kjv6LShapes(bool tied) {
+  std::vector<MatrixShape> m{{"embedding/token_embd", 4096, 256}};
+  for (int i = 0; i < 6; ++i) {
+    const std::string b = "block_" + std::to_string(i) + "/";
+    for (const auto& [n, r, c] : std::vector<std::tuple<const char*, int64_t, int64_t>>{
+             {"attn_q", 256, 256}, {"attn_k", 64, 256}, {"attn_v", 64, 256}, {"attn_o", 256, 256},
+             {"ffn_gate", 768, 256}, {"ffn_up", 768, 256}, {"ffn_down", 256, 768}})
+      m.push_back({b + n, r, c});
+  }
+  if (!tied) m.push_back({"lm/output", 4096, 256});
+  return m;
+}
+
 TEST(Plan, BudgetedUpgradesStayWithinBudget) {
+  const auto r = FindRecipe("int4-mixed");
+  ASSERT_TRUE(r.ok());
+  const std::vector<MatrixShape> m = Kjv6LShapes(false);
+  auto p = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, m, 6);
+  EXPECT_LE(p.bits_per_weight(), 4.9);
+  EXPECT_GT(p.bits_per_weight(), 4.5);
+  uint64_t bytes = 0;
+  for (const auto& x : m) bytes += SchemeBytes(p.scheme[x.key], x.rows, x.cols);
+  EXPECT_EQ(bytes, p.bytes);
+  // kjv6L: the output matrix, then every attn_v and attn_k go to int6-g32; a use_more_bits
+  // ffn_down (+393,216 bits each) no longer fits. The fallbacks for the output are no-ops.
+  EXPECT_EQ(p.upgrades_applied,
+            (std::vector<std::string>{"lm/output=int6-g32", "block_*/attn_v=int6-g32", "block_*/attn_k=int6-g32"}));
+  EXPECT_EQ(p.upgrades_skipped, (std::vector<std::string>{"block_2/ffn_down=int6-g32", "block_5/ffn_down=int6-g32"}));
+  EXPECT_EQ(SchemeName(p.scheme["lm/output"]), "int6-g32");
+  EXPECT_EQ(p.reason["lm/output"], "lm/output=int6-g32");
+  EXPECT_EQ(SchemeName(p.scheme["block_3/attn_k"]), "int6-g32");
+  EXPECT_EQ(SchemeName(p.scheme["block_2/ffn_down"]), "int4-g32-sym");
+  EXPECT_EQ(SchemeName(p.scheme["embedding/token_embd"]), "int4-g32-sym");  // untied: not the output
+  // Exact bytes: 4.5 bits/weight everywhere + 2 bits for each int6-g32 weight.
+  uint64_t weights = 0;
+  for (const auto& x : m) weights += static_cast<uint64_t>(x.rows * x.cols);
+  EXPECT_EQ(p.bytes, weights * 9 / 16 + (4096 * 256 + 12 * 64 * 256) * 2 / 8);
+  // An override decides its tensors; the upgrades do not touch them.
+  auto p2 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight,
+                             {*ParseOverride("lm/output=f16")}, m, 6);
+  EXPECT_EQ(SchemeName(p2.scheme["lm/output"]), "f16");
+  EXPECT_EQ(p2.reason["lm/output"], "lm/output=f16");
+  // Tied embeddings: the output is token_embd.
+  auto p3 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, Kjv6LShapes(true), 6);
+  ASSERT_FALSE(p3.upgrades_applied.empty());
+  EXPECT_EQ(p3.upgrades_applied.front(), "embedding/token_embd=int6-g32");
+  EXPECT_EQ(SchemeName(p3.scheme["embedding/token_embd"]), "int6-g32");
+  EXPECT_LE(p3.bits_per_weight(), 4.9);
+}
+
+// When the output matrix is too large a share for int6 (+2 bits on it > the 0.4-bit budget), the
+// recipe falls back to int6-g64, then int4-g32-asym; a fallback never lowers an upgraded matrix.
+TEST(Plan, OutputFallsBackWhenInt6DoesNotFit) {
+  const auto r = FindRecipe("int4-mixed");
+  ASSERT_TRUE(r.ok());
   std::vector<MatrixShape> m;
   for (int i = 0; i < 6; ++i) {
     const std::string b = "block_" + std::to_string(i) + "/";
@@ -108,41 +170,20 @@ TEST(Plan, BudgetedUpgradesStayWithinBudget) {
     m.push_back({b + "attn_v", 64, 256});
     m.push_back({b + "ffn_down", 256, 768});
   }
-  m.push_back({"lm/output", 4096, 256});
-  const auto r = FindRecipe("int4-mixed");
-  ASSERT_TRUE(r.ok());
+  m.push_back({"lm/output", 4096, 256});  // 1M of 2.7M weights
   auto p = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, m, 6);
   EXPECT_LE(p.bits_per_weight(), 4.9);
-  EXPECT_GT(p.bits_per_weight(), 4.5);
-  EXPECT_FALSE(p.upgrades_applied.empty());
-  uint64_t bytes = 0;
-  for (const auto& x : m) bytes += SchemeBytes(p.scheme[x.key], x.rows, x.cols);
-  EXPECT_EQ(bytes, p.bytes);
-  // An override decides its tensors; the upgrades do not touch them.
-  auto p2 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight,
-                             {*ParseOverride("lm/output=f16")}, m, 6);
-  EXPECT_EQ(SchemeName(p2.scheme["lm/output"]), "f16");
-  EXPECT_EQ(p2.reason["lm/output"], "lm/output=f16");
-  // use_more_bits layers of 6: 2 and 5.
-  bool saw2 = false;
-  for (const auto& u : p.upgrades_applied) saw2 |= u == "block_2/ffn_down=int8-g32";
-  for (const auto& u : p.upgrades_skipped) saw2 |= u == "block_2/ffn_down=int8-g32";
-  EXPECT_TRUE(saw2);
-  // The output matrix is upgraded first: lm/output when present ...
+  ASSERT_GE(p.upgrades_skipped.size(), 2u);
+  EXPECT_EQ(p.upgrades_skipped[0], "lm/output=int6-g32");
+  EXPECT_EQ(p.upgrades_skipped[1], "lm/output=int6-g64");
+  ASSERT_FALSE(p.upgrades_applied.empty());
   EXPECT_EQ(p.upgrades_applied.front(), "lm/output=int4-g32-asym");
   EXPECT_EQ(SchemeName(p.scheme["lm/output"]), "int4-g32-asym");
-  // ... and the token embedding when the embeddings are tied (no lm/output matrix).
-  std::vector<MatrixShape> tied(m.begin(), m.end() - 1);
-  tied.push_back({"embedding/token_embd", 4096, 256});
-  auto p3 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, tied, 6);
-  ASSERT_FALSE(p3.upgrades_applied.empty());
-  EXPECT_EQ(p3.upgrades_applied.front(), "embedding/token_embd=int4-g32-asym");
-  EXPECT_EQ(SchemeName(p3.scheme["embedding/token_embd"]), "int4-g32-asym");
-  // An untied embedding is not the output: it keeps the default.
-  std::vector<MatrixShape> untied = m;
-  untied.push_back({"embedding/token_embd", 4096, 256});
-  auto p4 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, untied, 6);
-  EXPECT_EQ(SchemeName(p4.scheme["embedding/token_embd"]), "int4-g32-sym");
+  // A recipe whose fallback comes after a kept upgrade leaves the matrix alone.
+  const std::vector<QuantRule> ups{*ParseOverride("lm/output=int6-g32"), *ParseOverride("lm/output=int4-g32-asym")};
+  auto q = PlanQuantization(r->default_scheme, {}, ups, 0, {}, m, 6);
+  EXPECT_EQ(SchemeName(q.scheme["lm/output"]), "int6-g32");
+  EXPECT_EQ(q.upgrades_applied, std::vector<std::string>{"lm/output=int6-g32"});
 }
 
 }  // namespace

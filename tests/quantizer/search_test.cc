@@ -326,7 +326,8 @@ TEST(QuantizeTensor, RtnPathEqualsKernels) {
   EXPECT_EQ(0, std::memcmp(q6->scales.data(), s.data(), s.size() * 2));
 }
 
-// Quantize -> dequantize error bounds per scheme on gaussian weights (relative RMSE) and per
+// Quantize -> dequantize error bounds per scheme on gaussian weights (relative RMSE; int6 measured
+// 0.0215 / 0.0200 / 0.0241 / 0.0255 against int4-g32 rtn 0.0867: a quarter of the step) and per
 // element (in units of the group's step).
 TEST(QuantizeTensor, RoundTripErrorBoundsPerScheme) {
   const int64_t rows = 64, k = 256;
@@ -345,8 +346,8 @@ TEST(QuantizeTensor, RoundTripErrorBoundsPerScheme) {
       {"int4-g64-asym", QuantAlgorithm::kRtn, 0.12},  {"int4-g64-asym", QuantAlgorithm::kSearch, 0.105},
       {"int4-g128-asym", QuantAlgorithm::kRtn, 0.13}, {"int4-g128-asym", QuantAlgorithm::kSearch, 0.115},
       {"int4-g32-asym", QuantAlgorithm::kSearch, 0.09}, {"int8-g32", QuantAlgorithm::kRtn, 0.006},
-      {"int6-g32", QuantAlgorithm::kRtn, 0.033},      {"int6-g32", QuantAlgorithm::kSearch, 0.029},
-      {"int6-g64", QuantAlgorithm::kRtn, 0.031},      {"int6-g128", QuantAlgorithm::kSearch, 0.031},
+      {"int6-g32", QuantAlgorithm::kRtn, 0.024},      {"int6-g32", QuantAlgorithm::kSearch, 0.0215},
+      {"int6-g64", QuantAlgorithm::kRtn, 0.027},      {"int6-g128", QuantAlgorithm::kSearch, 0.028},
       {"f16", QuantAlgorithm::kDefault, 3e-4},        {"bf16", QuantAlgorithm::kDefault, 2.5e-3},
   };
   double ss = 0;
