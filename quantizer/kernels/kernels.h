@@ -12,7 +12,9 @@
 //             3K/4 bytes per row; each group of G is 3G/4 contiguous bytes: G/2 bytes of low
 //             nibbles (byte j: element j's low 4 bits | element j + G/2's << 4, as I4), then G/4
 //             bytes of high 2-bit pairs (byte j: the high 2 bits of elements j, j + G/4,
-//             j + G/2, j + 3G/4 at bits 0, 2, 4, 6 - Q6_K's ql/qh split).
+//             j + G/2, j + 3G/4 at bits 0, 2, 4, 6 - Q6_K's ql/qh split). MatMul unpacks a row
+//             to bytes with 64-bit SWAR and runs the int8 dot product on c - 32 (f32
+//             activations only: there is no int8-activation path for I6).
 // Quantizers compute the group scale, round it to f16 (RNE), and quantize with the rounded
 // scale, so a dequantized value is exactly what a consumer of the file computes.
 #pragma once

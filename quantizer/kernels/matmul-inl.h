@@ -100,6 +100,36 @@ HWY_INLINE float DotI8Row(const int8_t* HWY_RESTRICT q, const float* HWY_RESTRIC
   return hn::GetLane(hn::SumOfLanes(df, acc));
 }
 
+// int6 row unpacked to bytes c (0..63; weight (c - 32) * sc[g]) . x: DotI8Row's arithmetic
+// (float(c - 32) is the same value as float(int8 q)).
+HWY_INLINE float DotI6Row(const uint8_t* HWY_RESTRICT c, const float* HWY_RESTRICT sc,
+                          const float* HWY_RESTRICT x, size_t n, size_t group) {
+  const QuantTag df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::RebindToUnsigned<decltype(df)> du;
+  const hn::Rebind<uint8_t, decltype(df)> du8;
+  const size_t N = hn::Lanes(df);
+  const auto k32 = hn::Set(di, 32);
+  auto acc = hn::Zero(df);
+  for (size_t g = 0; g < n / group; ++g) {
+    const size_t base = g * group;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df);
+    size_t i = 0;
+    for (; i + 2 * N <= group; i += 2 * N) {
+      const auto w0 = hn::ConvertTo(df, hn::Sub(hn::BitCast(di, hn::PromoteTo(du, hn::LoadU(du8, c + base + i))), k32));
+      const auto w1 = hn::ConvertTo(df, hn::Sub(hn::BitCast(di, hn::PromoteTo(du, hn::LoadU(du8, c + base + i + N))), k32));
+      a0 = hn::MulAdd(w0, hn::LoadU(df, x + base + i), a0);
+      a1 = hn::MulAdd(w1, hn::LoadU(df, x + base + i + N), a1);
+    }
+    for (; i < group; i += N) {
+      const auto w0 = hn::ConvertTo(df, hn::Sub(hn::BitCast(di, hn::PromoteTo(du, hn::LoadU(du8, c + base + i))), k32));
+      a0 = hn::MulAdd(w0, hn::LoadU(df, x + base + i), a0);
+    }
+    acc = hn::MulAdd(hn::Set(df, sc[g]), hn::Add(a0, a1), acc);
+  }
+  return hn::GetLane(hn::SumOfLanes(df, acc));
+}
+
 // kR int4 rows . x at once (decode): each x load is shared by kR rows. Every row gets exactly
 // the arithmetic of kR == 1 (own accumulators, same op order), so a row's result does not
 // depend on the blocking. sc[i] / mn[i] are row i's f32 group scales / mins.
@@ -350,15 +380,15 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
       return;
     }
     case WType::kI6Sym: {
-      // Each row is unpacked once to int8 (UnpackI6ToI8) and then takes the int8 path: the same
-      // arithmetic as an I8 matrix holding c - 32, for any T.
+      // Each row is unpacked once to bytes c (UnpackI6ToU8) and then takes the int8 dot product
+      // with c - 32: the same float arithmetic as an I8 matrix holding c - 32, for any T.
       const uint8_t* W = static_cast<const uint8_t*>(w.data);
       float* sc = ScratchFloats<2>(ng);
-      int8_t* q = ScratchBytes<1>(K);
+      uint8_t* c = reinterpret_cast<uint8_t*>(ScratchBytes<1>(K));
       for (size_t r = row_begin; r < row_end; ++r) {
         F16ToF32(w.scales + r * ng, ng, sc);
-        UnpackI6ToI8(W + r * (3 * K / 4), K, G, q);
-        for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI8Row(q, sc, x + t * ldx, K, G);
+        UnpackI6ToU8(W + r * (3 * K / 4), K, G, c);
+        for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI6Row(c, sc, x + t * ldx, K, G);
       }
       return;
     }

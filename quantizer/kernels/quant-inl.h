@@ -154,28 +154,47 @@ HWY_MAYBE_UNUSED static void QuantizeRowI8(const float* HWY_RESTRICT x, size_t n
 // ---- I6 sym (layout in kernels.h) ----------------------------------------------------------
 static_assert(std::endian::native == std::endian::little, "I6 unpacking assumes little endian");
 
-// Codes of n elements -> q = c - 32 as int8, 8 elements per u64 (SWAR: for G = 32, 6 loads and
-// a dozen ALU ops per 8 weights, no tables). Block b of 8 elements takes its low nibbles from
-// low-nibble word b % (G/16) shifted by 4 * (b / (G/16)), its high bits from high-bit word
-// b % (G/32) shifted by 2 * (b / (G/32)).
-HWY_INLINE void UnpackI6ToI8(const uint8_t* HWY_RESTRICT codes, size_t n, size_t group,
-                             int8_t* HWY_RESTRICT out) {
+// Codes of n elements -> c (0..63, one byte each), 8 elements per u64 (SWAR, no tables, no
+// divisions: G is a template constant). Quarter k of a group (elements [kG/4, (k+1)G/4)) takes its
+// low nibbles from low-nibble bytes (k & 1) G/4 .. shifted right by 4 (k >> 1), its high bits from
+// high-bit bytes 0 .. G/4 shifted right by 2k.
+template <size_t G>
+HWY_INLINE void UnpackI6GroupsToU8(const uint8_t* HWY_RESTRICT codes, size_t ngroups,
+                                   uint8_t* HWY_RESTRICT out) {
   constexpr uint64_t kNib = 0x0F0F0F0F0F0F0F0Full, kTwo = 0x0303030303030303ull;
-  constexpr uint64_t kB5 = 0x2020202020202020ull, kLow5 = 0x1F1F1F1F1F1F1F1Full;
-  const size_t nlo = group / 16, nhi = group / 32, gbytes = 3 * group / 4;
-  for (size_t g = 0; g < n / group; ++g) {
-    const uint8_t* lo = codes + g * gbytes;
-    const uint8_t* hi = lo + group / 2;
-    int8_t* og = out + g * group;
-    for (size_t b = 0; b < group / 8; ++b) {
-      uint64_t l, h;
-      memcpy(&l, lo + 8 * (b % nlo), 8);
-      memcpy(&h, hi + 8 * (b % nhi), 8);
-      const uint64_t c = ((l >> (4 * (b / nlo))) & kNib) | (((h >> (2 * (b / nhi))) & kTwo) << 4);
-      const uint64_t t = c ^ kB5;  // bit 5 now set iff c < 32
-      const uint64_t q = (t & kLow5) | ((t & kB5) * 7);  // c - 32 as two's complement bytes
-      memcpy(og + 8 * b, &q, 8);
+  constexpr size_t kQ = G / 4;
+  for (size_t g = 0; g < ngroups; ++g) {
+    const uint8_t* lo = codes + g * (3 * G / 4);
+    const uint8_t* hi = lo + G / 2;
+    uint8_t* og = out + g * G;
+#pragma GCC unroll 16
+    for (size_t k = 0; k < 4; ++k) {
+#pragma GCC unroll 4
+      for (size_t w = 0; w < kQ; w += 8) {
+        uint64_t l, h;
+        memcpy(&l, lo + (k & 1) * kQ + w, 8);
+        memcpy(&h, hi + w, 8);
+        const uint64_t c = ((l >> (4 * (k >> 1))) & kNib) | (((h >> (2 * k)) & kTwo) << 4);
+        memcpy(og + k * kQ + w, &c, 8);
+      }
     }
+  }
+}
+
+HWY_INLINE void UnpackI6ToU8(const uint8_t* HWY_RESTRICT codes, size_t n, size_t group,
+                             uint8_t* HWY_RESTRICT out) {
+  switch (group) {
+    case 32: return UnpackI6GroupsToU8<32>(codes, n / 32, out);
+    case 64: return UnpackI6GroupsToU8<64>(codes, n / 64, out);
+    case 128: return UnpackI6GroupsToU8<128>(codes, n / 128, out);
+    default:  // any other multiple of 32 (not produced by the quantizer): per-element
+      for (size_t e = 0; e < n; ++e) {
+        const size_t g = e / group, j = e % group, half = group / 2, quarter = group / 4;
+        const uint8_t* lo = codes + g * (3 * group / 4);
+        const int l = j < half ? (lo[j] & 0xF) : (lo[j - half] >> 4);
+        const int h = (lo[half + j % quarter] >> (2 * (j / quarter))) & 3;
+        out[e] = static_cast<uint8_t>(l | (h << 4));
+      }
   }
 }
 
@@ -308,13 +327,24 @@ int8_t* ScratchBytes(size_t n) {
   return buf.get();
 }
 
-// I6 sym with f32 scales: unpack to int8, then exactly DequantI8F's arithmetic ((c - 32) * d).
+// I6 sym with f32 scales: unpack to bytes c, then float(c - 32) * d (as the reference).
 HWY_MAYBE_UNUSED static void DequantI6SymF(const uint8_t* HWY_RESTRICT codes,
                                            const float* HWY_RESTRICT sc, size_t n, size_t group,
                                            float* HWY_RESTRICT out) {
-  int8_t* q = ScratchBytes<0>(n);
-  UnpackI6ToI8(codes, n, group, q);
-  DequantI8F(q, sc, n, group, out);
+  uint8_t* c = reinterpret_cast<uint8_t*>(ScratchBytes<0>(n));
+  UnpackI6ToU8(codes, n, group, c);
+  const QuantTag df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<uint8_t, decltype(df)> du8;
+  const size_t N = hn::Lanes(df);
+  const auto k32 = hn::Set(di, 32);
+  for (size_t g = 0; g < n / group; ++g) {
+    const auto vd = hn::Set(df, sc[g]);
+    for (size_t i = g * group; i < (g + 1) * group; i += N) {
+      const auto q = hn::ConvertTo(df, hn::Sub(hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<decltype(di)>(), hn::LoadU(du8, c + i))), k32));
+      hn::StoreU(hn::Mul(q, vd), df, out + i);
+    }
+  }
 }
 
 // Thread-local scratch buffer of at least n floats (index selects independent buffers).

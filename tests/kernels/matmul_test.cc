@@ -114,6 +114,9 @@ std::vector<Case> Cases() {
       for (size_t k : {1, 3, 8}) c.push_back({t, 11, g * k, g});
     }
   }
+  // int6 groups the quantizer never writes but a pack may hold (any multiple of 32).
+  c.push_back({WType::kI6Sym, 11, 96 * 3, 96});
+  c.push_back({WType::kI6Sym, 11, 256 * 2, 256});
   return c;
 }
 

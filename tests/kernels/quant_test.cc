@@ -242,7 +242,7 @@ void TestQuantizeI8() {
 }
 
 // I6 sym: codes and scales bit-exact vs ref on this target, the scale rule d = f16(m / -32),
-// the SWAR unpacking (UnpackI6ToI8, used by MatMul) against ref's per-element unpacking,
+// the SWAR unpacking (UnpackI6ToU8, used by MatMul) against ref's per-element unpacking,
 // dequantization bit-exact and within half a step (one step for the clipped +32).
 void TestQuantizeI6Sym() {
   for (const Shape& s : I4Shapes()) {
@@ -273,10 +273,10 @@ void TestQuantizeI6Sym() {
       // Codes really use 6 bits: q = round(x / d) for unclipped values.
       std::vector<int> q(n);
       UnpackI6_ref(codes.data(), n, s.group, q.data());
-      std::vector<int8_t> q8(n);
-      UnpackI6ToI8(codes.data(), n, s.group, q8.data());
+      std::vector<uint8_t> cu(n);
+      UnpackI6ToU8(codes.data(), n, s.group, cu.data());
       for (size_t i = 0; i < n; ++i) {
-        ASSERT_EQ(q8[i], q[i]) << "SWAR unpack G=" << s.group << " i=" << i;
+        ASSERT_EQ(static_cast<int>(cu[i]) - 32, q[i]) << "SWAR unpack G=" << s.group << " i=" << i;
         const float d = tessera::F16ToF32(sc[i / s.group]);
         ASSERT_GE(q[i], -32);
         ASSERT_LE(q[i], 31);
