@@ -8,6 +8,7 @@
 #define TESSERA_KERNELS_Q8_INL_H_
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -77,20 +78,34 @@ HWY_INLINE constexpr size_t Q8UnitBytes(bool i8) {
 }
 
 #if HWY_TARGET == HWY_AVX3_DL
-// kQ8RowBlock x kU results (rows of one row block, kU tokens) over all superblocks. All
-// rows x tokens integer accumulators are live at once (vpdpbusd has a 5-cycle latency; with
-// one token each row gets two chains, even/odd slices, added exactly at the end), so the
-// float work per (row, token, superblock) is one convert, one multiply and one FMA.
-// kI8: I8 unit layout (8 slices of unsigned bytes per row), else packed nibbles. kShift:
-// log2 of the unsigned-code bias (7 for I8, 3 for I4, also when I4 was expanded to bytes).
-template <size_t kU, bool kI8, int kShift>
+// The 4 rows of one row block x kU tokens (kU <= 3) over all superblocks.
+// - Per (row, token) one int32 accumulator per superblock, started at -bias * sum(a) (the
+//   codes are unsigned). With one token each row gets two chains (vpdpbusd latency), added
+//   exactly at the end.
+// - kU > 1: slice by slice, the 4 weight vectors of a slice stay in registers and each
+//   activation vector is loaded once per slice and used for the 4 rows: 4 + kU loads per
+//   4 * kU vpdpbusd. (Letting the compiler fold the activation loads into the vpdpbusd
+//   instead, i.e. 1 + 1/4 loads per vpdpbusd, made the kernel load-bound: about 1.5x slower
+//   at T = 8; the empty asm statements pin the values to registers.)
+// - The float work per (row, token, superblock) is one convert, one multiply and one FMA in
+//   the same order for every kU, so a token's results do not depend on the tile it lands in.
+//   The 4 * kU float accumulators stay in registers too (4 * 3 * 2 + 4 + 1 + 1 = 30 zmm);
+//   a 4 x 4 tile has to keep them in L1 and measured slower than 3 + 1 or 2 + 2 tiles.
+// - Prefetch: while computing superblock sb the tile requests the lines of [pf + sb * pf_step,
+//   + pf_step) that lie below pf + pf_bytes (the caller's share of the next row block).
+// kI8: I8 unit layout (8 slices of unsigned bytes per row, bias 128), else packed nibbles
+// (bias 8).
+template <size_t kU, bool kI8>
 __attribute__((target("avx512vnni"))) static void Q8TileVnni(
     const uint8_t* HWY_RESTRICT w, size_t nsb, const int8_t* const* aq, const float* const* ad,
-    const int32_t* const* as, float* HWY_RESTRICT res) {
+    const int32_t* const* as, const uint8_t* pf, size_t pf_step, size_t pf_bytes,
+    float* HWY_RESTRICT res) {
   constexpr size_t kR = kQ8RowBlock;
   constexpr size_t kC = kU == 1 ? 2 : 1;  // chains per (row, token)
   constexpr size_t kCB = Q8CodeBytes(kI8);
   constexpr size_t kUnit = Q8UnitBytes(kI8);
+  constexpr int kShift = kI8 ? 7 : 3;
+  static_assert(kU >= 1 && kU <= 3, "float accumulators must fit in registers");
   __m512 acc[kR][kU];
 #pragma GCC unroll 4
   for (size_t r = 0; r < kR; ++r) {
@@ -100,41 +115,58 @@ __attribute__((target("avx512vnni"))) static void Q8TileVnni(
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (size_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* wb = w + sb * kUnit;
-    if (sb + 2 < nsb) {
-      // Two units ahead (the hardware prefetcher also follows the stream).
-      const char* pf = reinterpret_cast<const char*>(wb + 2 * kUnit);
-      for (size_t o = 0; o < kUnit; o += 64) _mm_prefetch(pf + o, _MM_HINT_T0);
-    }
+    for (size_t o = sb * pf_step; o < (sb + 1) * pf_step && o < pf_bytes; o += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(pf + o), _MM_HINT_T0);
     __m512i ia[kR][kU][kC];
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) {
       const __m512i s = _mm512_loadu_si512(as[u] + sb * 16);
-      ia[0][u][0] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, kShift));
+      const __m512i bias = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, kShift));
 #pragma GCC unroll 4
       for (size_t r = 0; r < kR; ++r) {
-        ia[r][u][0] = ia[0][u][0];
+        ia[r][u][0] = bias;
         if (kC == 2) ia[r][u][kC - 1] = _mm512_setzero_si512();
       }
     }
     const int8_t* a[kU];
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) a[u] = aq[u] + sb * kQ8Super;
-    if (kI8) {
+    if (kU > 1) {
+      // Slice s of an I4 row is the low (s < 4) or high nibble of its vector s % 4.
 #pragma GCC unroll 8
       for (size_t s = 0; s < 8; ++s) {
-        // Activations stay in registers across the rows (loads: rows + tokens per slice).
-        __m512i av[kU];
-#pragma GCC unroll 4
-        for (size_t u = 0; u < kU; ++u) av[u] = _mm512_loadu_si512(a[u] + 64 * s);
+        __m512i wv[kR];
 #pragma GCC unroll 4
         for (size_t r = 0; r < kR; ++r) {
-          const __m512i wv = _mm512_loadu_si512(wb + r * kCB + 64 * s);
+          if (kI8) {
+            wv[r] = _mm512_loadu_si512(wb + r * kCB + 64 * s);
+          } else {
+            const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * (s % 4));
+            wv[r] = s < 4 ? _mm512_and_si512(raw, m4)
+                          : _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+          }
+          asm("" : "+v"(wv[r]));
+        }
 #pragma GCC unroll 4
-          for (size_t u = 0; u < kU; ++u)
-            ia[r][u][s % kC] = _mm512_dpbusd_epi32(ia[r][u][s % kC], wv, av[u]);
+        for (size_t u = 0; u < kU; ++u) {
+          __m512i x = _mm512_loadu_si512(a[u] + 64 * s);
+          asm("" : "+v"(x));
+#pragma GCC unroll 4
+          for (size_t r = 0; r < kR; ++r) ia[r][u][0] = _mm512_dpbusd_epi32(ia[r][u][0], wv[r], x);
         }
       }
+    } else if (kI8) {
+      // One token: chains of even / odd slices.
+#pragma GCC unroll 8
+      for (size_t s = 0; s < 8; ++s) {
+        const __m512i x = _mm512_loadu_si512(a[0] + 64 * s);
+#pragma GCC unroll 4
+        for (size_t r = 0; r < kR; ++r)
+          ia[r][0][s % kC] =
+              _mm512_dpbusd_epi32(ia[r][0][s % kC], _mm512_loadu_si512(wb + r * kCB + 64 * s), x);
+      }
     } else {
+      // One token, packed nibbles: both planes of a weight vector at once (chains lo / hi).
 #pragma GCC unroll 4
       for (size_t m = 0; m < 4; ++m) {
 #pragma GCC unroll 4
@@ -142,12 +174,9 @@ __attribute__((target("avx512vnni"))) static void Q8TileVnni(
           const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * m);
           const __m512i lo = _mm512_and_si512(raw, m4);
           const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
-#pragma GCC unroll 4
-          for (size_t u = 0; u < kU; ++u) {
-            ia[r][u][0] = _mm512_dpbusd_epi32(ia[r][u][0], lo, _mm512_loadu_si512(a[u] + 64 * m));
-            ia[r][u][kC - 1] =
-                _mm512_dpbusd_epi32(ia[r][u][kC - 1], hi, _mm512_loadu_si512(a[u] + 64 * (m + 4)));
-          }
+          ia[r][0][0] = _mm512_dpbusd_epi32(ia[r][0][0], lo, _mm512_loadu_si512(a[0] + 64 * m));
+          ia[r][0][kC - 1] =
+              _mm512_dpbusd_epi32(ia[r][0][kC - 1], hi, _mm512_loadu_si512(a[0] + 64 * (m + 4)));
         }
       }
     }
@@ -167,6 +196,23 @@ __attribute__((target("avx512vnni"))) static void Q8TileVnni(
   for (size_t r = 0; r < kR; ++r) {
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) res[r * kU + u] = _mm512_reduce_add_ps(acc[r][u]);
+  }
+}
+
+template <bool kI8>
+static void Q8TileVnniU(size_t U, const uint8_t* wrb, size_t nsb, const int8_t* const* aq,
+                        const float* const* ad, const int32_t* const* as, const uint8_t* pf,
+                        size_t pf_step, size_t pf_bytes, float* res) {
+  switch (U) {
+    case 3:
+      Q8TileVnni<3, kI8>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      break;
+    case 2:
+      Q8TileVnni<2, kI8>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      break;
+    default:
+      Q8TileVnni<1, kI8>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      break;
   }
 }
 #endif  // HWY_TARGET == HWY_AVX3_DL
@@ -215,44 +261,6 @@ static void Q8TilePortable(const uint8_t* HWY_RESTRICT w, size_t nsb, size_t U,
   }
 }
 
-#if HWY_TARGET == HWY_AVX3_DL
-template <bool kI8, int kShift>
-static void Q8TileVnniU(size_t U, const uint8_t* wrb, size_t nsb, const int8_t* const* aq,
-                        const float* const* ad, const int32_t* const* as, float* res) {
-  switch (U) {
-    case 3:
-      Q8TileVnni<3, kI8, kShift>(wrb, nsb, aq, ad, as, res);
-      break;
-    case 2:
-      Q8TileVnni<2, kI8, kShift>(wrb, nsb, aq, ad, as, res);
-      break;
-    default:
-      Q8TileVnni<1, kI8, kShift>(wrb, nsb, aq, ad, as, res);
-      break;
-  }
-}
-
-// Unpacks one I4 row block (nsb units) into the I8 unit layout (bytes 0..15, scales copied):
-// for prefill, so the nibble split is done once per row block instead of once per token tile.
-static void ExpandI4RowBlock(const uint8_t* HWY_RESTRICT src, size_t nsb, uint8_t* HWY_RESTRICT dst) {
-  const hn::ScalableTag<uint8_t> d8;
-  const size_t N = hn::Lanes(d8);
-  const auto m4 = hn::Set(d8, 0x0F);
-  for (size_t sb = 0; sb < nsb; ++sb) {
-    const uint8_t* s = src + sb * Q8UnitBytes(false);
-    uint8_t* o = dst + sb * Q8UnitBytes(true);
-    for (size_t r = 0; r < kQ8RowBlock; ++r) {
-      for (size_t i = 0; i < 256; i += N) {
-        const auto raw = hn::LoadU(d8, s + r * 256 + i);
-        hn::StoreU(hn::And(raw, m4), d8, o + r * 512 + i);
-        hn::StoreU(hn::ShiftRight<4>(raw), d8, o + r * 512 + 256 + i);
-      }
-    }
-    std::memcpy(o + kQ8RowBlock * 512, s + kQ8RowBlock * 256, kQ8RowBlock * 32);
-  }
-}
-#endif
-
 template <bool kI8>
 static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
                       size_t rb_begin, size_t rb_end) {
@@ -260,31 +268,16 @@ static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, s
   constexpr size_t kMaxU = 3;
   const size_t nsb = w.Kp / kQ8Super;
   const size_t nb = w.Kp / kQ8Block;
-#if HWY_TARGET == HWY_AVX3_DL
-  // Prefill of I4: expand each row block to bytes once (same integer sums, same results).
-  const bool expand = !kI8 && T > kMaxU;
-  uint8_t* ebuf = nullptr;
-  if (expand) {
-    thread_local hwy::AlignedFreeUniquePtr<uint8_t[]> buf;
-    thread_local size_t cap = 0;
-    const size_t need = nsb * Q8UnitBytes(true);
-    if (cap < need) {
-      buf = hwy::AllocateAligned<uint8_t>(need);
-      cap = need;
-    }
-    ebuf = buf.get();
-  }
-#endif
+  const size_t rb_bytes = nsb * kUnit;
   for (size_t rb = rb_begin; rb < rb_end; ++rb) {
-    const uint8_t* wrb = w.data + rb * nsb * kUnit;
+    const uint8_t* wrb = w.data + rb * rb_bytes;
     const size_t r0 = rb * kQ8RowBlock;
     const size_t nr = (w.rows - r0 < kQ8RowBlock) ? w.rows - r0 : kQ8RowBlock;
-#if HWY_TARGET == HWY_AVX3_DL
-    if (expand) ExpandI4RowBlock(wrb, nsb, ebuf);
-#endif
-    for (size_t t0 = 0; t0 < T;) {
-      const size_t rem = T - t0;
-      const size_t U = rem >= kMaxU ? kMaxU : rem;
+    // Token tiles of at most kMaxU, balanced (8 -> 3 + 3 + 2); after the first tile the row
+    // block is read from L1. The last row block of the range prefetches nothing.
+    const size_t tiles = (T + kMaxU - 1) / kMaxU;
+    for (size_t k = 0, t0 = 0; k < tiles; ++k) {
+      const size_t U = (T - t0 + (tiles - k) - 1) / (tiles - k);
       const int8_t* aq[kMaxU];
       const float* ad[kMaxU];
       const int32_t* as[kMaxU];
@@ -295,13 +288,13 @@ static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, s
       }
       float res[kQ8RowBlock * kMaxU];
 #if HWY_TARGET == HWY_AVX3_DL
-      if (kI8) {
-        Q8TileVnniU<true, 7>(U, wrb, nsb, aq, ad, as, res);
-      } else if (expand) {
-        Q8TileVnniU<true, 3>(U, ebuf, nsb, aq, ad, as, res);
-      } else {
-        Q8TileVnniU<false, 3>(U, wrb, nsb, aq, ad, as, res);
-      }
+      // The next row block's lines, split evenly over this block's tiles x superblocks (one
+      // row block ahead; measured faster than two units ahead in the first tile only).
+      const size_t pf_step = (rb_bytes / tiles / nsb + 63) / 64 * 64;
+      const size_t pf_off = std::min(k * pf_step * nsb, rb_bytes);
+      const size_t pf_bytes = rb + 1 < rb_end ? rb_bytes - pf_off : 0;
+      const uint8_t* pf = pf_bytes > 0 ? wrb + rb_bytes + pf_off : wrb;
+      Q8TileVnniU<kI8>(U, wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
 #else
       Q8TilePortable<kI8>(wrb, nsb, U, aq, ad, as, res);
 #endif

@@ -1,7 +1,7 @@
 // Micro-benchmarks for the kernels (not run as a test):
 //   MatMul (f32 activations) and MatMulQ8 (int8 activations, repacked weights), 4096 x 4096,
 //   for f32 / int8 (G=32) / int4 sym (G=32) / int6 sym (G=32, MatMul only) weights, decode
-//   (T = 1) and prefill (T = 64), once
+//   (T = 1), batched decode (T = 4, 8: int8-activation path only) and prefill (T = 64), once
 //   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
 //   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
 //   in the Q8 figures).
@@ -153,20 +153,23 @@ int RegisterAll() {
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     const std::string t = hwy::TargetName(target);
     const bool vnni = target == HWY_AVX3_DL;  // other targets run MatMulQ8's portable loop
-    for (size_t T : {size_t{1}, size_t{64}}) {
+    for (size_t T : {size_t{1}, size_t{4}, size_t{8}, size_t{64}}) {
       const std::string ts = "T" + std::to_string(T) + "/";
-      benchmark::RegisterBenchmark(("MatMul" + ts + "f32/" + t).c_str(), BM_MatMul, WType::kF32, T,
-                                   target)
-          ->Unit(benchmark::kMillisecond);
-      benchmark::RegisterBenchmark(("MatMul" + ts + "int8/" + t).c_str(), BM_MatMul, WType::kI8, T,
-                                   target)
-          ->Unit(benchmark::kMillisecond);
-      benchmark::RegisterBenchmark(("MatMul" + ts + "int4/" + t).c_str(), BM_MatMul, WType::kI4Sym,
-                                   T, target)
-          ->Unit(benchmark::kMillisecond);
-      benchmark::RegisterBenchmark(("MatMul" + ts + "int6/" + t).c_str(), BM_MatMul, WType::kI6Sym,
-                                   T, target)
-          ->Unit(benchmark::kMillisecond);
+      const bool small = T == 4 || T == 8;  // serve batch sizes: Q8 path only
+      if (!small) {
+        benchmark::RegisterBenchmark(("MatMul" + ts + "f32/" + t).c_str(), BM_MatMul, WType::kF32,
+                                     T, target)
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("MatMul" + ts + "int8/" + t).c_str(), BM_MatMul, WType::kI8,
+                                     T, target)
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("MatMul" + ts + "int4/" + t).c_str(), BM_MatMul,
+                                     WType::kI4Sym, T, target)
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("MatMul" + ts + "int6/" + t).c_str(), BM_MatMul,
+                                     WType::kI6Sym, T, target)
+            ->Unit(benchmark::kMillisecond);
+      }
       if (T == 1 || vnni) {
         benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int8/" + t).c_str(), BM_MatMulQ8,
                                      WType::kI8, T, target)

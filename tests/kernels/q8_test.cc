@@ -1,7 +1,8 @@
 // Per-target tests of the int8-activation kernels: activation quantization bit-exact against
 // the scalar reference; MatMulQ8 on repacked weights against MatMulQ8_ref (computed from the
 // original, not repacked, codes) and against the f32 double-precision dot within the
-// activation-quantization error bound; solo == batched bit-identity for T = 1..20.
+// activation-quantization error bound; solo == batched bit-identity for T = 1..20, 31, 64, and
+// the same bits when the row blocks are split over two calls.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -161,6 +162,15 @@ void CheckMatMulQ8(const Case& c, size_t T, uint32_t seed) {
           << what << " t=" << t << " r=" << r;
     }
   }
+  // Splitting the row blocks over two calls (threads) changes nothing: bit-identical.
+  if (rbs - rb0 >= 2) {
+    const size_t mid = rb0 + (rbs - rb0) / 2;
+    std::vector<float> y2(T * ldy, -777.0f);
+    HWY_NAMESPACE::MatMulQ8(m.q8, a.a, T, y2.data(), ldy, mid, rbs);
+    HWY_NAMESPACE::MatMulQ8(m.q8, a.a, T, y2.data(), ldy, rb0, mid);
+    for (size_t i = 0; i < y.size(); ++i)
+      ASSERT_EQ(ktest::Bits(y2[i]), ktest::Bits(y[i])) << what << " split ranges differ at " << i;
+  }
   // Each token alone gives bit-identical results (server batching invariant).
   if (T > 1) {
     for (size_t t = 0; t < T; ++t) {
@@ -194,6 +204,11 @@ void TestMatMulQ8AllT() {
   for (const Case& c : {Case{WType::kI4Sym, 13, 544, 32}, Case{WType::kI8, 6, 1056, 32},
                         Case{WType::kI4Sym, 7, 1024, 64}}) {
     for (size_t T = 1; T <= 20; ++T) CheckMatMulQ8(c, T, seed += 5);
+  }
+  // Prefill-sized batches: many token tiles per row block (the per-tile prefetch share of the
+  // next row block shrinks to a line and runs past it).
+  for (const Case& c : {Case{WType::kI4Sym, 21, 2048, 32}, Case{WType::kI8, 10, 1536, 64}}) {
+    for (size_t T : {31, 64}) CheckMatMulQ8(c, T, seed += 5);
   }
 }
 
