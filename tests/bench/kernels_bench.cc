@@ -1,6 +1,6 @@
 // Micro-benchmarks for the kernels (not run as a test):
 //   MatMul (f32 activations) and MatMulQ8 (int8 activations, repacked weights), 4096 x 4096,
-//   for f32 / int8 (G=32) / int4 sym (G=32) / int6 sym (G=32, MatMul only) weights, decode
+//   for f32 / f16 / int8 (G=32) / int4 sym (G=32) / int6 sym (G=32, MatMul only) weights, decode
 //   (T = 1), batched decode (T = 4, 8: int8-activation path only) and prefill (T = 64), once
 //   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
 //   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "core/half.h"
 #include "hwy/targets.h"
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/kernels/ref.h"
@@ -29,7 +30,7 @@ struct Fixture {
   std::vector<float> f32;
   std::vector<int8_t> i8;
   std::vector<uint8_t> i4, i6;
-  std::vector<uint16_t> s8, s4, s6;
+  std::vector<uint16_t> s8, s4, s6, f16;
   std::vector<float> x;
   Fixture()
       : f32(kRows * kCols),
@@ -39,11 +40,13 @@ struct Fixture {
         s8(kRows * kCols / kGroup),
         s4(kRows * kCols / kGroup),
         s6(kRows * kCols / kGroup),
+        f16(kRows * kCols),
         x(kCols) {
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.0f, 0.05f);
     for (float& v : f32) v = nd(rng);
     for (float& v : x) v = nd(rng);
+    for (size_t i = 0; i < f32.size(); ++i) f16[i] = F32ToF16(f32[i]);
     const size_t ng = kCols / kGroup;
     for (size_t r = 0; r < kRows; ++r) {
       QuantizeRowI8(f32.data() + r * kCols, kCols, kGroup, i8.data() + r * kCols,
@@ -79,6 +82,11 @@ void BM_MatMul(benchmark::State& state, WType type, size_t T, int64_t target) {
       w.data = f.i8.data();
       w.scales = f.s8.data();
       bytes = f.i8.size() + f.s8.size() * 2;
+      break;
+    case WType::kF16:
+      w.data = f.f16.data();
+      w.group = 0;
+      bytes = f.f16.size() * 2;
       break;
     case WType::kI6Sym:
       w.data = f.i6.data();
@@ -158,6 +166,9 @@ int RegisterAll() {
       const bool small = T == 4 || T == 8;  // serve batch sizes: Q8 path only
       if (!small) {
         benchmark::RegisterBenchmark(("MatMul" + ts + "f32/" + t).c_str(), BM_MatMul, WType::kF32,
+                                     T, target)
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("MatMul" + ts + "f16/" + t).c_str(), BM_MatMul, WType::kF16,
                                      T, target)
             ->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("MatMul" + ts + "int8/" + t).c_str(), BM_MatMul, WType::kI8,
