@@ -138,6 +138,8 @@ struct QuantizeArgs {
   std::vector<std::string> overrides;
   int group = 32;
   int64_t calib_tokens = 0, calib_ctx = 0;
+  uint64_t max_bytes = 0;
+  double max_bpw = 0;
   bool awq = false;
   bool asym = false, force = false, type_set = false, group_set = false, quiet = false;
 };
@@ -182,6 +184,9 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   o.calib_ctx = a.calib_ctx;
   o.awq = a.awq;
   if (a.awq && a.calib.empty()) return absl::InvalidArgumentError("--awq needs --calib TEXT");
+  if (a.max_bpw < 0) return absl::InvalidArgumentError("--max-bpw must not be negative");
+  o.max_bytes = a.max_bytes;
+  o.max_bpw = a.max_bpw;
   o.group = static_cast<uint32_t>(a.group);
   o.force = a.force;
   o.cmdline = g_cmdline;
@@ -556,6 +561,11 @@ int main(int argc, char** argv) {
   quant->add_option("--calib", qa.calib,
                     "Calibration text: run the source model on it and weight the search by per-channel activation "
                     "energy (imatrix). Never the evaluation text");
+  quant->add_option("--max-bytes", qa.max_bytes,
+                    "Budgeted recipes (int4-mixed): the whole output package (all files, manifest included) in bytes; "
+                    "upgrades are kept while it fits (replaces the recipe's 4.9 bits/weight)");
+  quant->add_option("--max-bpw", qa.max_bpw,
+                    "Budgeted recipes: bits/weight over the matrices' stored bytes (default: the recipe's, 4.9)");
   quant->add_option("--calib-tokens", qa.calib_tokens, "Use at most N calibration tokens (default: all)");
   quant->add_option("--calib-ctx", qa.calib_ctx, "Calibration chunk size in tokens (default: min(512, model ctx))");
   quant->add_flag("--awq", qa.awq,
@@ -567,6 +577,7 @@ int main(int argc, char** argv) {
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4 --recipe int4-g32 --calib ../shared/fixtures/text/kjv_calib.txt\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-mix --recipe int4-mixed --override 'block_*/attn_v=int8'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4o6 --recipe int4-g32 --override 'lm=int6'\n"
+                "  tessera quantize out/s260k-f32 -o out/s260k-mix --recipe int4-mixed --max-bytes 281632 --calib calib.txt\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q4a --type int4 --group 64 --asym\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q8 --type int8");
 

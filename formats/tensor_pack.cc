@@ -153,6 +153,17 @@ std::vector<float> PackTensor::ToF32() const {
   return out;
 }
 
+uint64_t TensorPackFileBytes(const std::vector<TensorPackEntry>& tensors) {
+  // Mirrors WriteTensorPack's layout: header, index (name, type, rank, dims, group, cols, planes,
+  // hash), data region at the next 4096 boundary, every plane 64-aligned.
+  uint64_t index = 0, data = 0;
+  for (const TensorPackEntry& t : tensors) {
+    index += 2 + t.name_bytes + 1 + 1 + 8 * t.rank + 4 + 8 + 1 + 17 * t.planes.size() + 8;
+    for (uint64_t b : t.planes) data = AlignUp(data, kAlign) + b;
+  }
+  return AlignUp(kHeaderBytes + index, 4096) + data;
+}
+
 absl::Status WriteTensorPack(const std::string& path, const std::vector<TensorData>& tensors) {
   // Lay out the data region first.
   struct PlaneLoc {

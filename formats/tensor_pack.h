@@ -88,6 +88,14 @@ struct PackTensor {
 // directory and renames it into place when everything succeeded.
 absl::Status WriteTensorPack(const std::string& path, const std::vector<TensorData>& tensors);
 
+// The exact size of the file WriteTensorPack writes, from each tensor's name length, rank and
+// plane sizes (data, then scales and mins when not empty) - for planning a package's size.
+struct TensorPackEntry {
+  size_t name_bytes = 0, rank = 0;
+  std::vector<uint64_t> planes;  // data bytes first; only the non-empty scale/min planes after it
+};
+uint64_t TensorPackFileBytes(const std::vector<TensorPackEntry>& tensors);
+
 enum class LoadMode {
   kMmap,       // map the file (default)
   kRead,       // read the whole file into memory (pread), no mmap

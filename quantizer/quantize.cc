@@ -198,7 +198,132 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   add_shapes(pkg->embedding(), "embedding.bin");
   for (int64_t i = 0; i < cfg.layers; ++i) add_shapes(pkg->block(i), BlockFileName(i));
   add_shapes(pkg->lm(), "lm.bin");
-  const QuantPlan plan = PlanQuantization(default_scheme, rules, upgrades, max_bpw, overrides, shapes, cfg.layers);
+  if ((o.max_bytes > 0 || o.max_bpw > 0) && upgrades.empty())
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-bytes / --max-bpw need a budgeted recipe (int4-mixed); ",
+        o.recipe.empty() ? "--type" : absl::StrCat("--recipe ", o.recipe), " has no upgrades to budget"));
+  if (o.max_bpw > 0) max_bpw = o.max_bpw;
+  if (o.max_bytes > 0 && o.max_bpw <= 0) max_bpw = 0;  // a byte budget replaces the recipe's bits/weight
+
+  // The manifest written at the end (see below), shared with the byte budget's estimate: with
+  // `draft`, every value not known before quantizing is a placeholder at least as long as it.
+  const std::string tokenizer_text = pkg->tokenizer().Serialize();
+  struct PackFile {
+    const TensorPack* pack;
+    std::string file, role;
+    int64_t layer;
+  };
+  std::vector<PackFile> pack_files{{&pkg->embedding(), "embedding.bin", "embedding", -1}};
+  for (int64_t i = 0; i < cfg.layers; ++i) pack_files.push_back({&pkg->block(i), BlockFileName(i), "block", i});
+  pack_files.push_back({&pkg->lm(), "lm.bin", "lm", -1});
+  auto quant_json = [&](const QuantPlan& plan, const std::string& alg, const nlohmann::ordered_json& calib,
+                        const nlohmann::ordered_json& awq, const nlohmann::ordered_json& bpw,
+                        const nlohmann::ordered_json& mbytes, uint64_t mweights,
+                        const std::map<std::string, size_t>& by_scheme, const nlohmann::ordered_json& tensors) {
+    nlohmann::ordered_json q{{"recipe", RecipeName(o)}, {"type", QTypeName(default_scheme.type)}};
+    if (IsQuantized(default_scheme.type)) {
+      q["group"] = default_scheme.group;
+      q["sym"] = default_scheme.type != QType::kI4Asym;
+      q["scale_dtype"] = "f16";
+    }
+    q["algorithm"] = alg;
+    if (!overrides.empty()) {
+      nlohmann::ordered_json ov = nlohmann::ordered_json::array();
+      for (const auto& r : overrides) ov.push_back(r.text);
+      q["overrides"] = ov;
+    }
+    if (max_bpw > 0 || o.max_bytes > 0) {
+      if (max_bpw > 0) q["max_bits_per_weight"] = max_bpw;
+      if (o.max_bytes > 0) q["max_bytes"] = o.max_bytes;
+      q["upgrades_applied"] = plan.upgrades_applied;
+      q["upgrades_skipped"] = plan.upgrades_skipped.size();  // how many steps did not fit (the list is long)
+    }
+    if (!calib.is_null()) q["calibration"] = calib;
+    if (!awq.is_null()) q["awq"] = awq;
+    q["bits_per_weight"] = bpw;
+    q["matrix_bytes"] = mbytes;
+    q["matrix_weights"] = mweights;
+    nlohmann::ordered_json mix = nlohmann::ordered_json::object();
+    for (const auto& [name, n] : by_scheme) mix[name] = n;
+    q["weights_by_scheme"] = mix;
+    q["tensors"] = tensors;
+    q["base"] = {{"path", fs::absolute(src_dir).string()},
+                 {"recipe", pkg->manifest().contains("quant") ? pkg->manifest()["quant"].value("recipe", "") : ""}};
+    nlohmann::ordered_json m;
+    for (auto& [k, v] : pkg->manifest().items()) {
+      if (k == "format" || k == "format_version" || k == "files") continue;
+      m[k] = v;
+    }
+    m["producer"] = {{"tool", "tessera"}, {"version", kTesseraVersion}, {"cmdline", o.cmdline}};
+    m["quant"] = q;
+    return m;
+  };
+  // The whole package's bytes for a plan: the packs exactly, the tokenizer exactly, the manifest
+  // as an upper bound (placeholders for hashes, sizes, floats and the calibration's counts).
+  auto package_bytes = [&](const QuantPlan& plan) -> uint64_t {
+    uint64_t total = tokenizer_text.size();
+    const std::string num(20, '9'), dbl(24, '9'), hash(16, 'f');
+    nlohmann::ordered_json files = nlohmann::ordered_json::array();
+    for (const PackFile& pf : pack_files) {
+      std::vector<TensorPackEntry> entries;
+      const std::string stem = fs::path(pf.file).stem().string();
+      for (const auto& t : pf.pack->tensors()) {
+        TensorPackEntry e{t.name.size(), t.shape.size(), {}};
+        const size_t rows = t.rows(), k = t.logical_cols();
+        const TensorScheme s = t.shape.size() == 2 ? plan.scheme.at(stem + "/" + t.name) : TensorScheme{};
+        if (!IsQuantized(s.type)) {
+          e.planes.push_back(DataPlaneBytes(s.type, rows, k));
+        } else {
+          const size_t kp = (k + s.group - 1) / s.group * s.group;
+          e.planes.push_back(DataPlaneBytes(s.type, rows, kp));
+          e.planes.push_back(ScalePlaneBytes(s.type, rows, kp, s.group));
+          if (s.type == QType::kI4Asym) e.planes.push_back(e.planes.back());
+        }
+        entries.push_back(std::move(e));
+      }
+      total += TensorPackFileBytes(entries);
+      nlohmann::ordered_json f{{"path", pf.file}, {"role", pf.role}};
+      if (pf.layer >= 0) f["layer"] = pf.layer;
+      f["bytes"] = num;
+      f["xxh3_64"] = hash;
+      files.push_back(f);
+    }
+    files.push_back({{"path", "tokenizer.txt"}, {"role", "tokenizer"}, {"bytes", num}, {"xxh3_64", hash}});
+    nlohmann::ordered_json calib;
+    if (!o.calib_text.empty())
+      calib = {{"file", fs::path(o.calib_text).filename().string()},
+               {"path", fs::absolute(o.calib_text).string()},
+               {"bytes", num}, {"xxh3_64", hash}, {"tokens", num}, {"ctx", num}, {"chunks", num},
+               {"statistic", "mean(x^2) per input channel + E[x x^T] (GPTQ)"}};
+    nlohmann::ordered_json tensors = nlohmann::ordered_json::object();
+    std::map<std::string, size_t> by_scheme;
+    for (const MatrixShape& m : shapes) {
+      const TensorScheme& s = plan.scheme.at(m.key);
+      const bool searchable = s.type == QType::kI4Sym || s.type == QType::kI4Asym || s.type == QType::kI6Sym;
+      nlohmann::ordered_json e{{"scheme", SchemeName(s)}, {"algorithm", "search"}};
+      if (!plan.reason.at(m.key).empty()) e["rule"] = plan.reason.at(m.key);
+      if (searchable) e["weights"] = "covariance";
+      if (o.awq) e["awq_alpha"] = dbl;
+      tensors[m.key] = e;
+      by_scheme[SchemeName(s)] += static_cast<size_t>(m.rows * m.cols);
+    }
+    nlohmann::ordered_json m = quant_json(plan, "gptq+rtn+search", calib, o.awq ? nlohmann::ordered_json(false) : nlohmann::ordered_json(),
+                                          dbl, num, plan.weights, by_scheme, tensors);
+    nlohmann::ordered_json full;  // as PackageWriter::Commit writes it
+    full["format"] = "tessera-package";
+    full["format_version"] = {{"major", kPackageFormatMajor}, {"minor", kPackageFormatMinor}};
+    for (auto& [k, v] : m.items()) full[k] = v;
+    full["files"] = files;
+    return total + full.dump(2).size() + 1;
+  };
+  QuantBudget budget;
+  budget.max_bits_per_weight = max_bpw;
+  budget.max_bytes = o.max_bytes;
+  budget.package_bytes = package_bytes;
+  budget.user_bytes = o.max_bytes > 0;
+  budget.user_bpw = o.max_bpw > 0;
+  TESSERA_ASSIGN_OR_RETURN(const QuantPlan plan, PlanQuantizationWithBudget(default_scheme, rules, upgrades, budget,
+                                                                             overrides, shapes, cfg.layers));
 
   // Calibration: activation statistics of the unquantized source model.
   ActivationStats stats;
@@ -362,46 +487,26 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   TESSERA_RETURN_IF_ERROR(do_pack(pkg->lm(), "lm.bin", "lm", -1));
   TESSERA_RETURN_IF_ERROR(writer->WriteTokenizer(pkg->tokenizer()));
   progress.Finish();
-  nlohmann::ordered_json m;
-  for (auto& [k, v] : pkg->manifest().items()) {
-    if (k == "format" || k == "format_version" || k == "files") continue;
-    m[k] = v;
-  }
-  m["producer"] = {{"tool", "tessera"}, {"version", kTesseraVersion}, {"cmdline", o.cmdline}};
-  nlohmann::ordered_json q{{"recipe", RecipeName(o)}, {"type", QTypeName(default_scheme.type)}};
-  if (IsQuantized(default_scheme.type)) {
-    q["group"] = default_scheme.group;
-    q["sym"] = default_scheme.type != QType::kI4Asym;
-    q["scale_dtype"] = "f16";
-  }
   // "rtn", "search", "none", or e.g. "rtn+search" for mixed recipes.
   std::string alg;
   for (const std::string& a : algorithms)
     if (a != "none") absl::StrAppend(&alg, alg.empty() ? "" : "+", a);
-  q["algorithm"] = alg.empty() ? "none" : alg;
-  if (!overrides.empty()) {
-    nlohmann::ordered_json ov = nlohmann::ordered_json::array();
-    for (const auto& r : overrides) ov.push_back(r.text);
-    q["overrides"] = ov;
+  const double bpw = matrix_weights ? 8.0 * static_cast<double>(matrix_bytes) / static_cast<double>(matrix_weights) : 0.0;
+  nlohmann::ordered_json m =
+      quant_json(plan, alg.empty() ? "none" : alg, calib_info,
+                 o.awq ? nlohmann::ordered_json(!stats.mean_sq.empty()) : nlohmann::ordered_json(), bpw, matrix_bytes,
+                 matrix_weights, scheme_weights, per_tensor);
+  TESSERA_RETURN_IF_ERROR(writer->Commit(std::move(m)));
+  if (o.max_bytes > 0) {
+    uint64_t bytes = 0;
+    for (const auto& f : fs::directory_iterator(out_dir))
+      if (f.is_regular_file()) bytes += f.file_size();
+    if (bytes > o.max_bytes)  // the plan's estimate is an upper bound: this is a bug
+      return absl::InternalError(absl::StrCat(out_dir, ": ", bytes, " bytes exceed --max-bytes ", o.max_bytes,
+                                              " (planned at most ", plan.package_bytes, ")"));
   }
-  if (max_bpw > 0) {
-    q["max_bits_per_weight"] = max_bpw;
-    q["upgrades_applied"] = plan.upgrades_applied;
-    q["upgrades_skipped"] = plan.upgrades_skipped;
-  }
-  if (!calib_info.is_null()) q["calibration"] = calib_info;
-  if (o.awq) q["awq"] = !stats.mean_sq.empty();
-  q["bits_per_weight"] = matrix_weights ? 8.0 * static_cast<double>(matrix_bytes) / static_cast<double>(matrix_weights) : 0.0;
-  q["matrix_bytes"] = matrix_bytes;
-  q["matrix_weights"] = matrix_weights;
-  nlohmann::ordered_json mix = nlohmann::ordered_json::object();
-  for (const auto& [name, n] : scheme_weights) mix[name] = n;
-  q["weights_by_scheme"] = mix;
-  q["tensors"] = per_tensor;
-  q["base"] = {{"path", fs::absolute(src_dir).string()},
-               {"recipe", pkg->manifest().contains("quant") ? pkg->manifest()["quant"].value("recipe", "") : ""}};
-  m["quant"] = q;
-  return writer->Commit(std::move(m));
+  return absl::OkStatus();
+
 }
 
 }  // namespace tessera

@@ -35,6 +35,11 @@ struct QuantizeOptions {
   int64_t calib_ctx = 0;       // 0: min(512, the model's context)
   // AWQ-style input-channel scaling folded into the norms (quantizer/awq.h); needs calib_text.
   bool awq = false;
+  // Budgets for a budgeted recipe (int4-mixed), replacing its own bits/weight budget when given:
+  // the whole output package in bytes (every file, manifest included) and/or the matrices'
+  // bits/weight. 0: not given.
+  uint64_t max_bytes = 0;
+  double max_bpw = 0;
   bool force = false;
   std::string cmdline;
 };

@@ -117,13 +117,25 @@ QuantRule R(const char* pattern, const char* scheme) {
 bool UseMoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
 
 const char* kMixedSummary =
-    "int4-g32-sym plus upgrades, each kept only while all matrices stay <= 4.9 bits/weight, in this order: "
-    "the output matrix (lm/output, or embedding/token_embd when the embeddings are tied) -> int6-g32 (if that does "
-    "not fit: int6-g64, then int4-g32-asym), every attn_v -> int6-g32, every attn_k -> int6-g32, ffn_down of "
-    "llama.cpp's use_more_bits layers -> int6-g32 (one layer at a time)";
+    "int4-g32-sym plus upgrades, each kept only while all matrices stay <= 4.9 bits/weight (or within --max-bytes / "
+    "--max-bpw), in this order: the output matrix (lm/output, or embedding/token_embd when the embeddings are tied) -> "
+    "int6-g32 (if that does not fit: int6-g64, then int4-g32-asym), every attn_v -> int6-g32, every attn_k -> int6-g32, "
+    "ffn_down of llama.cpp's use_more_bits layers -> int6-g32; then one layer at a time: attn_v (use_more_bits layers "
+    "first), ffn_down, attn_k, attn_output, attn_q, ffn_gate, ffn_up, an untied token_embd -> int6-g32; then the same order "
+    "again -> int8-g32 (output first). An upgrade never lowers a matrix's bits";
 std::vector<QuantRule> MixedUpgrades() {
-  return {R("{output}", "int6-g32"),       R("{output}", "int6-g64"),         R("{output}", "int4-g32-asym"),
-          R("block_*/attn_v", "int6-g32"), R("block_*/attn_k", "int6-g32"), R("{more_bits}/ffn_down", "int6-g32")};
+  std::vector<QuantRule> u{R("{output}", "int6-g32"),       R("{output}", "int6-g64"),
+                           R("{output}", "int4-g32-asym"),  R("block_*/attn_v", "int6-g32"),
+                           R("block_*/attn_k", "int6-g32"), R("{more_bits}/ffn_down", "int6-g32")};
+  // Per layer, for budgets a whole-model step does not fit (or that have room after it).
+  for (const char* scheme : {"int6-g32", "int8-g32"}) {
+    if (std::string(scheme) == "int8-g32") u.push_back(R("{output}", scheme));
+    for (const char* pattern : {"{more_bits}/attn_v", "{layer}/attn_v", "{more_bits}/ffn_down", "{layer}/ffn_down",
+                                "{layer}/attn_k", "{layer}/attn_output", "{layer}/attn_q", "{layer}/ffn_gate",
+                                "{layer}/ffn_up", "embedding/token_embd"})
+      u.push_back(R(pattern, scheme));
+  }
+  return u;
 }
 
 // "{output}": the matrix that produces the logits - lm/output, or embedding/token_embd when there
@@ -137,12 +149,13 @@ std::vector<QuantRule> Expand(const QuantRule& r, int64_t n_layers, const std::v
     e.text = absl::StrCat(e.pattern, "=", SchemeName(e.scheme));
     return {e};
   }
-  const std::string tag = "{more_bits}";
+  const bool more_bits = r.pattern.find("{more_bits}") != std::string::npos;
+  const std::string tag = more_bits ? "{more_bits}" : "{layer}";
   const size_t pos = r.pattern.find(tag);
   if (pos == std::string::npos) return {r};
   std::vector<QuantRule> out;
   for (int64_t i = 0; i < n_layers; ++i) {
-    if (!UseMoreBits(i, n_layers)) continue;
+    if (more_bits && !UseMoreBits(i, n_layers)) continue;
     QuantRule e = r;
     e.pattern = r.pattern.substr(0, pos) + absl::StrCat("block_", i) + r.pattern.substr(pos + tag.size());
     e.text = absl::StrCat(e.pattern, "=", SchemeName(e.scheme));
@@ -174,10 +187,39 @@ QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector
                            const std::vector<QuantRule>& upgrades, double max_bits_per_weight,
                            const std::vector<QuantRule>& overrides, const std::vector<MatrixShape>& matrices,
                            int64_t n_layers) {
+  QuantBudget b;
+  b.max_bits_per_weight = max_bits_per_weight;
+  // Without user budgets the plan cannot fail.
+  return *PlanQuantizationWithBudget(default_scheme, rules, upgrades, b, overrides, matrices, n_layers);
+}
+
+absl::StatusOr<QuantPlan> PlanQuantizationWithBudget(const TensorScheme& default_scheme,
+                                                     const std::vector<QuantRule>& rules,
+                                                     const std::vector<QuantRule>& upgrades, const QuantBudget& budget,
+                                                     const std::vector<QuantRule>& overrides,
+                                                     const std::vector<MatrixShape>& matrices, int64_t n_layers) {
+  if (budget.max_bytes > 0 && !budget.package_bytes)
+    return absl::InvalidArgumentError("a byte budget needs the package's size function");
   QuantPlan p;
-  auto total = [&]() {
+  // The plan as it will be stored: groups fitted, the fit noted in the reason.
+  auto finish = [&](QuantPlan* q) {
+    for (const MatrixShape& m : matrices) {
+      const TensorScheme fit = FitGroup(q->scheme[m.key], m.cols);
+      if (fit == q->scheme[m.key]) continue;
+      std::string& why = q->reason[m.key];
+      why = absl::StrCat(why, why.empty() ? "" : "; ", "group ", q->scheme[m.key].group, " -> ", fit.group,
+                         " (K = ", m.cols, ")");
+      q->scheme[m.key] = fit;
+    }
+  };
+  auto fitted = [&](const QuantPlan& q) {
+    QuantPlan f = q;
+    finish(&f);
+    return f;
+  };
+  auto matrix_bytes = [&](const QuantPlan& q) {
     uint64_t b = 0;
-    for (const MatrixShape& m : matrices) b += SchemeBytes(FitGroup(p.scheme[m.key], m.cols), m.rows, m.cols);
+    for (const MatrixShape& m : matrices) b += SchemeBytes(FitGroup(q.scheme.at(m.key), m.cols), m.rows, m.cols);
     return b;
   };
   std::set<std::string> forced;
@@ -198,39 +240,63 @@ QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector
       p.reason[m.key] = why;
     }
   }
-  const double budget_bits = max_bits_per_weight * static_cast<double>(p.weights);
-  for (const QuantRule& u0 : upgrades) {
-    for (const QuantRule& u : Expand(u0, n_layers, matrices)) {
-      std::map<std::string, TensorScheme> saved = p.scheme;
-      bool any = false;
-      std::vector<std::string> touched;
-      for (const MatrixShape& m : matrices) {
-        if (forced.count(m.key) || !PatternMatchesKey(u.pattern, m.key)) continue;
-        // An upgrade never lowers a matrix's bits (a fallback after a kept upgrade is a no-op).
-        if (SchemeBitsPerWeight(u.scheme) <= SchemeBitsPerWeight(p.scheme[m.key])) continue;
-        p.scheme[m.key] = u.scheme;
-        touched.push_back(m.key);
-        any = true;
-      }
-      if (!any) continue;
-      if (max_bits_per_weight > 0 && 8.0 * static_cast<double>(total()) > budget_bits) {
-        p.scheme = std::move(saved);
-        p.upgrades_skipped.push_back(u.text);
-        continue;
-      }
-      for (const std::string& key : touched) p.reason[key] = u.text;
-      p.upgrades_applied.push_back(u.text);
+  const double budget_bits = budget.max_bits_per_weight * static_cast<double>(p.weights);
+  auto over_bits = [&](const QuantPlan& q) {
+    return budget.max_bits_per_weight > 0 && 8.0 * static_cast<double>(matrix_bytes(q)) > budget_bits;
+  };
+  auto over_bytes = [&](const QuantPlan& q) {
+    return budget.max_bytes > 0 && budget.package_bytes(fitted(q)) > budget.max_bytes;
+  };
+  std::vector<QuantRule> expanded;
+  {
+    QuantPlan all_skipped = p;  // for the manifest: every upgrade listed as skipped
+    for (const QuantRule& u0 : upgrades)
+      for (const QuantRule& u : Expand(u0, n_layers, matrices)) all_skipped.upgrades_skipped.push_back(u.text);
+    const QuantPlan base = fitted(all_skipped);
+    if (budget.user_bytes && over_bytes(all_skipped)) {
+      const uint64_t total = budget.package_bytes(base), mb = matrix_bytes(p);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--max-bytes ", budget.max_bytes, " is smaller than the package without any upgrade: ", total,
+          " bytes (matrices ", mb, " at ", 8.0 * static_cast<double>(mb) / static_cast<double>(p.weights),
+          " bits/weight + ", total - mb, " bytes of tokenizer, norms, file headers and manifest)"));
+    }
+    if (budget.user_bpw && over_bits(p)) {
+      const uint64_t mb = matrix_bytes(p);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--max-bpw ", budget.max_bits_per_weight, " is below the plan without any upgrade: ",
+          8.0 * static_cast<double>(mb) / static_cast<double>(p.weights), " bits/weight (", mb, " bytes for ",
+          p.weights, " weights, group padding included)"));
     }
   }
-  for (const MatrixShape& m : matrices) {
-    const TensorScheme fit = FitGroup(p.scheme[m.key], m.cols);
-    if (!(fit == p.scheme[m.key])) {
-      p.reason[m.key] = absl::StrCat(p.reason[m.key], p.reason[m.key].empty() ? "" : "; ", "group ",
-                                     p.scheme[m.key].group, " -> ", fit.group, " (K = ", m.cols, ")");
-      p.scheme[m.key] = fit;
+  for (const QuantRule& u0 : upgrades)
+    for (const QuantRule& u : Expand(u0, n_layers, matrices)) expanded.push_back(u);
+  for (size_t i = 0; i < expanded.size(); ++i) {
+    const QuantRule& u = expanded[i];
+    QuantPlan trial = p;
+    std::vector<std::string> touched;
+    for (const MatrixShape& m : matrices) {
+      if (forced.count(m.key) || !PatternMatchesKey(u.pattern, m.key)) continue;
+      // An upgrade never lowers a matrix's bits (a fallback after a kept upgrade is a no-op).
+      if (SchemeBitsPerWeight(u.scheme) <= SchemeBitsPerWeight(p.scheme[m.key])) continue;
+      trial.scheme[m.key] = u.scheme;
+      trial.reason[m.key] = u.text;
+      touched.push_back(m.key);
     }
+    if (touched.empty()) continue;
+    trial.upgrades_applied.push_back(u.text);
+    // The byte budget sees every upgrade still to come as skipped (the manifest lists them), so
+    // the plan's final manifest is never larger than the one checked here.
+    for (size_t j = i + 1; j < expanded.size(); ++j) trial.upgrades_skipped.push_back(expanded[j].text);
+    if (over_bits(trial) || over_bytes(trial)) {
+      p.upgrades_skipped.push_back(u.text);
+      continue;
+    }
+    trial.upgrades_skipped = p.upgrades_skipped;
+    p = std::move(trial);
   }
-  p.bytes = total();
+  finish(&p);
+  p.bytes = matrix_bytes(p);
+  if (budget.package_bytes) p.package_bytes = budget.package_bytes(p);
   return p;
 }
 

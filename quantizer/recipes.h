@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -57,7 +58,9 @@ struct Recipe {
   // a cheaper fallback listed after an upgrade that was kept changes nothing.
   // "{output}" is lm/output, or embedding/token_embd when tied (no lm/output).
   // "{more_bits}" in a pattern expands to each layer of llama.cpp's use_more_bits(i, n)
-  // (first and last eighth of the layers and every third one between).
+  // (first and last eighth of the layers and every third one between), one rule per layer;
+  // "{layer}" to every layer in order, one rule per layer (a per-layer step after a whole-model
+  // one that did not fit uses the budget that is left).
   double max_bits_per_weight = 0;
   std::vector<QuantRule> upgrades;
 };
@@ -78,7 +81,8 @@ struct QuantPlan {
   std::map<std::string, TensorScheme> scheme;  // per matrix key
   std::map<std::string, std::string> reason;   // the rule that decided it ("" = recipe default)
   std::vector<std::string> upgrades_applied, upgrades_skipped;
-  uint64_t bytes = 0, weights = 0;
+  uint64_t bytes = 0, weights = 0;  // matrices only
+  uint64_t package_bytes = 0;         // with QuantBudget::package_bytes: the whole package
   double bits_per_weight() const { return weights ? 8.0 * static_cast<double>(bytes) / static_cast<double>(weights) : 0.0; }
 };
 // Chooses every matrix's scheme: recipe default, recipe rules, the overrides, then budgeted
@@ -87,6 +91,24 @@ QuantPlan PlanQuantization(const TensorScheme& default_scheme, const std::vector
                            const std::vector<QuantRule>& upgrades, double max_bits_per_weight,
                            const std::vector<QuantRule>& overrides, const std::vector<MatrixShape>& matrices,
                            int64_t n_layers);
+
+// The budgets of a budgeted plan; an upgrade is kept only while every given budget holds.
+struct QuantBudget {
+  double max_bits_per_weight = 0;  // over the matrices' stored bytes; 0: none
+  uint64_t max_bytes = 0;          // the whole package (all files); 0: none; needs package_bytes
+  // The whole package's bytes for a (tentative) plan: the matrices plus everything else (pack
+  // headers, index and alignment, vectors, tokenizer, manifest).
+  std::function<uint64_t(const QuantPlan&)> package_bytes;
+  // Names the budgets in errors ("--max-bytes", "--max-bpw"); empty: the recipe's own.
+  bool user_bytes = false, user_bpw = false;
+};
+// As above with both budgets. A budget given by the user (user_*) that even the plan without any
+// upgrade exceeds is an error naming both numbers; the recipe's own bits/weight budget is not.
+absl::StatusOr<QuantPlan> PlanQuantizationWithBudget(const TensorScheme& default_scheme,
+                                                     const std::vector<QuantRule>& rules,
+                                                     const std::vector<QuantRule>& upgrades, const QuantBudget& budget,
+                                                     const std::vector<QuantRule>& overrides,
+                                                     const std::vector<MatrixShape>& matrices, int64_t n_layers);
 
 const std::vector<Recipe>& AllRecipes();
 // Errors list the known recipe names.

@@ -1,6 +1,12 @@
 // Recipes, schemes, overrides and glob matching (quantizer/recipes.h).
+#include <algorithm>
+#include <filesystem>
+#include <map>
 #include <tuple>
 
+#include <unistd.h>
+
+#include "formats/tensor_pack.h"
 #include "gtest/gtest.h"
 #include "quantizer/recipes.h"
 
@@ -113,7 +119,7 @@ std::vector<MatrixShape> Kjv6LShapes(bool tied) {
   for (int i = 0; i < 6; ++i) {
     const std::string b = "block_" + std::to_string(i) + "/";
     for (const auto& [n, r, c] : std::vector<std::tuple<const char*, int64_t, int64_t>>{
-             {"attn_q", 256, 256}, {"attn_k", 64, 256}, {"attn_v", 64, 256}, {"attn_o", 256, 256},
+             {"attn_q", 256, 256}, {"attn_k", 64, 256}, {"attn_v", 64, 256}, {"attn_output", 256, 256},
              {"ffn_gate", 768, 256}, {"ffn_up", 768, 256}, {"ffn_down", 256, 768}})
       m.push_back({b + n, r, c});
   }
@@ -132,10 +138,15 @@ TEST(Plan, BudgetedUpgradesStayWithinBudget) {
   for (const auto& x : m) bytes += SchemeBytes(p.scheme[x.key], x.rows, x.cols);
   EXPECT_EQ(bytes, p.bytes);
   // kjv6L: the output matrix, then every attn_v and attn_k go to int6-g32; a use_more_bits
-  // ffn_down (+393,216 bits each) no longer fits. The fallbacks for the output are no-ops.
-  EXPECT_EQ(p.upgrades_applied,
-            (std::vector<std::string>{"lm/output=int6-g32", "block_*/attn_v=int6-g32", "block_*/attn_k=int6-g32"}));
-  EXPECT_EQ(p.upgrades_skipped, (std::vector<std::string>{"block_2/ffn_down=int6-g32", "block_5/ffn_down=int6-g32"}));
+  // ffn_down (+393,216 bits each) no longer fits, but one layer's attn_output (+131,072) does.
+  // The fallbacks for the output are no-ops.
+  EXPECT_EQ(p.upgrades_applied, (std::vector<std::string>{"lm/output=int6-g32", "block_*/attn_v=int6-g32",
+                                                          "block_*/attn_k=int6-g32", "block_0/attn_output=int6-g32"}));
+  ASSERT_GE(p.upgrades_skipped.size(), 3u);
+  EXPECT_EQ(p.upgrades_skipped[0], "block_2/ffn_down=int6-g32");
+  EXPECT_EQ(p.upgrades_skipped[1], "block_5/ffn_down=int6-g32");
+  EXPECT_EQ(SchemeName(p.scheme["block_0/attn_output"]), "int6-g32");
+  EXPECT_EQ(SchemeName(p.scheme["block_1/attn_output"]), "int4-g32-sym");
   EXPECT_EQ(SchemeName(p.scheme["lm/output"]), "int6-g32");
   EXPECT_EQ(p.reason["lm/output"], "lm/output=int6-g32");
   EXPECT_EQ(SchemeName(p.scheme["block_3/attn_k"]), "int6-g32");
@@ -144,7 +155,7 @@ TEST(Plan, BudgetedUpgradesStayWithinBudget) {
   // Exact bytes: 4.5 bits/weight everywhere + 2 bits for each int6-g32 weight.
   uint64_t weights = 0;
   for (const auto& x : m) weights += static_cast<uint64_t>(x.rows * x.cols);
-  EXPECT_EQ(p.bytes, weights * 9 / 16 + (4096 * 256 + 12 * 64 * 256) * 2 / 8);
+  EXPECT_EQ(p.bytes, weights * 9 / 16 + (4096 * 256 + 12 * 64 * 256 + 256 * 256) * 2 / 8);
   // An override decides its tensors; the upgrades do not touch them.
   auto p2 = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight,
                              {*ParseOverride("lm/output=f16")}, m, 6);
@@ -184,6 +195,145 @@ TEST(Plan, OutputFallsBackWhenInt6DoesNotFit) {
   auto q = PlanQuantization(r->default_scheme, {}, ups, 0, {}, m, 6);
   EXPECT_EQ(SchemeName(q.scheme["lm/output"]), "int6-g32");
   EXPECT_EQ(q.upgrades_applied, std::vector<std::string>{"lm/output=int6-g32"});
+}
+
+// stories260K's matrix shapes (5 layers, 64 wide, kv 32, ffn 172, vocab 512, tied).
+std::vector<MatrixShape> Stories260KShapes() {
+  std::vector<MatrixShape> m{{"embedding/token_embd", 512, 64}};
+  for (int i = 0; i < 5; ++i) {
+    const std::string b = "block_" + std::to_string(i) + "/";
+    for (const auto& [n, r, c] : std::vector<std::tuple<const char*, int64_t, int64_t>>{
+             {"attn_q", 64, 64}, {"attn_k", 32, 64}, {"attn_v", 32, 64}, {"attn_output", 64, 64},
+             {"ffn_gate", 172, 64}, {"ffn_up", 172, 64}, {"ffn_down", 64, 172}})
+      m.push_back({b + n, r, c});
+  }
+  return m;
+}
+
+// A package size model for the planner: the matrices' exact bytes plus a fixed cost and a cost per
+// upgrade text (the manifest lists them), as QuantizePackage's is.
+QuantBudget ByteBudget(uint64_t max_bytes, const std::vector<MatrixShape>& m) {
+  QuantBudget b;
+  b.max_bytes = max_bytes;
+  b.user_bytes = true;
+  b.package_bytes = [m](const QuantPlan& p) {
+    uint64_t bytes = 50000;
+    for (const auto& x : m) bytes += SchemeBytes(p.scheme.at(x.key), x.rows, x.cols);
+    for (const auto* list : {&p.upgrades_applied, &p.upgrades_skipped})
+      for (const std::string& t : *list) bytes += t.size() + 8;
+    return bytes;
+  };
+  return b;
+}
+
+TEST(Plan, ByteBudgetIsExactMonotonicAndDeterministic) {
+  const auto r = FindRecipe("int4-mixed");
+  ASSERT_TRUE(r.ok());
+  const std::vector<MatrixShape> m = Stories260KShapes();
+  auto matrix_bytes = [&](const QuantPlan& p) {
+    uint64_t b = 0;
+    for (const auto& x : m) b += SchemeBytes(p.scheme.at(x.key), x.rows, x.cols);
+    return b;
+  };
+  auto sized = [&](uint64_t max_bytes) { return ByteBudget(max_bytes, m); };
+  const QuantPlan base = PlanQuantization(r->default_scheme, r->rules, {}, 0, {}, m, 5);
+  uint64_t prev_bytes = 0;
+  std::map<std::string, double> prev_bits;
+  int changes = 0;
+  // From just above the plan without upgrades to int8 everywhere, in steps of 512 bytes.
+  for (uint64_t max = 50000 + base.bytes + 4096; max < 50000 + 300000; max += 512) {
+    auto p = PlanQuantizationWithBudget(r->default_scheme, r->rules, r->upgrades, sized(max), {}, m, 5);
+    ASSERT_TRUE(p.ok()) << max << ": " << p.status();
+    EXPECT_LE(p->package_bytes, max);
+    EXPECT_EQ(p->bytes, matrix_bytes(*p));
+    // Never below the base plan; the package grows with the budget.
+    for (const auto& x : m)
+      EXPECT_GE(SchemeBitsPerWeight(p->scheme.at(x.key)), SchemeBitsPerWeight(base.scheme.at(x.key))) << x.key;
+    EXPECT_GE(p->bytes, prev_bytes) << max;
+    if (p->bytes != prev_bytes) ++changes;
+    prev_bytes = p->bytes;
+    // Deterministic: the same budget gives the same plan.
+    auto again = PlanQuantizationWithBudget(r->default_scheme, r->rules, r->upgrades, sized(max), {}, m, 5);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(again->scheme, p->scheme);
+    EXPECT_EQ(again->upgrades_applied, p->upgrades_applied);
+    EXPECT_EQ(again->package_bytes, p->package_bytes);
+  }
+  EXPECT_GT(changes, 20);  // per-layer steps: the budget is used in small increments
+  // At llama.cpp Q4_K_M's file size (281,632 bytes with ~50 KB of fixed costs) every matrix is at
+  // least int6 and the output (tied token_embd) goes to int8 first.
+  auto q = PlanQuantizationWithBudget(r->default_scheme, r->rules, r->upgrades, sized(281632), {}, m, 5);
+  ASSERT_TRUE(q.ok());
+  for (const auto& x : m) EXPECT_GE(SchemeBitsPerWeight(q->scheme.at(x.key)), 6.5) << x.key;
+  EXPECT_EQ(SchemeName(q->scheme.at("embedding/token_embd")), "int8-g32");
+  EXPECT_LE(q->package_bytes, 281632u);
+}
+
+TEST(Plan, PerLayerStepsUseWhatAWholeModelStepLeaves) {
+  const auto r = FindRecipe("int4-mixed");
+  ASSERT_TRUE(r.ok());
+  // stories260K at 4.9 bits/weight: token_embd -> int6 leaves room for some attn_v layers but not
+  // all of them at once; the use_more_bits layers (0, 2, 4 of 5... here 2 and 4) come first.
+  auto p = PlanQuantization(r->default_scheme, r->rules, r->upgrades, r->max_bits_per_weight, {}, Stories260KShapes(), 5);
+  EXPECT_LE(p.bits_per_weight(), 4.9);
+  ASSERT_GE(p.upgrades_applied.size(), 2u);
+  EXPECT_EQ(p.upgrades_applied[0], "embedding/token_embd=int6-g32");
+  EXPECT_EQ(p.upgrades_applied[1], "block_2/attn_v=int6-g32");
+  EXPECT_EQ(SchemeName(p.scheme.at("block_2/attn_v")), "int6-g32");
+  EXPECT_EQ(std::count(p.upgrades_skipped.begin(), p.upgrades_skipped.end(), "block_*/attn_v=int6-g32"), 1);
+  EXPECT_EQ(p.upgrades_applied[2], "block_4/attn_v=int6-g32");
+}
+
+TEST(Plan, ImpossibleBudgetsNameTheNumbers) {
+  const auto r = FindRecipe("int4-mixed");
+  ASSERT_TRUE(r.ok());
+  const std::vector<MatrixShape> m = Stories260KShapes();
+  QuantBudget b = ByteBudget(60000, m);
+  auto p = PlanQuantizationWithBudget(r->default_scheme, r->rules, r->upgrades, b, {}, m, 5);
+  ASSERT_FALSE(p.ok());
+  const std::string msg(p.status().message());
+  EXPECT_NE(msg.find("--max-bytes 60000 is smaller than the package without any upgrade"), std::string::npos) << msg;
+  QuantBudget c;
+  c.max_bits_per_weight = 4.5;
+  c.user_bpw = true;
+  auto q = PlanQuantizationWithBudget(r->default_scheme, r->rules, r->upgrades, c, {}, m, 5);
+  ASSERT_FALSE(q.ok());
+  EXPECT_NE(std::string(q.status().message()).find("--max-bpw 4.5 is below the plan without any upgrade: 4.61106"),
+            std::string::npos)
+      << q.status();
+  // The recipe's own 4.9 is not an error even when an override already exceeds it.
+  c.user_bpw = false;
+  c.max_bits_per_weight = 4.9;
+  EXPECT_TRUE(PlanQuantizationWithBudget(r->default_scheme, r->rules, r->upgrades, c, {*ParseOverride("ffn_up=f16")},
+                                         m, 5)
+                  .ok());
+}
+
+// The planner's pack size is the size WriteTensorPack writes (every plane type, odd sizes).
+TEST(Plan, TensorPackFileBytesMatchesTheWriter) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() /
+                                    ("tessera-packbytes-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  std::vector<TensorData> ts(4);
+  ts[0] = {"attn_norm", QType::kF32, {64}, 0, 64, std::vector<uint8_t>(256), {}, {}};
+  ts[1] = {"ffn_down", QType::kI4Asym, {64, 172}, 32, 192, std::vector<uint8_t>(64 * 96), std::vector<uint8_t>(64 * 12),
+           std::vector<uint8_t>(64 * 12)};
+  ts[2] = {"attn_v", QType::kI6Sym, {32, 64}, 32, 64, std::vector<uint8_t>(32 * 48), std::vector<uint8_t>(32 * 4), {}};
+  ts[3] = {"x", QType::kF16, {3, 5}, 0, 5, std::vector<uint8_t>(30), {}, {}};
+  for (size_t n = 1; n <= ts.size(); ++n) {
+    std::vector<TensorData> sub(ts.begin(), ts.begin() + static_cast<long>(n));
+    std::vector<TensorPackEntry> e;
+    for (const TensorData& t : sub) {
+      TensorPackEntry x{t.name.size(), t.shape.size(), {t.data.size()}};
+      if (!t.scales.empty()) x.planes.push_back(t.scales.size());
+      if (!t.mins.empty()) x.planes.push_back(t.mins.size());
+      e.push_back(x);
+    }
+    const std::string path = (dir / ("p" + std::to_string(n) + ".bin")).string();
+    ASSERT_TRUE(WriteTensorPack(path, sub).ok());
+    EXPECT_EQ(TensorPackFileBytes(e), std::filesystem::file_size(path)) << n;
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace
