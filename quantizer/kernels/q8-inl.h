@@ -84,7 +84,9 @@ HWY_INLINE constexpr size_t Q8UnitBytes(bool i8) {
 // kI8: I8 unit layout (8 slices of unsigned bytes per row), else packed nibbles. kShift:
 // log2 of the unsigned-code bias (7 for I8, 3 for I4, also when I4 was expanded to bytes).
 template <size_t kU, bool kI8, int kShift>
-__attribute__((target("avx512vnni"))) static void Q8TileVnni(
+// The full AVX3_DL feature string plus avx512vnni: GCC merges a function's target attribute with
+// the enclosing HWY_BEFORE_NAMESPACE pragma, clang replaces it (then avx512bw etc. are missing).
+__attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
     const uint8_t* HWY_RESTRICT w, size_t nsb, const int8_t* const* aq, const float* const* ad,
     const int32_t* const* as, float* HWY_RESTRICT res) {
   constexpr size_t kR = kQ8RowBlock;
