@@ -276,9 +276,28 @@ absl::Status PackageWriter::Commit(nlohmann::ordered_json manifest) {
   for (auto& [k, v] : manifest.items()) m[k] = v;
   m["files"] = files_;
   const std::string mp = (fs::path(tmp_dir_) / "manifest.json").string();
+  // Strings copied from the input (a GGUF model name, architecture, ...) may be invalid UTF-8,
+  // which nlohmann's dump throws on: an error naming the manifest field, not an abort.
+  std::string text;
+  try {
+    text = m.dump(2);
+  } catch (const nlohmann::json::exception& e) {
+    std::string field;
+    for (const auto& [k, v] : m.items()) {
+      try {
+        (void)v.dump();
+      } catch (const nlohmann::json::exception&) {
+        field = k;
+        break;
+      }
+    }
+    return FileError(mp, absl::StrCat("cannot write manifest field \"", field,
+                                      "\": a string from the input is not valid UTF-8 (",
+                                      e.what(), ")"));
+  }
   {
     std::ofstream out(mp, std::ios::trunc);
-    out << m.dump(2) << "\n";
+    out << text << "\n";
     out.flush();
     if (!out) return FileError(mp, "write failed");
   }

@@ -284,6 +284,26 @@ TEST(FuzzRegressions, NonIntegerArchFieldsAreRejected) {
   EXPECT_NE(p.status().message().find("\"bytes\""), std::string::npos) << p.status();
 }
 
+TEST(FuzzRegressions, InvalidUtf8InManifestIsAnErrorAndLeavesNoOutput) {
+  // Was: nlohmann type_error 316 escaping PackageWriter::Commit (abort) for a GGUF whose metadata
+  // string is not UTF-8. fuzz/corpus/gguf/regress-invalid-utf8-manifest-string
+  TempDir tmp;
+  const std::string out = tmp / "pkg";
+  auto w = PackageWriter::Create(out, false);
+  ASSERT_TRUE(w.ok()) << w.status();
+  const std::string tmp_dir = (*w)->tmp_dir();
+  nlohmann::ordered_json m;
+  m["source"] = {{"name", std::string("model\xff\xfe")}};
+  const absl::Status st = (*w)->Commit(m);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("manifest.json"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("\"source\""), std::string::npos) << st;
+  EXPECT_NE(st.message().find("UTF-8"), std::string::npos) << st;
+  w->reset();
+  EXPECT_FALSE(std::filesystem::exists(out));
+  EXPECT_FALSE(std::filesystem::exists(tmp_dir));
+}
+
 // ---- integrity: flip a byte in every section, truncate at every section boundary ----
 struct Section {
   std::string file, what, tensor;  // tensor empty for header / index / padding

@@ -244,13 +244,12 @@ HWY_INLINE void TileF32(DF df, const float* const* HWY_RESTRICT rows, const floa
     }
   }
   if (k < K) {
-    const auto m = hn::FirstN(df, K - k);
     V w[kR];
 #pragma GCC unroll 8
-    for (size_t i = 0; i < kR; ++i) w[i] = hn::MaskedLoad(m, df, rows[i] + k);
+    for (size_t i = 0; i < kR; ++i) w[i] = LoadTail(df, rows[i] + k, K - k);
 #pragma GCC unroll 8
     for (size_t t = 0; t < kT; ++t) {
-      const V xv = hn::MaskedLoad(m, df, x + t * ldx + k);
+      const V xv = LoadTail(df, x + t * ldx + k, K - k);
 #pragma GCC unroll 8
       for (size_t i = 0; i < kR; ++i) acc[i][t] = hn::MulAdd(w[i], xv, acc[i][t]);
     }

@@ -1,6 +1,6 @@
 // Per-target element-wise ops and reductions (re-included once per Highway target):
-// Dot, RMSNorm, Softmax, SiluMul, Axpy. Any n, unaligned pointers; tails use masked
-// loads/stores (never touch memory past n).
+// Dot, RMSNorm, Softmax, SiluMul, Axpy. Any n, unaligned pointers; tails use LoadTail and
+// BlendedStore (never touch memory past n).
 #if defined(TESSERA_KERNELS_OPS_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TESSERA_KERNELS_OPS_INL_H_
 #undef TESSERA_KERNELS_OPS_INL_H_
@@ -20,6 +20,22 @@ HWY_BEFORE_NAMESPACE();
 namespace tessera::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Lanes 0..min(n, Lanes(d))-1 from p, the other lanes zero; never reads p[n] or beyond.
+// hn::MaskedLoad alone does not promise that: where Highway sets HWY_MEM_OPS_MIGHT_FAULT it
+// may read the masked-off lanes too (1.0.3's EMU128 MaskedLoad is a full Load, which ASan
+// reports as a heap overflow at the end of a row), so those targets go through a stack copy.
+template <class D>
+HWY_INLINE hn::Vec<D> LoadTail(D d, const hn::TFromD<D>* HWY_RESTRICT p, size_t n) {
+#if HWY_MEM_OPS_MIGHT_FAULT
+  HWY_ALIGN hn::TFromD<D> buf[hn::MaxLanes(d)] = {};
+  const size_t c = HWY_MIN(n, hn::Lanes(d));
+  for (size_t i = 0; i < c; ++i) buf[i] = p[i];
+  return hn::LoadU(d, buf);
+#else
+  return hn::MaskedLoad(hn::FirstN(d, n), d, p);
+#endif
+}
+
 // sum_i a[i] * b[i] in f32 with 4 independent accumulators.
 template <class DF>
 HWY_INLINE float DotF32(DF df, const float* HWY_RESTRICT a, const float* HWY_RESTRICT b, size_t n) {
@@ -34,8 +50,7 @@ HWY_INLINE float DotF32(DF df, const float* HWY_RESTRICT a, const float* HWY_RES
   }
   for (; i + N <= n; i += N) s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
   if (i < n) {
-    const auto m = hn::FirstN(df, n - i);
-    s1 = hn::MulAdd(hn::MaskedLoad(m, df, a + i), hn::MaskedLoad(m, df, b + i), s1);
+    s1 = hn::MulAdd(LoadTail(df, a + i, n - i), LoadTail(df, b + i, n - i), s1);
   }
   return hn::GetLane(hn::SumOfLanes(df, hn::Add(hn::Add(s0, s1), hn::Add(s2, s3))));
 }
@@ -59,9 +74,12 @@ HWY_MAYBE_UNUSED static void RMSNorm(const float* x, const float* HWY_RESTRICT w
     s0 = hn::MulAdd(v0, v0, s0);
     s1 = hn::MulAdd(v1, v1, s1);
   }
-  for (; i < n; i += N) {
-    const auto m = hn::FirstN(df, n - i);  // all-true except in the tail
-    const auto v = hn::MaskedLoad(m, df, x + i);
+  for (; i + N <= n; i += N) {
+    const auto v = hn::LoadU(df, x + i);
+    s0 = hn::MulAdd(v, v, s0);
+  }
+  if (i < n) {
+    const auto v = LoadTail(df, x + i, n - i);
     s0 = hn::MulAdd(v, v, s0);
   }
   const float ss = hn::GetLane(hn::SumOfLanes(df, hn::Add(s0, s1)));
@@ -73,7 +91,7 @@ HWY_MAYBE_UNUSED static void RMSNorm(const float* x, const float* HWY_RESTRICT w
   if (i < n) {
     const auto m = hn::FirstN(df, n - i);
     const auto v =
-        hn::Mul(hn::Mul(hn::MaskedLoad(m, df, x + i), vinv), hn::MaskedLoad(m, df, w + i));
+        hn::Mul(hn::Mul(LoadTail(df, x + i, n - i), vinv), LoadTail(df, w + i, n - i));
     hn::BlendedStore(v, m, df, out + i);
   }
 }
@@ -89,7 +107,7 @@ HWY_MAYBE_UNUSED static void Softmax(float* x, size_t n) {
   for (; i + N <= n; i += N) vmax = hn::Max(vmax, hn::LoadU(df, x + i));
   const size_t rem = n - i;
   const auto mtail = hn::FirstN(df, rem);
-  if (rem) vmax = hn::Max(vmax, hn::IfThenElse(mtail, hn::MaskedLoad(mtail, df, x + i), neg_inf));
+  if (rem) vmax = hn::Max(vmax, hn::IfThenElse(mtail, LoadTail(df, x + i, rem), neg_inf));
   const float mx = hn::GetLane(hn::MaxOfLanes(df, vmax));
   if (mx == -std::numeric_limits<float>::infinity()) {
     for (size_t k = 0; k < n; ++k) x[k] = 0.0f;
@@ -112,13 +130,17 @@ HWY_MAYBE_UNUSED static void Softmax(float* x, size_t n) {
   }
   if (rem) {
     const auto e =
-        hn::IfThenElseZero(mtail, hn::Exp(df, hn::Sub(hn::MaskedLoad(mtail, df, x + i), vmx)));
+        hn::IfThenElseZero(mtail, hn::Exp(df, hn::Sub(LoadTail(df, x + i, rem), vmx)));
     sum += static_cast<double>(hn::GetLane(hn::SumOfLanes(df, e)));
     hn::BlendedStore(e, mtail, df, x + i);
   }
+  // Every entry -inf but mx finite: Highway 1.0.3's EMU128 MaxOfLanes starts from the lowest
+  // finite float, so it returns -FLT_MAX there, not -inf. Every e was 0 and x already holds the
+  // all-zero result (otherwise the max entry alone gives e = 1, so sum >= 1).
+  if (sum == 0.0) return;
   const auto vinv = hn::Set(df, static_cast<float>(1.0 / sum));
   for (i = 0; i + N <= n; i += N) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), vinv), df, x + i);
-  if (rem) hn::BlendedStore(hn::Mul(hn::MaskedLoad(mtail, df, x + i), vinv), mtail, df, x + i);
+  if (rem) hn::BlendedStore(hn::Mul(LoadTail(df, x + i, rem), vinv), mtail, df, x + i);
 }
 
 template <class DF>
@@ -137,7 +159,7 @@ HWY_MAYBE_UNUSED static void SiluMul(const float* gate, const float* up, size_t 
   }
   if (i < n) {
     const auto m = hn::FirstN(df, n - i);
-    const auto v = SiluMulVec(df, hn::MaskedLoad(m, df, gate + i), hn::MaskedLoad(m, df, up + i));
+    const auto v = SiluMulVec(df, LoadTail(df, gate + i, n - i), LoadTail(df, up + i, n - i));
     hn::BlendedStore(v, m, df, out + i);
   }
 }
@@ -153,7 +175,7 @@ HWY_MAYBE_UNUSED static void Axpy(float a, const float* HWY_RESTRICT x, size_t n
   }
   if (i < n) {
     const auto m = hn::FirstN(df, n - i);
-    const auto v = hn::MulAdd(va, hn::MaskedLoad(m, df, x + i), hn::MaskedLoad(m, df, y + i));
+    const auto v = hn::MulAdd(va, LoadTail(df, x + i, n - i), LoadTail(df, y + i, n - i));
     hn::BlendedStore(v, m, df, y + i);
   }
 }

@@ -95,8 +95,11 @@ HWY_INLINE constexpr size_t Q8UnitBytes(bool i8) {
 //   + pf_step) that lie below pf + pf_bytes (the caller's share of the next row block).
 // kI8: I8 unit layout (8 slices of unsigned bytes per row, bias 128), else packed nibbles
 // (bias 8).
+// The target attribute is the full AVX3_DL feature string plus avx512vnni: GCC merges a function's
+// target attribute with the enclosing HWY_BEFORE_NAMESPACE pragma, clang replaces it (then
+// avx512bw etc. would be missing).
 template <size_t kU, bool kI8>
-__attribute__((target("avx512vnni"))) static void Q8TileVnni(
+__attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
     const uint8_t* HWY_RESTRICT w, size_t nsb, const int8_t* const* aq, const float* const* ad,
     const int32_t* const* as, const uint8_t* pf, size_t pf_step, size_t pf_bytes,
     float* HWY_RESTRICT res) {

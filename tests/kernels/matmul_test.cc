@@ -239,6 +239,32 @@ void TestMatMulLargeK() {
   }
 }
 
+// F32 weights and activations that end exactly at the end of their heap blocks (no slack), K
+// not a multiple of the vector length: the K tail of the decode and prefill paths must not read
+// past the row (the ASan build reports it; EMU128's MaskedLoad reads whole vectors).
+void TestMatMulF32TailsStayInBounds() {
+  const size_t rows = 5;
+  for (size_t K : {1, 2, 3, 5, 7, 13, 17, 31, 33}) {
+    std::vector<float> w(rows * K);
+    ktest::FillUniform(w.data(), w.size(), static_cast<uint32_t>(K), -1.0f, 1.0f);
+    WeightMatrix m;
+    m.type = WType::kF32;
+    m.data = w.data();
+    m.rows = rows;
+    m.cols = K;
+    for (size_t T : {size_t{1}, size_t{3}, kFusedMaxT + 1}) {
+      std::vector<float> x(T * K);
+      ktest::FillUniform(x.data(), x.size(), static_cast<uint32_t>(K + 100 * T), -1.0f, 1.0f);
+      std::vector<float> y(T * rows);
+      HWY_NAMESPACE::MatMul(m, x.data(), T, K, y.data(), rows, 0, rows);
+      std::vector<double> yr(T * rows);
+      MatMul_ref(m, x.data(), T, K, yr.data(), rows, 0, rows);
+      for (size_t i = 0; i < T * rows; ++i)
+        ASSERT_NEAR(y[i], yr[i], 1e-5 * K) << "K=" << K << " T=" << T << " i=" << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -249,6 +275,7 @@ HWY_BEFORE_TEST(MatMulTest);
 HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulAllTypes);
 HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulLargeK);
 HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulAllT);
+HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulF32TailsStayInBounds);
 
 TEST(MatMulDispatchTest, PublicApiMatchesRef) {
   for (WType t :

@@ -141,6 +141,44 @@ void TestAxpy() {
   }
 }
 
+// Every op on inputs that end exactly at the end of their heap blocks (std::vector, no slack)
+// for every tail length: nothing may read past n (the ASan build reports it; EMU128's
+// MaskedLoad reads whole vectors). Results are checked against the references too.
+void TestTailsStayInBounds() {
+  for (size_t n = 1; n <= 40; ++n) {
+    std::vector<float> a(n), b(n);
+    ktest::FillUniform(a.data(), n, static_cast<uint32_t>(n), -3.0f, 3.0f);
+    ktest::FillUniform(b.data(), n, static_cast<uint32_t>(n + 50), 0.5f, 1.5f);
+    double abs_sum = 0.0;
+    for (size_t i = 0; i < n; ++i) abs_sum += std::fabs(static_cast<double>(a[i]) * b[i]);
+    ASSERT_NEAR(Dot(a.data(), b.data(), n), Dot_ref(a.data(), b.data(), n), 2e-6 * abs_sum);
+
+    std::vector<float> out(n);
+    std::vector<double> ref(n);
+    RMSNorm(a.data(), b.data(), n, 1e-5f, out.data());
+    RMSNorm_ref(a.data(), b.data(), n, 1e-5f, ref.data());
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_NEAR(out[i], ref[i], 2e-6 * std::fabs(ref[i]) + 1e-7) << "RMSNorm n=" << n;
+
+    SiluMul(a.data(), b.data(), n, out.data());
+    SiluMul_ref(a.data(), b.data(), n, ref.data());
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_NEAR(out[i], ref[i], 3e-6 * std::fabs(ref[i]) + 1e-30) << "SiluMul n=" << n;
+
+    std::vector<float> y(b);
+    ref.assign(b.begin(), b.end());
+    Axpy(0.375f, a.data(), n, y.data());
+    Axpy_ref(0.375f, a.data(), n, ref.data());
+    for (size_t i = 0; i < n; ++i) ASSERT_NEAR(y[i], ref[i], 1e-6 * (std::fabs(ref[i]) + 1.0));
+
+    std::vector<float> sm(a);
+    Softmax(sm.data(), n);
+    Softmax_ref(a.data(), n, ref.data());
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_NEAR(sm[i], ref[i], 2e-6 * ref[i] + 1e-9) << "Softmax n=" << n;
+  }
+}
+
 }  // namespace
 }  // namespace tessera::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -153,6 +191,7 @@ HWY_EXPORT_AND_TEST_P(OpsTest, TestRMSNorm);
 HWY_EXPORT_AND_TEST_P(OpsTest, TestSoftmax);
 HWY_EXPORT_AND_TEST_P(OpsTest, TestSiluMul);
 HWY_EXPORT_AND_TEST_P(OpsTest, TestAxpy);
+HWY_EXPORT_AND_TEST_P(OpsTest, TestTailsStayInBounds);
 
 TEST(OpsDispatchTest, PublicApi) {
   std::vector<float> a(333), b(333);
