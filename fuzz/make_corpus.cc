@@ -95,6 +95,7 @@ void TensorPacks() {
   add("ffn_up", QType::kI8, {2, 32}, 32, 32);
   add("ffn_down", QType::kI4Sym, {2, 40}, 32, 64);
   add("ffn_gate", QType::kI4Asym, {3, 32}, 32, 32);
+  add("attn_v", QType::kI6Sym, {2, 64}, 32, 64);
   const std::string tmp = g_out + "/pack.tmp";
   if (!WriteTensorPack(tmp, ts).ok()) std::abort();
   const std::string pack = Slurp(tmp);
