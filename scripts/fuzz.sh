@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
 FIX=${TESSERA_FIXTURES:-../shared/fixtures}
 if [ "${1:-}" = "--make-corpus" ]; then
-  rm -rf fuzz/corpus
+  # Regenerates the generated seeds in place; the committed regress-* seeds (inputs that once
+  # crashed) are kept.
+  find fuzz/corpus -type f ! -name 'regress-*' -delete 2>/dev/null || true
   "$BUILD_DIR/fuzz/fuzz_make_corpus" "$FIX" fuzz/corpus
   du -sh fuzz/corpus/* | sed 's/^/  /'
   exit 0
