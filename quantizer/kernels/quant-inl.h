@@ -315,16 +315,24 @@ HWY_MAYBE_UNUSED static void DequantI8F(const int8_t* HWY_RESTRICT codes,
   }
 }
 
-// Thread-local scratch buffer of at least n bytes (index selects independent buffers).
-template <int kIndex>
-int8_t* ScratchBytes(size_t n) {
-  static thread_local hwy::AlignedFreeUniquePtr<int8_t[]> buf;
+// Thread-local scratch buffer of at least n elements of T (kIndex selects independent buffers).
+template <typename T, int kIndex>
+T* Scratch(size_t n) {
+  static thread_local hwy::AlignedFreeUniquePtr<T[]> buf;
   static thread_local size_t cap = 0;
   if (cap < n) {
-    buf = hwy::AllocateAligned<int8_t>(n);
+    buf = hwy::AllocateAligned<T>(n);
     cap = n;
   }
   return buf.get();
+}
+template <int kIndex>
+int8_t* ScratchBytes(size_t n) {
+  return Scratch<int8_t, kIndex>(n);
+}
+template <int kIndex>
+float* ScratchFloats(size_t n) {
+  return Scratch<float, kIndex>(n);
 }
 
 // I6 sym with f32 scales: unpack to bytes c, then float(c - 32) * d (as the reference).
@@ -345,18 +353,6 @@ HWY_MAYBE_UNUSED static void DequantI6SymF(const uint8_t* HWY_RESTRICT codes,
       hn::StoreU(hn::Mul(q, vd), df, out + i);
     }
   }
-}
-
-// Thread-local scratch buffer of at least n floats (index selects independent buffers).
-template <int kIndex>
-float* ScratchFloats(size_t n) {
-  static thread_local hwy::AlignedFreeUniquePtr<float[]> buf;
-  static thread_local size_t cap = 0;
-  if (cap < n) {
-    buf = hwy::AllocateAligned<float>(n);
-    cap = n;
-  }
-  return buf.get();
 }
 
 HWY_MAYBE_UNUSED static void DequantizeRowI4Sym(const uint8_t* HWY_RESTRICT codes,

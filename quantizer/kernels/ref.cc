@@ -42,19 +42,25 @@ int QuantizeOne(float v, float lo, float hi) {
 
 }  // namespace
 
+// The group's value of largest magnitude, with its sign (positive on a tie): symmetric schemes
+// map it to the most negative level (Q4_0's convention), which uses all 2^b levels.
+static float SignedAbsMax(const float* xg, size_t group) {
+  float vmax = -std::numeric_limits<float>::infinity();
+  float amax = 0.0f;
+  for (size_t i = 0; i < group; ++i) {
+    vmax = std::max(vmax, xg[i]);
+    amax = std::max(amax, std::fabs(xg[i]));
+  }
+  return (vmax >= amax) ? amax : -amax;
+}
+
 void QuantizeRowI4Sym_ref(const float* x, size_t n, size_t group, uint8_t* codes,
                           uint16_t* scales) {
   const size_t half = group / 2;
   for (size_t g = 0; g < n / group; ++g) {
     const float* xg = x + g * group;
     uint8_t* cg = codes + g * half;
-    float vmax = -std::numeric_limits<float>::infinity();
-    float amax = 0.0f;
-    for (size_t i = 0; i < group; ++i) {
-      vmax = std::max(vmax, xg[i]);
-      amax = std::max(amax, std::fabs(xg[i]));
-    }
-    const float m = (vmax >= amax) ? amax : -amax;
+    const float m = SignedAbsMax(xg, group);
     const float d = RoundScale(m / -8.0f, &scales[g]);
     if (d == 0.0f) {
       std::fill(cg, cg + half, uint8_t{0x88});
@@ -149,13 +155,7 @@ void QuantizeRowI6Sym_ref(const float* x, size_t n, size_t group, uint8_t* codes
   std::vector<int> q(group);
   for (size_t g = 0; g < n / group; ++g) {
     const float* xg = x + g * group;
-    float vmax = -std::numeric_limits<float>::infinity();
-    float amax = 0.0f;
-    for (size_t i = 0; i < group; ++i) {
-      vmax = std::max(vmax, xg[i]);
-      amax = std::max(amax, std::fabs(xg[i]));
-    }
-    const float m = (vmax >= amax) ? amax : -amax;
+    const float m = SignedAbsMax(xg, group);
     const float d = RoundScale(m / -32.0f, &scales[g]);
     const float inv = d == 0.0f ? 0.0f : 1.0f / d;
     for (size_t i = 0; i < group; ++i) q[i] = d == 0.0f ? 0 : QuantizeOne(xg[i] * inv, -32.0f, 31.0f);
