@@ -41,6 +41,23 @@ HWY_INLINE float QuantRoundScale(float s, uint16_t* stored) {
   return r;
 }
 
+// The group's value of largest magnitude, with its sign (positive on a tie; group a multiple of
+// the lane count): the symmetric schemes map it to the most negative level, as Q4_0 does.
+template <class DF>
+HWY_INLINE float SignedAbsMaxGroup(DF df, const float* HWY_RESTRICT xg, size_t group) {
+  const size_t N = hn::Lanes(df);
+  auto vmax = hn::Set(df, -hwy::HighestValue<float>());
+  auto vamax = hn::Zero(df);
+  for (size_t i = 0; i < group; i += N) {
+    const auto v = hn::LoadU(df, xg + i);
+    vmax = hn::Max(vmax, v);
+    vamax = hn::Max(vamax, hn::Abs(v));
+  }
+  const float smax = hn::GetLane(hn::MaxOfLanes(df, vmax));
+  const float amax = hn::GetLane(hn::MaxOfLanes(df, vamax));
+  return (smax >= amax) ? amax : -amax;
+}
+
 HWY_MAYBE_UNUSED static void QuantizeRowI4Sym(const float* HWY_RESTRICT x, size_t n, size_t group,
                                               uint8_t* HWY_RESTRICT codes,
                                               uint16_t* HWY_RESTRICT scales) {
@@ -52,16 +69,7 @@ HWY_MAYBE_UNUSED static void QuantizeRowI4Sym(const float* HWY_RESTRICT x, size_
   for (size_t g = 0; g < n / group; ++g) {
     const float* xg = x + g * group;
     uint8_t* cg = codes + g * half;
-    auto vmax = hn::Set(df, -hwy::HighestValue<float>());
-    auto vamax = hn::Zero(df);
-    for (size_t i = 0; i < group; i += N) {
-      const auto v = hn::LoadU(df, xg + i);
-      vmax = hn::Max(vmax, v);
-      vamax = hn::Max(vamax, hn::Abs(v));
-    }
-    const float smax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-    const float amax = hn::GetLane(hn::MaxOfLanes(df, vamax));
-    const float m = (smax >= amax) ? amax : -amax;
+    const float m = SignedAbsMaxGroup(df, xg, group);
     const float d = QuantRoundScale(m / -8.0f, &scales[g]);
     if (d == 0.0f) {
       memset(cg, 0x88, half);
@@ -220,16 +228,7 @@ HWY_MAYBE_UNUSED static void QuantizeRowI6Sym(const float* HWY_RESTRICT x, size_
   HWY_ALIGN int8_t q[256];
   for (size_t g0 = 0; g0 < n; g0 += group) {
     const float* xg = x + g0;
-    auto vmax = hn::Set(df, -hwy::HighestValue<float>());
-    auto vamax = hn::Zero(df);
-    for (size_t i = 0; i < group; i += N) {
-      const auto v = hn::LoadU(df, xg + i);
-      vmax = hn::Max(vmax, v);
-      vamax = hn::Max(vamax, hn::Abs(v));
-    }
-    const float smax = hn::GetLane(hn::MaxOfLanes(df, vmax));
-    const float amax = hn::GetLane(hn::MaxOfLanes(df, vamax));
-    const float m = (smax >= amax) ? amax : -amax;
+    const float m = SignedAbsMaxGroup(df, xg, group);
     const float d = QuantRoundScale(m / -32.0f, &scales[g0 / group]);
     uint8_t* cg = codes + g0 / group * (3 * group / 4);
     if (d == 0.0f) {

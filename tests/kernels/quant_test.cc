@@ -20,6 +20,18 @@ HWY_BEFORE_NAMESPACE();
 namespace tessera::kernels::HWY_NAMESPACE {
 namespace {
 
+// The value of largest magnitude among x[0, n), positive on a tie (0 for an all-zero group).
+float SignedExtreme(const float* x, size_t n) {
+  float amax = 0.0f, m = 0.0f;
+  for (size_t i = 0; i < n; ++i) {
+    if (std::fabs(x[i]) > amax || (std::fabs(x[i]) == amax && x[i] > 0)) {
+      amax = std::fabs(x[i]);
+      m = x[i];
+    }
+  }
+  return m;
+}
+
 using ktest::Bits;
 using ktest::Buf;
 
@@ -77,15 +89,8 @@ void TestQuantizeI4Sym() {
       }
       // Scale rule: d = f16(m / -8), m the signed extreme.
       for (size_t g = 0; g < ng; ++g) {
-        float amax = 0.0f, m = 0.0f;
-        for (size_t i = 0; i < s.group; ++i) {
-          const float v = x[g * s.group + i];
-          if (std::fabs(v) > amax || (std::fabs(v) == amax && v > 0)) {
-            amax = std::fabs(v);
-            m = v;
-          }
-        }
-        const uint16_t expect = amax == 0.0f ? 0 : tessera::F32ToF16(m / -8.0f);
+        const float m = SignedExtreme(x.data() + g * s.group, s.group);
+        const uint16_t expect = m == 0.0f ? 0 : tessera::F32ToF16(m / -8.0f);
         ASSERT_EQ(sc[g], expect);
       }
       // Dequantize: bit-exact vs ref, and error within half a step.
@@ -259,15 +264,8 @@ void TestQuantizeI6Sym() {
       for (size_t j = 0; j < 3 * n / 4; ++j)
         ASSERT_EQ(codes[j], codes_ref[j]) << "G=" << s.group << " n=" << n << " j=" << j;
       for (size_t g = 0; g < ng; ++g) {
-        float amax = 0.0f, m = 0.0f;
-        for (size_t i = 0; i < s.group; ++i) {
-          const float v = x[g * s.group + i];
-          if (std::fabs(v) > amax || (std::fabs(v) == amax && v > 0)) {
-            amax = std::fabs(v);
-            m = v;
-          }
-        }
-        const uint16_t expect = amax == 0.0f ? 0 : tessera::F32ToF16(m / -32.0f);
+        const float m = SignedExtreme(x.data() + g * s.group, s.group);
+        const uint16_t expect = m == 0.0f ? 0 : tessera::F32ToF16(m / -32.0f);
         ASSERT_EQ(sc[g], expect);
       }
       // Codes really use 6 bits: q = round(x / d) for unclipped values.
