@@ -64,43 +64,61 @@ Fixture& Get() {
   return *f;
 }
 
-void BM_MatMul(benchmark::State& state, WType type, size_t T, int64_t target) {
-  Fixture& f = Get();
+// The fixture's weights of `type` as a matrix; *bytes: the stored bytes (codes + scales).
+WeightMatrix FixtureMatrix(Fixture& f, WType type, size_t* bytes) {
   WeightMatrix w;
   w.type = type;
   w.rows = kRows;
   w.cols = kCols;
   w.group = kGroup;
-  size_t bytes = 0;
   switch (type) {
     case WType::kF32:
       w.data = f.f32.data();
       w.group = 0;
-      bytes = f.f32.size() * sizeof(float);
+      *bytes = f.f32.size() * sizeof(float);
       break;
     case WType::kI8:
       w.data = f.i8.data();
       w.scales = f.s8.data();
-      bytes = f.i8.size() + f.s8.size() * 2;
+      *bytes = f.i8.size() + f.s8.size() * 2;
       break;
     case WType::kF16:
       w.data = f.f16.data();
       w.group = 0;
-      bytes = f.f16.size() * 2;
+      *bytes = f.f16.size() * 2;
       break;
     case WType::kI6Sym:
       w.data = f.i6.data();
       w.scales = f.s6.data();
-      bytes = f.i6.size() + f.s6.size() * 2;
+      *bytes = f.i6.size() + f.s6.size() * 2;
       break;
     default:
       w.data = f.i4.data();
       w.scales = f.s4.data();
-      bytes = f.i4.size() + f.s4.size() * 2;
+      *bytes = f.i4.size() + f.s4.size() * 2;
       break;
   }
+  return w;
+}
+
+// T copies of the fixture's activation row.
+std::vector<float> Activations(const Fixture& f, size_t T) {
   std::vector<float> x(T * kCols);
   for (size_t t = 0; t < T; ++t) std::copy(f.x.begin(), f.x.end(), x.begin() + t * kCols);
+  return x;
+}
+
+void SetCounters(benchmark::State& state, size_t bytes_per_call, size_t T) {
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes_per_call));
+  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * kRows * kCols * T * 1e-9,
+                                                 benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_MatMul(benchmark::State& state, WType type, size_t T, int64_t target) {
+  Fixture& f = Get();
+  size_t bytes = 0;
+  const WeightMatrix w = FixtureMatrix(f, type, &bytes);
+  const std::vector<float> x = Activations(f, T);
   std::vector<float> y(T * kRows);
   hwy::SetSupportedTargetsForTest(target);
   state.SetLabel(ActiveTargetName());
@@ -110,20 +128,13 @@ void BM_MatMul(benchmark::State& state, WType type, size_t T, int64_t target) {
     benchmark::ClobberMemory();
   }
   hwy::SetSupportedTargetsForTest(0);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(bytes));
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * kRows * kCols * T * 1e-9,
-                                                 benchmark::Counter::kIsIterationInvariantRate);
+  SetCounters(state, bytes, T);
 }
 
 void BM_MatMulQ8(benchmark::State& state, WType type, size_t T, int64_t target) {
   Fixture& f = Get();
-  WeightMatrix w;
-  w.type = type;
-  w.rows = kRows;
-  w.cols = kCols;
-  w.group = kGroup;
-  w.data = type == WType::kI8 ? static_cast<const void*>(f.i8.data()) : f.i4.data();
-  w.scales = type == WType::kI8 ? f.s8.data() : f.s4.data();
+  size_t unused = 0;
+  const WeightMatrix w = FixtureMatrix(f, type, &unused);
   std::vector<uint8_t> packed(Q8RepackedBytes(w));
   RepackQ8(w, 0, kRows / kQ8RowBlock, packed.data());
   Q8Weights q8;
@@ -131,8 +142,7 @@ void BM_MatMulQ8(benchmark::State& state, WType type, size_t T, int64_t target) 
   q8.data = packed.data();
   q8.rows = kRows;
   q8.Kp = kCols;
-  std::vector<float> x(T * kCols);
-  for (size_t t = 0; t < T; ++t) std::copy(f.x.begin(), f.x.end(), x.begin() + t * kCols);
+  const std::vector<float> x = Activations(f, T);
   std::vector<int8_t> aq(T * kCols);
   std::vector<float> ad(T * kCols / kQ8Block);
   std::vector<int32_t> as(T * kCols / kQ8Block);
@@ -151,10 +161,7 @@ void BM_MatMulQ8(benchmark::State& state, WType type, size_t T, int64_t target) 
     benchmark::ClobberMemory();
   }
   hwy::SetSupportedTargetsForTest(0);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
-                          static_cast<int64_t>(packed.size()));
-  state.counters["GFLOP/s"] = benchmark::Counter(2.0 * kRows * kCols * T * 1e-9,
-                                                 benchmark::Counter::kIsIterationInvariantRate);
+  SetCounters(state, packed.size(), T);
 }
 
 int RegisterAll() {
