@@ -154,6 +154,8 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
     o.type = a.asym ? QType::kI4Asym : QType::kI4Sym;
   } else if (a.type == "int6") {
     o.type = QType::kI6Sym;
+  } else if (a.type == "int4nl") {
+    o.type = QType::kI4Nl;
   } else if (a.type == "int8") {
     o.type = QType::kI8;
   } else if (a.type == "f16") {
@@ -163,7 +165,7 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   } else if (a.type == "f32") {
     o.type = QType::kF32;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown --type '", a.type, "' (int4, int6, int8, f16, bf16, f32)"));
+    return absl::InvalidArgumentError(absl::StrCat("unknown --type '", a.type, "' (int4, int4nl, int6, int8, f16, bf16, f32)"));
   }
   if (a.recipe.empty() && a.asym && a.type != "int4")
     return absl::InvalidArgumentError("--asym applies to --type int4 only");
@@ -546,8 +548,8 @@ int main(int argc, char** argv) {
   quant->add_option("src", qa.src, "Source package")->required();
   quant->add_option("-o,--out", qa.out, "Output package directory")->required();
   quant->add_option("--recipe", qa.recipe, "Named recipe (see below); replaces --type/--group/--asym");
-  auto* type_opt = quant->add_option("--type", qa.type, "int4 | int6 | int8 | f16 | bf16 | f32 (without --recipe)")->capture_default_str();
-  auto* group_opt = quant->add_option("--group", qa.group, "Group size along K for int4 / int6 (32, 64, 128) and int8 (multiple of 32)")
+  auto* type_opt = quant->add_option("--type", qa.type, "int4 | int4nl | int6 | int8 | f16 | bf16 | f32 (without --recipe)")->capture_default_str();
+  auto* group_opt = quant->add_option("--group", qa.group, "Group size along K for int4 / int4nl / int6 (32, 64, 128) and int8 (multiple of 32)")
       ->capture_default_str();
   quant->add_flag("--asym", qa.asym, "Asymmetric int4 (scale + min per group)");
   quant->add_option("--override", qa.overrides,
@@ -572,11 +574,13 @@ int main(int argc, char** argv) {
                   "AWQ-style input-channel scaling folded into the norms (attn_q/k/v, ffn_gate/up, untied output); needs --calib");
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
   quant->footer("Recipes:\n" + tessera::RecipeHelp() +
-                "Schemes: f32, f16, bf16, int8[-gG], int6[-gG] (symmetric, 6.5 bits/weight at g32), int4[-gG][-sym|-asym]\n"
+                "Schemes: f32, f16, bf16, int8[-gG], int6[-gG] (symmetric, 6.5 bits/weight at g32), int4[-gG][-sym|-asym],\n"
+                "         int4nl[-gG] (int4 on IQ4_NL's 16 non-uniform levels, 4.5 bits/weight at g32)\n"
                 "Examples:\n  tessera quantize out/s260k-f32 -o out/s260k-q4 --recipe int4-g32\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4 --recipe int4-g32 --calib ../shared/fixtures/text/kjv_calib.txt\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-mix --recipe int4-mixed --override 'block_*/attn_v=int8'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4o6 --recipe int4-g32 --override 'lm=int6'\n"
+                "  tessera quantize out/kjv-f32 -o out/kjv-nl --recipe int4nl-g32 --calib kjv_calib.txt --override 'lm=int6-g64'\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-mix --recipe int4-mixed --max-bytes 281632 --calib calib.txt\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q4a --type int4 --group 64 --asym\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q8 --type int8");

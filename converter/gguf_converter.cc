@@ -432,12 +432,13 @@ class Importer {
         break;
       }
       case GgmlType::kQ4_0:
+      case GgmlType::kIQ4_NL:
       case GgmlType::kQ4_1: {
-        const bool asym = t->type == GgmlType::kQ4_1;
+        const bool asym = t->type == GgmlType::kQ4_1, nl = t->type == GgmlType::kIQ4_NL;
         const size_t bs = asym ? 20 : 18, qo = asym ? 4 : 2;
-        d.qtype = asym ? QType::kI4Asym : QType::kI4Sym;
+        d.qtype = asym ? QType::kI4Asym : (nl ? QType::kI4Nl : QType::kI4Sym);
         d.group = 32;
-        scheme = asym ? "int4-g32-asym" : "int4-g32-sym";
+        scheme = asym ? "int4-g32-asym" : (nl ? "int4nl-g32" : "int4-g32-sym");
         d.data.resize(R * K / 2);
         d.scales.resize(R * nb * 2);
         if (asym) d.mins.resize(R * nb * 2);
@@ -740,6 +741,8 @@ OutTensor ChooseType(const PackTensor& t) {
     case QType::kI4Asym: return blockable ? OutTensor{GgmlType::kQ4_1, "exact"} : OutTensor{GgmlType::kF32, "dequantized"};
     // (c - 32) * d with c - 32 in [-32, 31]: an int8 Q8_0 block with the group's d, bit for bit.
     case QType::kI6Sym: return blockable ? OutTensor{GgmlType::kQ8_0, "exact"} : OutTensor{GgmlType::kF32, "dequantized"};
+    // The same levels and nibble order as IQ4_NL; a group of G > 32 is G / 32 blocks sharing its d.
+    case QType::kI4Nl: return blockable ? OutTensor{GgmlType::kIQ4_NL, "exact"} : OutTensor{GgmlType::kF32, "dequantized"};
   }
   return {GgmlType::kF32, "dequantized"};
 }
@@ -787,6 +790,7 @@ void EncodeRow(const PackTensor& t, size_t r, uint32_t type, uint8_t* out) {
       return;
     }
     case GgmlType::kQ4_0:
+    case GgmlType::kIQ4_NL:
     case GgmlType::kQ4_1: {
       const bool asym = type == GgmlType::kQ4_1;
       const auto* codes = t.data + r * K / 2;
@@ -941,7 +945,8 @@ absl::Status ExportGguf(const std::string& pkg_dir, const std::string& out, cons
   for (const auto& [t, n] : matrix_weights_by_type)
     if (n > best) best = n, main_type = t;
   const std::map<uint32_t, uint32_t> ftype = {{GgmlType::kF32, 0}, {GgmlType::kF16, 1}, {GgmlType::kQ4_0, 2},
-                                              {GgmlType::kQ4_1, 3}, {GgmlType::kQ8_0, 7}, {GgmlType::kBF16, 32}};
+                                              {GgmlType::kQ4_1, 3}, {GgmlType::kQ8_0, 7}, {GgmlType::kBF16, 32},
+                                              {GgmlType::kIQ4_NL, 25}};
   w.Add("general.file_type", gguf::Value::U32(ftype.at(main_type)));
   if (any_quant) w.Add("general.quantization_version", gguf::Value::U32(2));
   TESSERA_RETURN_IF_ERROR(TokenizerToGguf(pkg->tokenizer(), c.vocab, &w, report));

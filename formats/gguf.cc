@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
+#include "core/iq4nl.h"
 #include "core/status.h"
 
 namespace tessera::gguf {
@@ -25,6 +26,8 @@ const TypeInfo kTypes[] = {
     /*15*/ {"Q8_K", 256, 292, false},
 };
 const TypeInfo kBF16Info = {"BF16", 1, 2, true};
+// IQ4_NL: f16 d + 16 bytes of nibbles (Q4_0's order), w = kI4NlLevels[nibble] * d.
+const TypeInfo kIQ4NLInfo = {"IQ4_NL", 32, 18, true};
 
 size_t ScalarSize(VType t) {
   switch (t) {
@@ -84,6 +87,7 @@ const char* VTypeName(VType t) {
 
 const TypeInfo* GetTypeInfo(uint32_t type) {
   if (type == kBF16) return &kBF16Info;
+  if (type == kIQ4_NL) return &kIQ4NLInfo;
   if (type < sizeof(kTypes) / sizeof(kTypes[0]) && kTypes[type].name != nullptr) return &kTypes[type];
   return nullptr;
 }
@@ -119,6 +123,15 @@ bool DecodeRow(uint32_t type, const uint8_t* x, size_t n, float* y) {
         for (int j = 0; j < 16; ++j) {
           y[j] = static_cast<float>((x[2 + j] & 0xF) - 8) * d;
           y[j + 16] = static_cast<float>((x[2 + j] >> 4) - 8) * d;
+        }
+      }
+      return true;
+    case kIQ4_NL:
+      for (size_t b = 0; b < nb; ++b, x += 18, y += 32) {
+        const float d = F16ToF32(Ld16(x));
+        for (int j = 0; j < 16; ++j) {
+          y[j] = static_cast<float>(kI4NlLevels[x[2 + j] & 0xF]) * d;
+          y[j + 16] = static_cast<float>(kI4NlLevels[x[2 + j] >> 4]) * d;
         }
       }
       return true;

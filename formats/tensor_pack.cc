@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
+#include "core/iq4nl.h"
 #include "core/status.h"
 #include "xxhash.h"
 
@@ -56,6 +57,7 @@ const char* QTypeName(QType t) {
     case QType::kI4Sym: return "int4-sym";
     case QType::kI4Asym: return "int4-asym";
     case QType::kI6Sym: return "int6-sym";
+    case QType::kI4Nl: return "int4-nl";
   }
   return "unknown";
 }
@@ -71,7 +73,7 @@ bool QTypeFromName(const std::string& name, QType* out) {
 }
 
 bool IsQuantized(QType t) {
-  return t == QType::kI8 || t == QType::kI4Sym || t == QType::kI4Asym || t == QType::kI6Sym;
+  return t == QType::kI8 || t == QType::kI4Sym || t == QType::kI4Asym || t == QType::kI6Sym || t == QType::kI4Nl;
 }
 
 size_t DataPlaneBytes(QType t, size_t rows, size_t cols) {
@@ -81,7 +83,8 @@ size_t DataPlaneBytes(QType t, size_t rows, size_t cols) {
     case QType::kBF16: return rows * cols * 2;
     case QType::kI8: return rows * cols;
     case QType::kI4Sym:
-    case QType::kI4Asym: return rows * cols / 2;
+    case QType::kI4Asym:
+    case QType::kI4Nl: return rows * cols / 2;
     case QType::kI6Sym: return rows * cols / 4 * 3;
   }
   return 0;
@@ -115,7 +118,8 @@ void PackTensor::RowToF32(size_t r, float* out) const {
       return;
     }
     case QType::kI4Sym:
-    case QType::kI4Asym: {
+    case QType::kI4Asym:
+    case QType::kI4Nl: {
       const uint8_t* q = data + r * cols / 2;
       const size_t ng = cols / group;
       const uint16_t* s = scales + r * ng;
@@ -125,8 +129,12 @@ void PackTensor::RowToF32(size_t r, float* out) const {
         const uint8_t byte = q[g * half + (j % half)];
         const int nib = j < half ? (byte & 0xF) : (byte >> 4);
         const float sc = F16ToF32(s[g]);
-        out[i] = qtype == QType::kI4Sym ? static_cast<float>(nib - 8) * sc
-                                         : static_cast<float>(nib) * sc + F16ToF32(m[g]);
+        if (qtype == QType::kI4Nl) {
+          out[i] = static_cast<float>(kI4NlLevels[nib]) * sc;
+        } else {
+          out[i] = qtype == QType::kI4Sym ? static_cast<float>(nib - 8) * sc
+                                           : static_cast<float>(nib) * sc + F16ToF32(m[g]);
+        }
       }
       return;
     }

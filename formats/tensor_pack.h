@@ -30,8 +30,9 @@
 namespace tessera {
 
 // Same numbering as kernels::WType.
-enum class QType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI4Sym = 4, kI4Asym = 5, kI6Sym = 6 };
-constexpr int kMaxQType = 6;
+// kI4Nl: int4 codes indexing IQ4_NL's 16 non-uniform levels (core/iq4nl.h).
+enum class QType : uint8_t { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI4Sym = 4, kI4Asym = 5, kI6Sym = 6, kI4Nl = 7 };
+constexpr int kMaxQType = 7;
 enum class PlaneKind : uint8_t { kData = 0, kScales = 1, kMins = 2 };
 
 const char* QTypeName(QType t);

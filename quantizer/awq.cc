@@ -5,6 +5,7 @@
 
 #include "core/thread_pool.h"
 #include "quantizer/kernels/kernels.h"
+#include "quantizer/nl4.h"
 
 namespace tessera::quant {
 
@@ -42,6 +43,9 @@ double AwqRowError(const float* w, size_t k, const TensorScheme& scheme, const f
   } else if (scheme.type == QType::kI6Sym) {
     kernels::QuantizeRowI6Sym(x.data(), kp, g, codes.data(), sc.data());
     kernels::DequantizeRowI6Sym(codes.data(), sc.data(), kp, g, deq.data());
+  } else if (scheme.type == QType::kI4Nl) {
+    quant::QuantizeRowGridRtn_ref(x.data(), kp, g, quant::Nl4Grid(), codes.data(), sc.data());
+    quant::DequantizeRowGrid_ref(codes.data(), sc.data(), kp, g, quant::Nl4Grid(), deq.data());
   } else if (scheme.type == QType::kI8) {
     kernels::QuantizeRowI8(x.data(), kp, g, reinterpret_cast<int8_t*>(codes.data()), sc.data());
     kernels::DequantizeRowI8(reinterpret_cast<int8_t*>(codes.data()), sc.data(), kp, g, deq.data());

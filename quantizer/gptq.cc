@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
 #include "quantizer/kernels/ref.h"
+#include "quantizer/nl4.h"
 #include "quantizer/search.h"
 
 namespace tessera::quant {
@@ -122,9 +123,10 @@ bool SolveSpd(std::vector<double> a, std::vector<double> b, size_t n, std::vecto
 }
 
 // Sym codes q are stored offset by H (H = 8 for int4, 32 for int6): w = (q - H) * d.
+// grid (sym only): q is a level index, w = grid->v[q] * d.
 template <bool kAsym>
-void Dequant(const std::vector<int>& q, size_t k, size_t group, int H, const uint16_t* scales, const uint16_t* mins,
-             std::vector<double>* out) {
+void Dequant(const std::vector<int>& q, size_t k, size_t group, int H, const Grid16* grid, const uint16_t* scales,
+             const uint16_t* mins, std::vector<double>* out) {
   out->resize(k);
   for (size_t c = 0; c < k; ++c) {
     const size_t g = c / group;
@@ -133,7 +135,7 @@ void Dequant(const std::vector<int>& q, size_t k, size_t group, int H, const uin
       const float p = static_cast<float>(q[c]) * d;
       (*out)[c] = static_cast<double>(p + F16ToF32(mins[g]));
     } else {
-      (*out)[c] = static_cast<double>(static_cast<float>(q[c] - H) * d);
+      (*out)[c] = static_cast<double>((grid ? grid->v[q[c]] : static_cast<float>(q[c] - H)) * d);
     }
   }
 }
@@ -152,8 +154,8 @@ double HError(const float* x, const std::vector<double>& deq, size_t k, const do
 }
 
 template <bool kAsym>
-void RefitScales(const float* x, size_t k, size_t group, size_t ng, int H, const double* h, const std::vector<int>& q,
-                 uint16_t* scales, uint16_t* mins) {
+void RefitScales(const float* x, size_t k, size_t group, size_t ng, int H, const Grid16* grid, const double* h,
+                 const std::vector<int>& q, uint16_t* scales, uint16_t* mins) {
   // Parameters: per group with real columns, the scale (and the min).
   const size_t ngr = (k + group - 1) / group;
   const size_t per = kAsym ? 2 : 1, n = ngr * per;
@@ -161,7 +163,7 @@ void RefitScales(const float* x, size_t k, size_t group, size_t ng, int H, const
     const size_t g = p / per;
     if (c / group != g) return 0.0;
     if constexpr (kAsym) return (p % 2 == 0) ? static_cast<double>(q[c]) : 1.0;
-    return static_cast<double>(q[c] - H);
+    return grid ? static_cast<double>(grid->v[q[c]]) : static_cast<double>(q[c] - H);
   };
   std::vector<double> hb(n * k, 0.0);  // (H b_p)[i]
   for (size_t p = 0; p < n; ++p) {
@@ -206,8 +208,8 @@ void RefitScales(const float* x, size_t k, size_t group, size_t ng, int H, const
     }
   }
   std::vector<double> d_old, d_new;
-  Dequant<kAsym>(q, k, group, H, scales, mins, &d_old);
-  Dequant<kAsym>(q, k, group, H, ns.data(), kAsym ? nm.data() : nullptr, &d_new);
+  Dequant<kAsym>(q, k, group, H, grid, scales, mins, &d_old);
+  Dequant<kAsym>(q, k, group, H, grid, ns.data(), kAsym ? nm.data() : nullptr, &d_new);
   if (HError(x, d_new, k, h) < HError(x, d_old, k, h)) {
     std::copy(ns.begin(), ns.end(), scales);
     if constexpr (kAsym) std::copy(nm.begin(), nm.end(), mins);
@@ -215,10 +217,10 @@ void RefitScales(const float* x, size_t k, size_t group, size_t ng, int H, const
 }
 
 // Sym: H = 8 (int4) or 32 (int6); the codes q (offset by H) are returned in *q_out (kp values);
-// asym (int4 only): H unused.
+// asym (int4 only): H unused. grid (sym only, H unused): q is a level index, w = grid->v[q] * d.
 template <bool kAsym>
-void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const GptqFactor& f, const float* act2,
-             std::vector<int>* q_out, uint16_t* scales, uint16_t* mins) {
+void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const Grid16* grid, const GptqFactor& f,
+             const float* act2, std::vector<int>* q_out, uint16_t* scales, uint16_t* mins) {
   std::vector<double> w(x, x + k);
   std::vector<float> gx(group), gw(group);
   std::vector<uint8_t> gc(group / 2);
@@ -237,6 +239,8 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const Gpt
     }
     if constexpr (kAsym) {
       QuantizeRowI4AsymSearch_ref(gx.data(), gw.data(), group, group, gc.data(), &scales[g], &mins[g]);
+    } else if (grid) {
+      SearchGroupGrid(gx.data(), gw.data(), group, *grid, gq.data(), &scales[g]);
     } else {
       SearchGroupSym(gx.data(), gw.data(), group, H, gq.data(), &scales[g]);
     }
@@ -251,6 +255,9 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const Gpt
       q[c] = d != 0.0f ? static_cast<int>(std::nearbyint(std::min(std::max((v - mn) * inv, 0.0f), 15.0f))) : 0;
       const float p = static_cast<float>(q[c]) * d;
       deq = p + mn;
+    } else if (grid) {
+      q[c] = NearestLevel(*grid, d != 0.0f ? v * inv : 0.0f);
+      deq = grid->v[q[c]] * d;
     } else {
       q[c] = d != 0.0f ? static_cast<int>(std::nearbyint(std::min(std::max(v * inv, -fh), fh - 1.0f))) + H : H;
       deq = static_cast<float>(q[c] - H) * d;
@@ -271,7 +278,7 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const Gpt
     if (!f.act_order && c % group == 0) choose(c / group);
     quantize(c, 0.0f);
   }
-  RefitScales<kAsym>(x, k, group, ng, H, f.h.data(), q, scales, mins);
+  RefitScales<kAsym>(x, k, group, ng, H, grid, f.h.data(), q, scales, mins);
 }
 
 void PackI4(const std::vector<int>& q, size_t kp, size_t group, uint8_t* codes) {
@@ -286,14 +293,14 @@ void PackI4(const std::vector<int>& q, size_t kp, size_t group, uint8_t* codes) 
 void QuantizeRowI4SymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                               const float* act2, uint8_t* codes, uint16_t* scales) {
   std::vector<int> q;
-  GptqRow<false>(x, k, kp, group, 8, f, act2, &q, scales, nullptr);
+  GptqRow<false>(x, k, kp, group, 8, nullptr, f, act2, &q, scales, nullptr);
   PackI4(q, kp, group, codes);
 }
 
 void QuantizeRowI6SymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                               const float* act2, uint8_t* codes, uint16_t* scales) {
   std::vector<int> q;
-  GptqRow<false>(x, k, kp, group, 32, f, act2, &q, scales, nullptr);
+  GptqRow<false>(x, k, kp, group, 32, nullptr, f, act2, &q, scales, nullptr);
   for (int& v : q) v -= 32;
   kernels::PackI6_ref(q.data(), kp, group, codes);
 }
@@ -301,7 +308,14 @@ void QuantizeRowI6SymGptq_ref(const float* x, size_t k, size_t kp, size_t group,
 void QuantizeRowI4AsymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                                const float* act2, uint8_t* codes, uint16_t* scales, uint16_t* mins) {
   std::vector<int> q;
-  GptqRow<true>(x, k, kp, group, 0, f, act2, &q, scales, mins);
+  GptqRow<true>(x, k, kp, group, 0, nullptr, f, act2, &q, scales, mins);
+  PackI4(q, kp, group, codes);
+}
+
+void QuantizeRowGridGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
+                             const float* act2, const Grid16& grid, uint8_t* codes, uint16_t* scales) {
+  std::vector<int> q;
+  GptqRow<false>(x, k, kp, group, 0, &grid, f, act2, &q, scales, nullptr);
   PackI4(q, kp, group, codes);
 }
 

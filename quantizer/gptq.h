@@ -48,6 +48,11 @@ void QuantizeRowI4AsymGptq_ref(const float* x, size_t k, size_t kp, size_t group
 void QuantizeRowI6SymGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                               const float* act2, uint8_t* codes, uint16_t* scales);
 
+// The same column pass on a 16-level grid (quantizer/nl4.h: w = grid.v[c] * d, int4 code layout).
+struct Grid16;
+void QuantizeRowGridGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
+                             const float* act2, const Grid16& grid, uint8_t* codes, uint16_t* scales);
+
 // Output-error proxy of a dequantized row: (x - xh) H (x - xh)^T.
 double HessianError(const float* x, const float* xh, size_t k, const double* h);
 

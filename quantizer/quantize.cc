@@ -1,5 +1,6 @@
 #include "quantizer/quantize.h"
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -14,6 +15,7 @@
 #include "quantizer/gptq.h"
 #include "quantizer/imatrix.h"
 #include "quantizer/kernels/kernels.h"
+#include "quantizer/nl4.h"
 #include "quantizer/search.h"
 
 namespace tessera {
@@ -49,7 +51,8 @@ TensorScheme LegacyScheme(const QuantizeOptions& o) {
 
 // The algorithm actually used for a scheme (kGptq only where a covariance is available).
 QuantAlgorithm Effective(QuantAlgorithm a, const TensorScheme& s, bool have_cov) {
-  const bool searchable = s.type == QType::kI4Sym || s.type == QType::kI4Asym || s.type == QType::kI6Sym;
+  const bool searchable =
+      s.type == QType::kI4Sym || s.type == QType::kI4Asym || s.type == QType::kI6Sym || s.type == QType::kI4Nl;
   if (!searchable) return IsQuantized(s.type) ? QuantAlgorithm::kRtn : QuantAlgorithm::kDefault;
   if (a == QuantAlgorithm::kDefault) return have_cov ? QuantAlgorithm::kGptq : QuantAlgorithm::kSearch;
   if (a == QuantAlgorithm::kGptq && !have_cov) return QuantAlgorithm::kSearch;
@@ -125,6 +128,8 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
       if (eff == QuantAlgorithm::kGptq) {
         if (type == QType::kI6Sym) {
           quant::QuantizeRowI6SymGptq_ref(row.data(), k, kp, g, factor, act2, codes6, sc);
+        } else if (type == QType::kI4Nl) {
+          quant::QuantizeRowGridGptq_ref(row.data(), k, kp, g, factor, act2, quant::Nl4Grid(), codes4, sc);
         } else if (type == QType::kI4Sym) {
           quant::QuantizeRowI4SymGptq_ref(row.data(), k, kp, g, factor, act2, codes4, sc);
         } else {
@@ -142,6 +147,12 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
             quant::QuantizeRowI6SymSearch_ref(row.data(), w.data(), kp, g, codes6, sc);
           else
             kernels::QuantizeRowI6Sym(row.data(), kp, g, codes6, sc);
+          break;
+        case QType::kI4Nl:  // scalar reference code for every algorithm (quantizer/nl4.h)
+          if (eff == QuantAlgorithm::kSearch)
+            quant::QuantizeRowGridSearch_ref(row.data(), w.data(), kp, g, quant::Nl4Grid(), codes4, sc);
+          else
+            quant::QuantizeRowGridRtn_ref(row.data(), kp, g, quant::Nl4Grid(), codes4, sc);
           break;
         case QType::kI4Sym:
           if (eff == QuantAlgorithm::kSearch)
@@ -299,7 +310,8 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     std::map<std::string, size_t> by_scheme;
     for (const MatrixShape& m : shapes) {
       const TensorScheme& s = plan.scheme.at(m.key);
-      const bool searchable = s.type == QType::kI4Sym || s.type == QType::kI4Asym || s.type == QType::kI6Sym;
+      const bool searchable =
+          s.type == QType::kI4Sym || s.type == QType::kI4Asym || s.type == QType::kI6Sym || s.type == QType::kI4Nl;
       nlohmann::ordered_json e{{"scheme", SchemeName(s)}, {"algorithm", "search"}};
       if (!plan.reason.at(m.key).empty()) e["rule"] = plan.reason.at(m.key);
       if (searchable) e["weights"] = "covariance";
@@ -388,7 +400,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
           }
           const TensorScheme& sc = plan.scheme.at(stem + "/" + m);
           ok = ok && IsQuantized(sc.type);
-          any_i4 = any_i4 || sc.type == QType::kI4Sym || sc.type == QType::kI4Asym;
+          any_i4 = any_i4 || sc.type == QType::kI4Sym || sc.type == QType::kI4Asym || sc.type == QType::kI4Nl;
           mats.push_back(t);
         }
         if (!ok || !any_i4) continue;

@@ -3,6 +3,7 @@ add_library(tessera_quantizer STATIC
   ${CMAKE_CURRENT_LIST_DIR}/quantize.cc
   ${CMAKE_CURRENT_LIST_DIR}/recipes.cc
   ${CMAKE_CURRENT_LIST_DIR}/search.cc
+  ${CMAKE_CURRENT_LIST_DIR}/nl4.cc
   ${CMAKE_CURRENT_LIST_DIR}/imatrix.cc
   ${CMAKE_CURRENT_LIST_DIR}/gptq.cc
   ${CMAKE_CURRENT_LIST_DIR}/awq.cc

@@ -15,6 +15,7 @@ std::string SchemeName(const TensorScheme& s) {
     case QType::kI4Asym: return absl::StrCat("int4-g", s.group, "-asym");
     case QType::kI8: return absl::StrCat("int8-g", s.group);
     case QType::kI6Sym: return absl::StrCat("int6-g", s.group);
+    case QType::kI4Nl: return absl::StrCat("int4nl-g", s.group);
     default: return QTypeName(s.type);
   }
 }
@@ -28,6 +29,7 @@ double SchemeBitsPerWeight(const TensorScheme& s) {
     case QType::kI4Sym: return 4 + 16.0 / s.group;
     case QType::kI4Asym: return 4 + 32.0 / s.group;
     case QType::kI6Sym: return 6 + 16.0 / s.group;
+    case QType::kI4Nl: return 4 + 16.0 / s.group;
   }
   return 0;
 }
@@ -36,7 +38,7 @@ absl::StatusOr<TensorScheme> ParseScheme(const std::string& text) {
   auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(
         absl::StrCat("bad scheme '", text, "'", why.empty() ? "" : ": ", why,
-                     " (f32, f16, bf16, int8[-gG], int6[-gG], int4[-gG][-sym|-asym])"));
+                     " (f32, f16, bf16, int8[-gG], int6[-gG], int4[-gG][-sym|-asym], int4nl[-gG])"));
   };
   std::vector<std::string> parts = absl::StrSplit(text, '-');
   TensorScheme s;
@@ -44,10 +46,10 @@ absl::StatusOr<TensorScheme> ParseScheme(const std::string& text) {
     QTypeFromName(parts[0], &s.type);
     return s;
   }
-  if (parts[0] != "int4" && parts[0] != "int6" && parts[0] != "int8") return bad("");
+  if (parts[0] != "int4" && parts[0] != "int6" && parts[0] != "int8" && parts[0] != "int4nl") return bad("");
   const bool i4 = parts[0] == "int4";
-  const bool i6 = parts[0] == "int6";
-  s.type = i4 ? QType::kI4Sym : (i6 ? QType::kI6Sym : QType::kI8);
+  const bool i6 = parts[0] == "int6" || parts[0] == "int4nl";  // groups 32 / 64 / 128, no sym/asym part
+  s.type = i4 ? QType::kI4Sym : (parts[0] == "int6" ? QType::kI6Sym : (parts[0] == "int4nl" ? QType::kI4Nl : QType::kI8));
   s.group = 32;
   for (size_t i = 1; i < parts.size(); ++i) {
     const std::string& p = parts[i];
@@ -312,6 +314,10 @@ const std::vector<Recipe>& AllRecipes() {
     };
     plain("int4-g32", "int4 symmetric, groups of 32, f16 scales: 4.5 bits/weight everywhere (Q4_0's size)",
           "int4-g32-sym");
+    plain("int4nl-g32",
+          "int4 on IQ4_NL's 16 non-uniform levels (denser near 0), groups of 32, f16 scales: 4.5 bits/weight "
+          "everywhere (Q4_0's and IQ4_NL's size)",
+          "int4nl-g32");
     plain("int4-g64-asym", "int4 asymmetric, groups of 64, f16 scale + f16 min: 4.5 bits/weight everywhere",
           "int4-g64-asym");
     plain("int4-g128-asym", "int4 asymmetric, groups of 128, f16 scale + f16 min: 4.25 bits/weight everywhere",

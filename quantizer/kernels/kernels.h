@@ -15,6 +15,10 @@
 //             j + G/2, j + 3G/4 at bits 0, 2, 4, 6 - Q6_K's ql/qh split). MatMul unpacks a row
 //             to bytes with 64-bit SWAR and runs the int8 dot product on c - 32 (f32
 //             activations only: there is no int8-activation path for I6).
+//   I4 nl:    w = kI4NlLevels[nibble] * scale  scales: f16 [rows][K/G]; the I4 code layout, the
+//             16 levels of llama.cpp's IQ4_NL (core/iq4nl.h). MatMul looks each row's nibbles up
+//             into int8 levels (a byte table) and runs the int8 dot product (f32 activations
+//             only: no int8-activation path for I4 nl).
 // Quantizers compute the group scale, round it to f16 (RNE), and quantize with the rounded
 // scale, so a dequantized value is exactly what a consumer of the file computes.
 #pragma once
@@ -49,7 +53,7 @@ void DequantizeRowI6Sym(const uint8_t* codes, const uint16_t* scales, size_t n, 
                         float* out);
 
 // ---- matrix x activations ----------------------------------------------------------------
-enum class WType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI4Sym = 4, kI4Asym = 5, kI6Sym = 6 };
+enum class WType : int { kF32 = 0, kF16 = 1, kBF16 = 2, kI8 = 3, kI4Sym = 4, kI4Asym = 5, kI6Sym = 6, kI4Nl = 7 };
 
 // A weight matrix [rows][cols] in one of the layouts above. For F32/F16/BF16, `data` points at
 // rows * cols elements and scales/mins are null. `cols` is the padded K (multiple of group).

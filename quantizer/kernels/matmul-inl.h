@@ -20,6 +20,7 @@
 #include "hwy/highway.h"
 #include "quantizer/kernels/convert-inl.h"
 #include "quantizer/kernels/kernels.h"
+#include "quantizer/kernels/nl4-inl.h"
 #include "quantizer/kernels/ops-inl.h"
 #include "quantizer/kernels/quant-inl.h"
 
@@ -339,6 +340,13 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
             F16ToF32(w.scales + r * ng, ng, sc);
             DequantI6SymF(static_cast<const uint8_t*>(w.data) + r * (3 * K / 4), sc, K, G, out);
             break;
+          case WType::kI4Nl: {
+            int8_t* q = ScratchBytes<2>(K);
+            F16ToF32(w.scales + r * ng, ng, sc);
+            UnpackI4NlToI8(static_cast<const uint8_t*>(w.data) + r * (K / 2), K, G, q);
+            DequantI8F(q, sc, K, G, out);
+            break;
+          }
         }
         rows[i] = out;
       }
@@ -388,6 +396,19 @@ HWY_MAYBE_UNUSED static void MatMul(const WeightMatrix& w, const float* x, size_
         F16ToF32(w.scales + r * ng, ng, sc);
         UnpackI6ToU8(W + r * (3 * K / 4), K, G, c);
         for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI6Row(c, sc, x + t * ldx, K, G);
+      }
+      return;
+    }
+    case WType::kI4Nl: {
+      // Each row's nibbles are looked up once into int8 levels and then take the int8 dot
+      // product: the same float arithmetic as an I8 matrix holding the levels, for any T.
+      const uint8_t* W = static_cast<const uint8_t*>(w.data);
+      float* sc = ScratchFloats<2>(ng);
+      int8_t* q = ScratchBytes<1>(K);
+      for (size_t r = row_begin; r < row_end; ++r) {
+        F16ToF32(w.scales + r * ng, ng, sc);
+        UnpackI4NlToI8(W + r * (K / 2), K, G, q);
+        for (size_t t = 0; t < T; ++t) y[t * ldy + r] = DotI8Row(q, sc, x + t * ldx, K, G);
       }
       return;
     }

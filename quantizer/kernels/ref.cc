@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/half.h"
+#include "core/iq4nl.h"
 
 namespace tessera::kernels {
 
@@ -170,6 +171,19 @@ void DequantizeRowI6Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t
   for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(q[i]) * tessera::F16ToF32(scales[i / group]);
 }
 
+void DequantizeRowI4Nl_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                           float* out) {
+  const size_t half = group / 2;
+  for (size_t g = 0; g < n / group; ++g) {
+    const float d = tessera::F16ToF32(scales[g]);
+    const uint8_t* cg = codes + g * half;
+    for (size_t j = 0; j < half; ++j) {
+      out[g * group + j] = static_cast<float>(tessera::kI4NlLevels[cg[j] & 0xF]) * d;
+      out[g * group + j + half] = static_cast<float>(tessera::kI4NlLevels[cg[j] >> 4]) * d;
+    }
+  }
+}
+
 void DequantizeRowI4Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
                             float* out) {
   const size_t half = group / 2;
@@ -239,6 +253,10 @@ void DequantizeRow_ref(const WeightMatrix& w, size_t r, float* out) {
     case WType::kI6Sym:
       DequantizeRowI6Sym_ref(static_cast<const uint8_t*>(w.data) + r * (3 * K / 4), w.scales + r * ng,
                              K, w.group, out);
+      break;
+    case WType::kI4Nl:
+      DequantizeRowI4Nl_ref(static_cast<const uint8_t*>(w.data) + r * (K / 2), w.scales + r * ng, K,
+                            w.group, out);
       break;
   }
 }

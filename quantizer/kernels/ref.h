@@ -49,6 +49,9 @@ void DequantizeRowI8_ref(const int8_t* codes, const uint16_t* scales, size_t n, 
                          float* out);
 void DequantizeRowI6Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
                             float* out);
+// I4 nl: kI4NlLevels[nibble] * d (I4 code layout).
+void DequantizeRowI4Nl_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                           float* out);
 
 // Dequantize row r of any WeightMatrix into out[0, w.cols).
 void DequantizeRow_ref(const WeightMatrix& w, size_t r, float* out);
