@@ -331,7 +331,7 @@ absl::StatusOr<std::unique_ptr<TensorPack>> TensorPack::Open(const std::string& 
     const size_t rows = t.rows(), k = t.logical_cols();
     if (IsQuantized(t.qtype)) {
       if (t.group == 0 || t.group % 2 != 0 || t.cols % t.group != 0 || t.cols < k || t.cols - k >= t.group ||
-          (t.qtype == QType::kI6Sym && t.group % 32 != 0))
+          ((t.qtype == QType::kI6Sym || t.qtype == QType::kI4Nl) && t.group % 32 != 0))
         return FileError(path, absl::StrCat("tensor ", t.name, ": inconsistent group ", t.group, " / cols ", t.cols));
     } else if (t.cols != k) {
       return FileError(path, absl::StrCat("tensor ", t.name, ": cols ", t.cols, " != ", k));

@@ -12,7 +12,7 @@
 //     u16 name_len, name bytes (canonical name, e.g. "attn_q")
 //     u8 qtype (QType), u8 ndim, u64 shape[ndim] (logical, torch order [out, in])
 //     u32 group (0 for float types), u64 cols (row length as stored, >= logical K, padded to
-//     a multiple of group for quantized types; int6 groups are multiples of 32), u8 n_planes,
+//     a multiple of group for quantized types; int6 / int4-nl groups are multiples of 32), u8 n_planes,
 //     n_planes x {u8 kind (PlaneKind), u64 offset (from data_off), u64 bytes}
 //     u64 xxh3_64 over the planes' bytes in order
 //   data: planes, each starting on a 64-byte boundary of the file.

@@ -1,4 +1,4 @@
-// Per-target MatMul tests: every WType (I6 sym included), T = 1 (fused path) and T > 1 (dequantize-once path),
+// Per-target MatMul tests: every WType (I6 sym and I4 nl included), T = 1 (fused path) and T > 1 (dequantize-once path),
 // odd shapes, strided/misaligned x and y, row sub-ranges; compared with the reference
 // dequantization followed by a double-precision dot.
 #include <cmath>
@@ -77,6 +77,9 @@ inline OwnedMatrix MakeMatrix(WType type, size_t rows, size_t cols, size_t group
       case WType::kI6Sym:
         QuantizeRowI6Sym_ref(fr, cols, group, p + r * cols / 4 * 3, m.scales.data() + r * ng);
         break;
+      case WType::kI4Nl:  // any nibbles and scales are valid int4-nl data: reuse int4 sym's
+        QuantizeRowI4Sym_ref(fr, cols, group, p + r * cols / 2, m.scales.data() + r * ng);
+        break;
     }
   }
   m.w.type = type;
@@ -109,7 +112,7 @@ std::vector<Case> Cases() {
   for (size_t g : {32, 64, 96, 128}) {
     for (size_t k : {1, 3, 8}) c.push_back({WType::kI8, 11, g * k, g});
   }
-  for (WType t : {WType::kI4Sym, WType::kI4Asym, WType::kI6Sym}) {
+  for (WType t : {WType::kI4Sym, WType::kI4Asym, WType::kI6Sym, WType::kI4Nl}) {
     for (size_t g : {32, 64, 128}) {
       for (size_t k : {1, 3, 8}) c.push_back({t, 11, g * k, g});
     }
@@ -168,7 +171,8 @@ void TestMatMulAllT() {
                       {WType::kI4Sym, 23, 128, 64}, {WType::kI4Sym, 17, 256, 128},
                       {WType::kI4Asym, 37, 64, 32}, {WType::kI4Asym, 21, 256, 128},
                       {WType::kI6Sym, 37, 96, 32},  {WType::kI6Sym, 21, 256, 64},
-                      {WType::kI6Sym, 17, 256, 128}};
+                      {WType::kI6Sym, 17, 256, 128}, {WType::kI4Nl, 37, 96, 32},
+                      {WType::kI4Nl, 21, 256, 64},  {WType::kI4Nl, 17, 256, 128}};
   uint32_t seed = 1000;
   for (const TC& c : cases) {
     const size_t misalign = seed % 3;
@@ -217,7 +221,7 @@ void TestMatMulAllT() {
 
 // Large-K accuracy check (4096 like a real layer) for the quantized fused and batched paths.
 void TestMatMulLargeK() {
-  for (WType t : {WType::kF32, WType::kBF16, WType::kI8, WType::kI4Sym, WType::kI4Asym, WType::kI6Sym}) {
+  for (WType t : {WType::kF32, WType::kBF16, WType::kI8, WType::kI4Sym, WType::kI4Asym, WType::kI6Sym, WType::kI4Nl}) {
     const size_t rows = 5, cols = 4096;
     ktest::OwnedMatrix m = ktest::MakeMatrix(t, rows, cols, 32, 77, 0);
     for (size_t T : {1, 3, 17, 24}) {
@@ -279,7 +283,7 @@ HWY_EXPORT_AND_TEST_P(MatMulTest, TestMatMulF32TailsStayInBounds);
 
 TEST(MatMulDispatchTest, PublicApiMatchesRef) {
   for (WType t :
-       {WType::kF32, WType::kF16, WType::kBF16, WType::kI8, WType::kI4Sym, WType::kI4Asym, WType::kI6Sym}) {
+       {WType::kF32, WType::kF16, WType::kBF16, WType::kI8, WType::kI4Sym, WType::kI4Asym, WType::kI6Sym, WType::kI4Nl}) {
     const size_t rows = 9, cols = 256;
     ktest::OwnedMatrix m = ktest::MakeMatrix(t, rows, cols, 64, 5, 1);
     std::vector<float> x(2 * cols);
