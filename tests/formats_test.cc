@@ -184,6 +184,71 @@ TEST(TensorPack, Int6RoundTripValuesAndValidation) {
   EXPECT_NE(msg.find(std::to_string(off)), std::string::npos) << msg;
 }
 
+// int4-nl: the int4 nibble layout (byte j of a group: element j low, element j + G/2 high), values
+// read through IQ4_NL's table (written out here, not taken from core/iq4nl.h); groups must be
+// multiples of 32; a data plane of the wrong size is rejected.
+TEST(TensorPack, Int4NlRoundTripValuesAndValidation) {
+  static const float kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  TempDir tmp;
+  auto make = [](uint32_t group, int64_t rows, int64_t k, std::vector<int>* codes, std::vector<uint16_t>* scales) {
+    TensorData t;
+    t.name = "wn";
+    t.qtype = QType::kI4Nl;
+    t.shape = {rows, k};
+    t.group = group;
+    t.cols = (static_cast<uint64_t>(k) + group - 1) / group * group;
+    const size_t kp = t.cols, ng = kp / group;
+    codes->resize(static_cast<size_t>(rows) * kp);
+    for (size_t i = 0; i < codes->size(); ++i) (*codes)[i] = static_cast<int>((i * 7 + i / 5) % 16);
+    t.data.assign(static_cast<size_t>(rows) * kp / 2, 0);
+    for (size_t r = 0; r < static_cast<size_t>(rows); ++r)
+      for (size_t e = 0; e < kp; ++e) {
+        const size_t g = e / group, j = e % group, half = group / 2;
+        uint8_t& b = t.data[r * kp / 2 + g * half + j % half];
+        b |= static_cast<uint8_t>((*codes)[r * kp + e] << (j < half ? 0 : 4));
+      }
+    scales->resize(static_cast<size_t>(rows) * ng);
+    for (size_t i = 0; i < scales->size(); ++i) (*scales)[i] = F32ToF16(0.002f * static_cast<float>(i + 1) * (i % 3 ? 1.0f : -1.0f));
+    t.scales.resize(scales->size() * 2);
+    std::memcpy(t.scales.data(), scales->data(), t.scales.size());
+    return t;
+  };
+  for (uint32_t group : {32u, 64u, 128u}) {
+    std::vector<int> codes;
+    std::vector<uint16_t> scales;
+    ASSERT_TRUE(WriteTensorPack(tmp / "nl.bin", {make(group, 3, 80, &codes, &scales)}).ok());
+    auto p = TensorPack::Open(tmp / "nl.bin");
+    ASSERT_TRUE(p.ok()) << p.status();
+    const PackTensor* t = (*p)->Find("wn");
+    ASSERT_NE(t, nullptr);
+    EXPECT_EQ(t->qtype, QType::kI4Nl);
+    EXPECT_EQ(std::string(QTypeName(t->qtype)), "int4-nl");
+    EXPECT_EQ(t->data_bytes, 3u * t->cols / 2);
+    const std::vector<float> f = t->ToF32();
+    ASSERT_EQ(f.size(), 3u * 80u);
+    const size_t kp = t->cols, ng = kp / group;
+    for (size_t r = 0; r < 3; ++r)
+      for (size_t i = 0; i < 80; ++i)
+        ASSERT_EQ(f[r * 80 + i], kLevels[codes[r * kp + i]] * F16ToF32(scales[r * ng + i / group]))
+            << "G=" << group << " r=" << r << " i=" << i;
+  }
+  std::vector<int> codes;
+  std::vector<uint16_t> scales;
+  TensorData g16 = make(32, 2, 64, &codes, &scales);
+  g16.group = 16;
+  g16.scales.resize(2 * 4 * 2);
+  ASSERT_TRUE(WriteTensorPack(tmp / "nl16.bin", {g16}).ok());
+  auto pg = TensorPack::Open(tmp / "nl16.bin");
+  ASSERT_FALSE(pg.ok());
+  EXPECT_NE(std::string(pg.status().message()).find("inconsistent group 16"), std::string::npos) << pg.status();
+  TensorData bad = make(32, 2, 64, &codes, &scales);
+  bad.data.resize(2 * 64 * 3 / 4);  // sized like int6
+  ASSERT_TRUE(WriteTensorPack(tmp / "nlbad.bin", {bad}).ok());
+  auto pb = TensorPack::Open(tmp / "nlbad.bin");
+  ASSERT_FALSE(pb.ok());
+  EXPECT_NE(std::string(pb.status().message()).find("wn"), std::string::npos) << pb.status();
+}
+
 TEST(Safetensors, ReadsFixtureAndShards) {
   auto one = SafetensorsSet::Open(Fixture("stories260K/hf"));
   ASSERT_TRUE(one.ok()) << one.status();

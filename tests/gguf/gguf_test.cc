@@ -172,6 +172,21 @@ TEST(GgufDecode, Q4_0NibbleOrderAndFormula) {
   for (int e = 0; e < 32; ++e) EXPECT_EQ(y[e], static_cast<float>(q[e] - 8) * 0.25f) << e;
 }
 
+// IQ4_NL: Q4_0's block and nibble order, values from llama.cpp's 16-entry table (written out here).
+TEST(GgufDecode, IQ4_NLNibbleOrderAndTable) {
+  static const float kLevels[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+  std::vector<uint8_t> blk(18);
+  const uint16_t d = F32ToF16(-0.125f);
+  std::memcpy(blk.data(), &d, 2);
+  int q[32];
+  for (int e = 0; e < 32; ++e) q[e] = (e * 5 + 1) % 16;
+  for (int j = 0; j < 16; ++j) blk[2 + j] = static_cast<uint8_t>(q[j] | (q[j + 16] << 4));
+  std::vector<float> y(32);
+  ASSERT_TRUE(gguf::DecodeRow(gguf::kIQ4_NL, blk.data(), 32, y.data()));
+  for (int e = 0; e < 32; ++e) EXPECT_EQ(y[e], kLevels[q[e]] * -0.125f) << e;
+  EXPECT_EQ(gguf::TypeName(gguf::kIQ4_NL), "IQ4_NL");
+}
+
 TEST(GgufDecode, Q4_1AndQ5Formulas) {
   int q[32];
   for (int e = 0; e < 32; ++e) q[e] = (e * 11 + 5) % 32;  // 5-bit codes
@@ -392,6 +407,7 @@ void CheckImport(uint32_t qtype, QType want_qtype, double tol) {
 TEST(GgufImport, Q8_0IsExactInt8) { CheckImport(gguf::kQ8_0, QType::kI8, 0.0); }
 TEST(GgufImport, Q4_0IsExactInt4Sym) { CheckImport(gguf::kQ4_0, QType::kI4Sym, 0.0); }
 TEST(GgufImport, Q4_1IsExactInt4Asym) { CheckImport(gguf::kQ4_1, QType::kI4Asym, 0.0); }
+TEST(GgufImport, IQ4_NLIsExactInt4Nl) { CheckImport(gguf::kIQ4_NL, QType::kI4Nl, 0.0); }
 TEST(GgufImport, Q4_KIsInt4AsymWithF16Scales) { CheckImport(gguf::kQ4_K, QType::kI4Asym, 2e-3); }
 TEST(GgufImport, Q6_KQ5_KQ5_0AreDequantizedToF16) {
   CheckImport(gguf::kQ6_K, QType::kF16, 1e-3);
@@ -541,6 +557,58 @@ TEST_F(RoundTrip, Int6ExportsAsExactQ8_0) {
     float max_diff = 0;
     for (size_t i = 0; i < la->data.size(); ++i) max_diff = std::max(max_diff, std::fabs(la->data[i] - lb->data[i]));
     EXPECT_LE(max_diff, 1e-4f);  // only ffn_down differs in kernel (f32 after the round trip)
+  }
+}
+
+// int4-nl exports as IQ4_NL (the same table and nibble order): exact; g64 splits each group into
+// two blocks with the same d. Back in Tessera the matrices are int4-nl g32 with the same values
+// bit for bit, and the same logits (the same kernel; only the padded ffn_down comes back as f32).
+TEST_F(RoundTrip, Int4NlExportsAsExactIQ4_NL) {
+  Run({"convert", Fixture("stories260K/hf"), "-o", tmp_ / "f32"});
+  for (const char* g : {"32", "64"}) {
+    const std::string q = tmp_ / (std::string("nl-g") + g);
+    Run({"quantize", tmp_ / "f32", "-o", q, "--type", "int4nl", "--group", g, "--algorithm", "search"});
+    ThroughGguf(q, std::string("nl-g") + g);
+    auto a = Package::Open(q);
+    auto b = Package::Open(q + "-back");
+    ASSERT_TRUE(a.ok() && b.ok());
+    int exact = 0, as_f32 = 0;
+    for (size_t p = 0; p < (*a)->all_packs().size(); ++p) {
+      for (const auto& ta : (*a)->all_packs()[p]->tensors()) {
+        const PackTensor* tb = (*b)->all_packs()[p]->Find(ta.name);
+        ASSERT_NE(tb, nullptr) << ta.name;
+        const auto fa = ta.ToF32(), fb = tb->ToF32();
+        ASSERT_EQ(fa.size(), fb.size());
+        EXPECT_EQ(0, std::memcmp(fa.data(), fb.data(), fa.size() * 4)) << g << " " << ta.name;
+        if (ta.qtype != QType::kI4Nl) continue;
+        if (ta.cols == ta.logical_cols()) {
+          EXPECT_EQ(tb->qtype, QType::kI4Nl) << ta.name;
+          EXPECT_EQ(tb->group, 32u) << ta.name;
+          ++exact;
+        } else {
+          EXPECT_EQ(tb->qtype, QType::kF32) << ta.name;  // padded ffn_down (K = 172)
+          ++as_f32;
+        }
+      }
+    }
+    EXPECT_EQ(exact, 1 + 6 * 5) << g;
+    EXPECT_EQ(as_f32, 5) << g;
+    auto m = ReadJson(q + "-back/manifest.json");
+    EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["mapping"], "exact");
+    EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["stored"], "int4nl-g32");
+    EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["gguf_type"], "IQ4_NL");
+    const std::string a_npy = tmp_ / (std::string("anl-") + g + ".npy"), b_npy = tmp_ / (std::string("bnl-") + g + ".npy");
+    auto r1 = RunTessera({"logits", q, "--ids", "1,403,407,261,378", "-o", a_npy});
+    auto r2 = RunTessera({"logits", q + "-back", "--ids", "1,403,407,261,378", "-o", b_npy});
+    ASSERT_EQ(r1.exit_code, 0) << r1.err;
+    ASSERT_EQ(r2.exit_code, 0) << r2.err;
+    auto la = ReadNpyF32(a_npy);
+    auto lb = ReadNpyF32(b_npy);
+    ASSERT_TRUE(la.ok() && lb.ok());
+    ASSERT_EQ(la->data.size(), lb->data.size());
+    float max_diff = 0;
+    for (size_t i = 0; i < la->data.size(); ++i) max_diff = std::max(max_diff, std::fabs(la->data[i] - lb->data[i]));
+    EXPECT_LE(max_diff, 1e-4f);
   }
 }
 
