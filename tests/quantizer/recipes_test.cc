@@ -22,14 +22,16 @@ TEST(Scheme, ParsesAndNames) {
                         Case{"int4-g128-asym", "int4-g128-asym"}, Case{"int4-asym", "int4-g32-asym"},
                         Case{"int8", "int8-g32"}, Case{"int8-g256", "int8-g256"}, Case{"int6", "int6-g32"},
                         Case{"int6-g64", "int6-g64"}, Case{"int6-g128", "int6-g128"}, Case{"f16", "f16"},
-                        Case{"bf16", "bf16"}, Case{"f32", "f32"}}) {
+                        Case{"bf16", "bf16"}, Case{"f32", "f32"}, Case{"int4nl", "int4nl-g32"},
+                        Case{"int4nl-g64", "int4nl-g64"}, Case{"int4nl-g128", "int4nl-g128"}}) {
     auto s = ParseScheme(c.in);
     ASSERT_TRUE(s.ok()) << c.in << ": " << s.status();
     EXPECT_EQ(SchemeName(*s), c.name);
     EXPECT_EQ(*ParseScheme(SchemeName(*s)), *s);
   }
   for (const char* bad : {"", "int3", "int4-g48", "int4-g256", "int8-asym", "f16-g32", "int4-g32-sym-x", "int4-g",
-                          "int6-asym", "int6-g256", "int6-g16", "int6-sym"}) {
+                          "int6-asym", "int6-g256", "int6-g16", "int6-sym", "int4nl-asym", "int4nl-sym",
+                          "int4nl-g16", "int4nl-g256", "int4-nl"}) {
     auto s = ParseScheme(bad);
     EXPECT_FALSE(s.ok()) << bad;
   }
@@ -39,6 +41,10 @@ TEST(Scheme, ParsesAndNames) {
   EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int8")), 8.5);
   EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int6")), 6.5);
   EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int6-g64")), 6.25);
+  EXPECT_DOUBLE_EQ(SchemeBitsPerWeight(*ParseScheme("int4nl")), 4.5);
+  EXPECT_EQ(ParseScheme("int4nl-g64")->type, QType::kI4Nl);
+  EXPECT_EQ(SchemeBytes(*ParseScheme("int4nl-g32"), 4, 80), 4u * 96 / 2 + 4u * 3 * 2);
+  EXPECT_EQ(FindRecipe("int4nl-g32")->default_scheme, *ParseScheme("int4nl-g32"));
   EXPECT_EQ(SchemeBytes(*ParseScheme("int6-g32"), 4, 80), 4u * 96 * 3 / 4 + 4u * 3 * 2);  // padded to 96
 }
 
