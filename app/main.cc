@@ -564,7 +564,7 @@ int main(int argc, char** argv) {
                     "Calibration text: run the source model on it and weight the search by per-channel activation "
                     "energy (imatrix). Never the evaluation text");
   quant->add_option("--max-bytes", qa.max_bytes,
-                    "Budgeted recipes (int4-mixed): the whole output package (all files, manifest included) in bytes; "
+                    "Budgeted recipes (int4-mixed, int4nl-mixed): the whole output package (all files, manifest included) in bytes; "
                     "upgrades are kept while it fits (replaces the recipe's 4.9 bits/weight)");
   quant->add_option("--max-bpw", qa.max_bpw,
                     "Budgeted recipes: bits/weight over the matrices' stored bytes (default: the recipe's, 4.9)");

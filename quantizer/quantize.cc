@@ -211,7 +211,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   add_shapes(pkg->lm(), "lm.bin");
   if ((o.max_bytes > 0 || o.max_bpw > 0) && upgrades.empty())
     return absl::InvalidArgumentError(absl::StrCat(
-        "--max-bytes / --max-bpw need a budgeted recipe (int4-mixed); ",
+        "--max-bytes / --max-bpw need a budgeted recipe (int4-mixed, int4nl-mixed); ",
         o.recipe.empty() ? "--type" : absl::StrCat("--recipe ", o.recipe), " has no upgrades to budget"));
   if (o.max_bpw > 0) max_bpw = o.max_bpw;
   if (o.max_bytes > 0 && o.max_bpw <= 0) max_bpw = 0;  // a byte budget replaces the recipe's bits/weight

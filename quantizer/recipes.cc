@@ -125,9 +125,14 @@ const char* kMixedSummary =
     "ffn_down of llama.cpp's use_more_bits layers -> int6-g32; then one layer at a time: attn_v (use_more_bits layers "
     "first), ffn_down, attn_k, attn_output, attn_q, ffn_gate, ffn_up, an untied token_embd -> int6-g32; then the same order "
     "again -> int8-g32 (output first). An upgrade never lowers a matrix's bits";
-std::vector<QuantRule> MixedUpgrades() {
+const char* kNlMixedSummary =
+    "int4nl-g32 plus int4-mixed's upgrades within the same budgets, except the output matrix's fallbacks: int6-g32, "
+    "then int6-g64, then int6-g128 (no uniform int4-g32-asym)";
+// nl: the int4nl-mixed list (the output falls back to coarser int6 groups, never to uniform int4).
+std::vector<QuantRule> MixedUpgrades(bool nl = false) {
   std::vector<QuantRule> u{R("{output}", "int6-g32"),       R("{output}", "int6-g64"),
-                           R("{output}", "int4-g32-asym"),  R("block_*/attn_v", "int6-g32"),
+                           nl ? R("{output}", "int6-g128") : R("{output}", "int4-g32-asym"),
+                           R("block_*/attn_v", "int6-g32"),
                            R("block_*/attn_k", "int6-g32"), R("{more_bits}/ffn_down", "int6-g32")};
   // Per layer, for budgets a whole-model step does not fit (or that have room after it).
   for (const char* scheme : {"int6-g32", "int8-g32"}) {
@@ -329,6 +334,15 @@ const std::vector<Recipe>& AllRecipes() {
       r.default_scheme = S("int4-g32-sym");
       r.max_bits_per_weight = 4.9;
       r.upgrades = MixedUpgrades();
+      v.push_back(r);
+    }
+    {
+      Recipe r;
+      r.name = "int4nl-mixed";
+      r.summary = kNlMixedSummary;
+      r.default_scheme = S("int4nl-g32");
+      r.max_bits_per_weight = 4.9;
+      r.upgrades = MixedUpgrades(true);
       v.push_back(r);
     }
     plain("int8", "int8 symmetric, groups of 32, f16 scales: 8.5 bits/weight everywhere (Q8_0's size)", "int8-g32");
