@@ -126,8 +126,9 @@ const char* kMixedSummary =
     "first), ffn_down, attn_k, attn_output, attn_q, ffn_gate, ffn_up, an untied token_embd -> int6-g32; then the same order "
     "again -> int8-g32 (output first). An upgrade never lowers a matrix's bits";
 const char* kNlMixedSummary =
-    "int4nl-g32 plus int4-mixed's upgrades within the same budgets, except the output matrix's fallbacks: int6-g32, "
-    "then int6-g64, then int6-g128 (no uniform int4-g32-asym)";
+    "int4nl-g32 with token_embd at int4nl-g64 (an input lookup, the least sensitive matrix), plus int4-mixed's upgrades "
+    "within the same budgets, except the output matrix's fallbacks: int6-g32, then int6-g64, then int6-g128 (no "
+    "uniform int4-g32-asym)";
 // nl: the int4nl-mixed list (the output falls back to coarser int6 groups, never to uniform int4).
 std::vector<QuantRule> MixedUpgrades(bool nl = false) {
   std::vector<QuantRule> u{R("{output}", "int6-g32"),       R("{output}", "int6-g64"),
@@ -341,6 +342,7 @@ const std::vector<Recipe>& AllRecipes() {
       r.name = "int4nl-mixed";
       r.summary = kNlMixedSummary;
       r.default_scheme = S("int4nl-g32");
+      r.rules = {R("embedding/token_embd", "int4nl-g64")};  // tied: the {output} upgrades still apply to it
       r.max_bits_per_weight = 4.9;
       r.upgrades = MixedUpgrades(true);
       v.push_back(r);

@@ -133,17 +133,20 @@ std::vector<MatrixShape> Kjv6LShapes(bool tied) {
   return m;
 }
 
-// int4nl-mixed: the int4nl-g32 base, and where int6-g32 / int6-g64 for the output do not fit,
-// int6-g128 does (never a uniform int4 scheme).
+// int4nl-mixed: the int4nl-g32 base with token_embd at int4nl-g64, and where int6-g32 / int6-g64
+// for the output do not fit, int6-g128 does (never a uniform int4 scheme).
 TEST(Plan, Int4NlMixedFallsBackToCoarserInt6ForTheOutput) {
   const auto r = FindRecipe("int4nl-mixed");
   ASSERT_TRUE(r.ok());
   EXPECT_EQ(r->default_scheme, *ParseScheme("int4nl-g32"));
   const std::vector<MatrixShape> m = Kjv6LShapes(false);
-  uint64_t weights = 0;
-  for (const auto& x : m) weights += static_cast<uint64_t>(x.rows * x.cols);
+  uint64_t weights = 0, base_bytes = 0;
+  for (const auto& x : m) {
+    weights += static_cast<uint64_t>(x.rows * x.cols);
+    base_bytes += SchemeBytes(*ParseScheme(x.key == "embedding/token_embd" ? "int4nl-g64" : "int4nl-g32"), x.rows, x.cols);
+  }
   // Room for 1.69 extra bits on the 4096 x 256 output: more than int6-g128's 1.625, less than g64's 1.75.
-  const double bpw = 4.5 + 1.69 * 4096 * 256 / static_cast<double>(weights);
+  const double bpw = (8.0 * static_cast<double>(base_bytes) + 1.69 * 4096 * 256) / static_cast<double>(weights);
   auto p = PlanQuantization(r->default_scheme, r->rules, r->upgrades, bpw, {}, m, 6);
   EXPECT_LE(p.bits_per_weight(), bpw);
   EXPECT_EQ(SchemeName(p.scheme["lm/output"]), "int6-g128");
@@ -152,7 +155,8 @@ TEST(Plan, Int4NlMixedFallsBackToCoarserInt6ForTheOutput) {
     const QType t = p.scheme[x.key].type;
     EXPECT_TRUE(t == QType::kI4Nl || t == QType::kI6Sym) << x.key;
   }
-  EXPECT_EQ(SchemeName(p.scheme["embedding/token_embd"]), "int4nl-g32");
+  EXPECT_EQ(SchemeName(p.scheme["embedding/token_embd"]), "int4nl-g64");
+  EXPECT_EQ(p.reason["embedding/token_embd"], "embedding/token_embd=int4nl-g64");
 }
 
 TEST(Plan, BudgetedUpgradesStayWithinBudget) {
