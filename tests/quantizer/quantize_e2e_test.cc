@@ -303,7 +303,7 @@ TEST(QuantizeCli, BadArgumentsFailWithOneLine) {
       {{"--recipe", "int4-mixed", "--max-bytes", "150000"},
        "--max-bytes 150000 is smaller than the package without any upgrade: "},
       {{"--recipe", "int4-mixed", "--max-bpw", "4.5"}, "--max-bpw 4.5 is below the plan without any upgrade: 4.61"},
-      {{"--recipe", "int4-g32", "--max-bytes", "300000"}, "need a budgeted recipe (int4-mixed)"},
+      {{"--recipe", "int4-g32", "--max-bytes", "300000"}, "need a budgeted recipe (int4-mixed, int4nl-mixed)"},
   };
   for (const Case& c : cases) {
     std::vector<std::string> args{"quantize", base, "-o", Dir() / "bad"};
