@@ -80,6 +80,11 @@ HWY_INLINE constexpr size_t Q8CodeBytes(WType t) {
 HWY_INLINE constexpr size_t Q8UnitBytes(WType t) {
   return kQ8RowBlock * Q8CodeBytes(t) + kQ8RowBlock * 16 * 2;
 }
+// log2 of the bias subtracted per unit of activation sum (the codes are unsigned): I8 128,
+// I6 sym 32, I4 sym 8.
+HWY_INLINE constexpr int Q8BiasShift(WType t) {
+  return t == WType::kI8 ? 7 : t == WType::kI6Sym ? 5 : 3;
+}
 // Bit offset of slice s's high pair in its I6 high vector (4 + (s % 4) / 2), see kernels.h.
 HWY_INLINE constexpr int Q8I6PairShift(size_t s) { return (s % 2 ? 4 : 0) + (s >= 4 ? 2 : 0); }
 
@@ -102,6 +107,7 @@ HWY_INLINE constexpr int Q8I6PairShift(size_t s) { return (s % 2 ? 4 : 0) + (s >
 // kT: I8 unit layout (8 slices of unsigned bytes per row, bias 128), I4 sym packed nibbles
 // (bias 8) or I6 sym nibbles + high pairs (bias 32; c = nibble | pair << 4 is rebuilt per slice
 // with one shift of the pair vector (none for 1 slice in 4), an and and a ternary-logic merge).
+// kShift: log2 of the bias (Q8BiasShift; the I8 layout also carries unpacked I6 codes, bias 32).
 // The target attribute is the full AVX3_DL feature string plus avx512vnni: GCC merges a function's
 // target attribute with the enclosing HWY_BEFORE_NAMESPACE pragma, clang replaces it (then
 // avx512bw etc. would be missing).
@@ -119,7 +125,7 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) HWY_INLINE __m512i Q8I6Cod
   return _mm512_ternarylogic_epi32(nib, h, _mm512_set1_epi8(0x0F), 0xEC);
 }
 
-template <size_t kU, WType kT>
+template <size_t kU, WType kT, int kShift>
 __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
     const uint8_t* HWY_RESTRICT w, size_t nsb, const int8_t* const* aq, const float* const* ad,
     const int32_t* const* as, const uint8_t* pf, size_t pf_step, size_t pf_bytes,
@@ -130,7 +136,6 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
   constexpr bool kI6 = kT == WType::kI6Sym;
   constexpr size_t kCB = Q8CodeBytes(kT);
   constexpr size_t kUnit = Q8UnitBytes(kT);
-  constexpr int kShift = kI8 ? 7 : kI6 ? 5 : 3;
   static_assert(kU >= 1 && kU <= 3, "float accumulators must fit in registers");
   __m512 acc[kR][kU];
 #pragma GCC unroll 4
@@ -238,20 +243,47 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
   }
 }
 
-template <WType kT>
+template <WType kT, int kShift = Q8BiasShift(kT)>
 static void Q8TileVnniU(size_t U, const uint8_t* wrb, size_t nsb, const int8_t* const* aq,
                         const float* const* ad, const int32_t* const* as, const uint8_t* pf,
                         size_t pf_step, size_t pf_bytes, float* res) {
   switch (U) {
     case 3:
-      Q8TileVnni<3, kT>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      Q8TileVnni<3, kT, kShift>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
       break;
     case 2:
-      Q8TileVnni<2, kT>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      Q8TileVnni<2, kT, kShift>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
       break;
     default:
-      Q8TileVnni<1, kT>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      Q8TileVnni<1, kT, kShift>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
       break;
+  }
+}
+
+// An I6 row block unpacked to the I8 unit layout holding the codes c (bias 32). A batch that
+// runs many token tiles over a row block (prefill) unpacks it once into L1/L2 and reads bytes in
+// every tile instead of rebuilding the codes per tile (the integer sums, hence the results, are
+// the same).
+__attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8UnpackI6RowBlock(
+    const uint8_t* HWY_RESTRICT w, size_t nsb, uint8_t* HWY_RESTRICT out) {
+  constexpr size_t kR = kQ8RowBlock;
+  constexpr size_t kIn = Q8UnitBytes(WType::kI6Sym), kOut = Q8UnitBytes(WType::kI8);
+  constexpr size_t kCBIn = Q8CodeBytes(WType::kI6Sym), kCBOut = Q8CodeBytes(WType::kI8);
+  for (size_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* u = w + sb * kIn;
+    uint8_t* o = out + sb * kOut;
+#pragma GCC unroll 4
+    for (size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 4
+      for (size_t m = 0; m < 4; ++m) {
+        const __m512i raw = _mm512_loadu_si512(u + r * kCBIn + 64 * m);
+        const __m512i hv = _mm512_loadu_si512(u + r * kCBIn + 256 + 64 * (m / 2));
+        _mm512_storeu_si512(o + r * kCBOut + 64 * m, Q8I6Codes(raw, hv, m));
+        _mm512_storeu_si512(o + r * kCBOut + 64 * (m + 4),
+                            Q8I6Codes(_mm512_srli_epi16(raw, 4), hv, m + 4));
+      }
+    }
+    std::memcpy(o + kR * kCBOut, u + kR * kCBIn, kR * 32);  // the f16 scales
   }
 }
 #endif  // HWY_TARGET == HWY_AVX3_DL
@@ -314,6 +346,14 @@ static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, s
   const size_t nsb = w.Kp / kQ8Super;
   const size_t nb = w.Kp / kQ8Block;
   const size_t rb_bytes = nsb * kUnit;
+#if HWY_TARGET == HWY_AVX3_DL
+  // I6 with many token tiles: each row block unpacked once (Q8UnpackI6RowBlock). kernels_bench
+  // 4096 x 4096 (time per call, unpack-once vs rebuilding the codes in every tile): T = 4 1.01x,
+  // 8 1.03x, 16 1.05x (slower), T = 32 0.81x, 64 0.76x.
+  uint8_t* i6bytes = kT == WType::kI6Sym && T > 16
+                         ? Scratch<uint8_t, 1>(nsb * Q8UnitBytes(WType::kI8))
+                         : nullptr;
+#endif
   for (size_t rb = rb_begin; rb < rb_end; ++rb) {
     const uint8_t* wrb = w.data + rb * rb_bytes;
     const size_t r0 = rb * kQ8RowBlock;
@@ -339,7 +379,13 @@ static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, s
       const size_t pf_off = std::min(k * pf_step * nsb, rb_bytes);
       const size_t pf_bytes = rb + 1 < rb_end ? rb_bytes - pf_off : 0;
       const uint8_t* pf = pf_bytes > 0 ? wrb + rb_bytes + pf_off : wrb;
-      Q8TileVnniU<kT>(U, wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      if (i6bytes != nullptr) {
+        if (k == 0) Q8UnpackI6RowBlock(wrb, nsb, i6bytes);
+        Q8TileVnniU<WType::kI8, Q8BiasShift(WType::kI6Sym)>(U, i6bytes, nsb, aq, ad, as, pf,
+                                                             pf_step, pf_bytes, res);
+      } else {
+        Q8TileVnniU<kT>(U, wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      }
 #else
       Q8TilePortable<kT>(wrb, nsb, U, aq, ad, as, res);
 #endif
