@@ -238,7 +238,10 @@ absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parall
     q8->Kp = kernels::Q8PaddedK(w.cols);
     if (drop) {
       // The canonical codes and scales are not read again by this model.
-      DropPages(w.data, w.type == kernels::WType::kI8 ? w.rows * w.cols : w.rows * w.cols / 2);
+      const size_t row_bytes = w.type == kernels::WType::kI8     ? w.cols
+                               : w.type == kernels::WType::kI6Sym ? 3 * w.cols / 4
+                                                                  : w.cols / 2;
+      DropPages(w.data, w.rows * row_bytes);
       DropPages(w.scales, w.rows * (w.cols / w.group) * 2);
     }
   }

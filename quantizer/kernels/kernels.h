@@ -14,7 +14,7 @@
 //             bytes of high 2-bit pairs (byte j: the high 2 bits of elements j, j + G/4,
 //             j + G/2, j + 3G/4 at bits 0, 2, 4, 6 - Q6_K's ql/qh split). MatMul unpacks a row
 //             to bytes with 64-bit SWAR and runs the int8 dot product on c - 32 (f32
-//             activations only: there is no int8-activation path for I6).
+//             activations; MatMulQ8 below has an int8-activation path for I6 too).
 //   I4 nl:    w = kI4NlLevels[nibble] * scale  scales: f16 [rows][K/G]; the I4 code layout, the
 //             16 levels of llama.cpp's IQ4_NL (core/iq4nl.h). MatMul looks each row's nibbles up
 //             into int8 levels (a byte table) and runs the int8 dot product (f32 activations
@@ -76,8 +76,8 @@ void MatMul(const WeightMatrix& w, const float* x, size_t T, size_t ldx, float* 
 // ---- int8-activation matmul (VNNI vpdpbusd on AVX3_DL) ------------------------------------
 // Activations are quantized per token in blocks of 32 (like llama.cpp's Q8_0): d = amax / 127,
 // a = round-half-even(x * (127 / amax)) clamped to [-127, 127] (d = 0 and a = 0 when amax = 0).
-// Weights (I4 sym or I8, any group that is a multiple of 32) are repacked once at load time
-// into a runtime-only layout; the canonical package files are never changed.
+// Weights (I4 sym, I6 sym or I8, any group that is a multiple of 32) are repacked once at load
+// time into a runtime-only layout; the canonical package files are never changed.
 //
 // Superblock = 512 consecutive elements of a row = 16 blocks of 32. In a superblock, "slice" s
 // (0..7) is 64 bytes: byte 4 j + i holds element 32 j + 4 s + i (block j, i in 0..3), so one
@@ -85,6 +85,12 @@ void MatMul(const WeightMatrix& w, const float* x, size_t T, size_t ldx, float* 
 //   I4 sym repacked: per superblock and row 4 x 64 bytes; vector m's low nibble is slice m,
 //                    its high nibble slice m + 4; the nibble is q in 0..15 (w = (q - 8) * d).
 //   I8 repacked:     per superblock and row 8 x 64 bytes, byte = w + 128 (unsigned).
+//   I6 sym repacked: per superblock and row 6 x 64 bytes (6.5 bits/weight with the scales):
+//                    vectors 0..3 hold the low 4 bits of c (0..63, w = (c - 32) * d) as I4
+//                    (vector m: slice m low nibble, slice m + 4 high nibble); vector 4 + h
+//                    (h = 0, 1) holds the high 2 bits of slices 2h, 2h + 4, 2h + 1, 2h + 5 at
+//                    bits 0-1, 2-3, 4-5, 6-7 of the byte at the same position. The kernel
+//                    rebuilds c in registers (shift, and, ternary logic) and uses bias 32.
 //   Scales:          f16 per block of 32 (the group scale repeated for larger groups).
 // Stream order: for each block of kQ8RowBlock rows, for each superblock: the rows' codes, then
 // the rows' 16 scales each. K is padded to a multiple of 512, rows to a multiple of 4 (padding
@@ -110,12 +116,12 @@ void QuantizeActsQ8(const float* x, size_t ldx, size_t K, const Q8Acts& a, size_
                     size_t t_end);
 
 struct Q8Weights {
-  WType type = WType::kI4Sym;  // kI4Sym or kI8
+  WType type = WType::kI4Sym;  // kI4Sym, kI6Sym or kI8
   const uint8_t* data = nullptr;
   size_t rows = 0;  // logical rows (row blocks = ceil(rows / 4))
   size_t Kp = 0;    // padded K (multiple of kQ8Super)
 };
-// Whether `w` can be repacked (I4 sym / I8 with group % 32 == 0).
+// Whether `w` can be repacked (I4 sym / I6 sym / I8 with group % 32 == 0).
 bool Q8Supported(const WeightMatrix& w);
 // True when the dispatched target has a native int8 dot product (AVX3_DL: AVX512-VNNI).
 bool Q8Fast();

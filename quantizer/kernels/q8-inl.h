@@ -1,6 +1,7 @@
 // Per-target int8-activation kernels (layouts in kernels.h, "int8-activation matmul"):
 // QuantizeActsQ8 (Highway ops on every target) and MatMulQ8 (AVX512-VNNI vpdpbusd on AVX3_DL,
-// a portable integer loop with the same arithmetic on the other targets).
+// a portable integer loop with the same arithmetic on the other targets) for I4 sym, I6 sym and
+// I8 repacked weights.
 #if defined(TESSERA_KERNELS_Q8_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TESSERA_KERNELS_Q8_INL_H_
 #undef TESSERA_KERNELS_Q8_INL_H_
@@ -72,10 +73,20 @@ HWY_MAYBE_UNUSED static void QuantizeActsQ8(const float* x, size_t ldx, size_t K
 }
 
 // Bytes of one row's codes per superblock, and of one (row block, superblock) unit.
-HWY_INLINE constexpr size_t Q8CodeBytes(bool i8) { return i8 ? 512 : 256; }
-HWY_INLINE constexpr size_t Q8UnitBytes(bool i8) {
-  return kQ8RowBlock * Q8CodeBytes(i8) + kQ8RowBlock * 16 * 2;
+// (I4 sym: 4 nibble vectors; I6 sym: 4 nibble vectors + 2 vectors of high bit pairs; I8: 8.)
+HWY_INLINE constexpr size_t Q8CodeBytes(WType t) {
+  return t == WType::kI8 ? 512 : t == WType::kI6Sym ? 384 : 256;
 }
+HWY_INLINE constexpr size_t Q8UnitBytes(WType t) {
+  return kQ8RowBlock * Q8CodeBytes(t) + kQ8RowBlock * 16 * 2;
+}
+// log2 of the bias subtracted per unit of activation sum (the codes are unsigned): I8 128,
+// I6 sym 32, I4 sym 8.
+HWY_INLINE constexpr int Q8BiasShift(WType t) {
+  return t == WType::kI8 ? 7 : t == WType::kI6Sym ? 5 : 3;
+}
+// Bit offset of slice s's high pair in its I6 high vector (4 + (s % 4) / 2), see kernels.h.
+HWY_INLINE constexpr int Q8I6PairShift(size_t s) { return (s % 2 ? 4 : 0) + (s >= 4 ? 2 : 0); }
 
 #if HWY_TARGET == HWY_AVX3_DL
 // The 4 rows of one row block x kU tokens (kU <= 3) over all superblocks.
@@ -93,21 +104,38 @@ HWY_INLINE constexpr size_t Q8UnitBytes(bool i8) {
 //   a 4 x 4 tile has to keep them in L1 and measured slower than 3 + 1 or 2 + 2 tiles.
 // - Prefetch: while computing superblock sb the tile requests the lines of [pf + sb * pf_step,
 //   + pf_step) that lie below pf + pf_bytes (the caller's share of the next row block).
-// kI8: I8 unit layout (8 slices of unsigned bytes per row, bias 128), else packed nibbles
-// (bias 8).
+// kT: I8 unit layout (8 slices of unsigned bytes per row, bias 128), I4 sym packed nibbles
+// (bias 8) or I6 sym nibbles + high pairs (bias 32; c = nibble | pair << 4 is rebuilt per slice
+// with one shift of the pair vector (none for 1 slice in 4), an and and a ternary-logic merge).
+// kShift: log2 of the bias (Q8BiasShift; the I8 layout also carries unpacked I6 codes, bias 32).
 // The target attribute is the full AVX3_DL feature string plus avx512vnni: GCC merges a function's
 // target attribute with the enclosing HWY_BEFORE_NAMESPACE pragma, clang replaces it (then
 // avx512bw etc. would be missing).
-template <size_t kU, bool kI8>
+// Slice s's 6-bit codes from its nibble vector (slice in bits 0-3; bits 4-7 are ignored) and
+// its high-pair vector.
+__attribute__((target(HWY_TARGET_STR ",avx512vnni"))) HWY_INLINE __m512i Q8I6Codes(
+    __m512i nib, __m512i hv, size_t s) {
+  __m512i h = hv;
+  constexpr int kTo = 4;  // the pair's bits in c
+  const int from = Q8I6PairShift(s);
+  if (from < kTo) h = _mm512_slli_epi16(hv, kTo - from == 4 ? 4 : 2);
+  if (from > kTo) h = _mm512_srli_epi16(hv, 2);
+  h = _mm512_and_si512(h, _mm512_set1_epi8(0x30));
+  // (nib & 0x0F) | h
+  return _mm512_ternarylogic_epi32(nib, h, _mm512_set1_epi8(0x0F), 0xEC);
+}
+
+template <size_t kU, WType kT, int kShift>
 __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
     const uint8_t* HWY_RESTRICT w, size_t nsb, const int8_t* const* aq, const float* const* ad,
     const int32_t* const* as, const uint8_t* pf, size_t pf_step, size_t pf_bytes,
     float* HWY_RESTRICT res) {
   constexpr size_t kR = kQ8RowBlock;
   constexpr size_t kC = kU == 1 ? 2 : 1;  // chains per (row, token)
-  constexpr size_t kCB = Q8CodeBytes(kI8);
-  constexpr size_t kUnit = Q8UnitBytes(kI8);
-  constexpr int kShift = kI8 ? 7 : 3;
+  constexpr bool kI8 = kT == WType::kI8;
+  constexpr bool kI6 = kT == WType::kI6Sym;
+  constexpr size_t kCB = Q8CodeBytes(kT);
+  constexpr size_t kUnit = Q8UnitBytes(kT);
   static_assert(kU >= 1 && kU <= 3, "float accumulators must fit in registers");
   __m512 acc[kR][kU];
 #pragma GCC unroll 4
@@ -143,6 +171,10 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
         for (size_t r = 0; r < kR; ++r) {
           if (kI8) {
             wv[r] = _mm512_loadu_si512(wb + r * kCB + 64 * s);
+          } else if (kI6) {
+            const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * (s % 4));
+            const __m512i hv = _mm512_loadu_si512(wb + r * kCB + 256 + 64 * ((s % 4) / 2));
+            wv[r] = Q8I6Codes(s < 4 ? raw : _mm512_srli_epi16(raw, 4), hv, s);
           } else {
             const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * (s % 4));
             wv[r] = s < 4 ? _mm512_and_si512(raw, m4)
@@ -169,14 +201,23 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
               _mm512_dpbusd_epi32(ia[r][0][s % kC], _mm512_loadu_si512(wb + r * kCB + 64 * s), x);
       }
     } else {
-      // One token, packed nibbles: both planes of a weight vector at once (chains lo / hi).
+      // One token, packed nibbles (I6: plus high pairs): both planes of a weight vector at once
+      // (chains lo / hi).
 #pragma GCC unroll 4
       for (size_t m = 0; m < 4; ++m) {
 #pragma GCC unroll 4
         for (size_t r = 0; r < kR; ++r) {
           const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * m);
-          const __m512i lo = _mm512_and_si512(raw, m4);
-          const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+          __m512i lo, hi;
+          if (kI6) {
+            // The pairs of slices m and m + 4 share a high vector.
+            const __m512i hv = _mm512_loadu_si512(wb + r * kCB + 256 + 64 * (m / 2));
+            lo = Q8I6Codes(raw, hv, m);
+            hi = Q8I6Codes(_mm512_srli_epi16(raw, 4), hv, m + 4);
+          } else {
+            lo = _mm512_and_si512(raw, m4);
+            hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+          }
           ia[r][0][0] = _mm512_dpbusd_epi32(ia[r][0][0], lo, _mm512_loadu_si512(a[0] + 64 * m));
           ia[r][0][kC - 1] =
               _mm512_dpbusd_epi32(ia[r][0][kC - 1], hi, _mm512_loadu_si512(a[0] + 64 * (m + 4)));
@@ -202,33 +243,62 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
   }
 }
 
-template <bool kI8>
+template <WType kT, int kShift = Q8BiasShift(kT)>
 static void Q8TileVnniU(size_t U, const uint8_t* wrb, size_t nsb, const int8_t* const* aq,
                         const float* const* ad, const int32_t* const* as, const uint8_t* pf,
                         size_t pf_step, size_t pf_bytes, float* res) {
   switch (U) {
     case 3:
-      Q8TileVnni<3, kI8>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      Q8TileVnni<3, kT, kShift>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
       break;
     case 2:
-      Q8TileVnni<2, kI8>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      Q8TileVnni<2, kT, kShift>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
       break;
     default:
-      Q8TileVnni<1, kI8>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      Q8TileVnni<1, kT, kShift>(wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
       break;
+  }
+}
+
+// An I6 row block unpacked to the I8 unit layout holding the codes c (bias 32). A batch that
+// runs many token tiles over a row block (prefill) unpacks it once into L1/L2 and reads bytes in
+// every tile instead of rebuilding the codes per tile (the integer sums, hence the results, are
+// the same).
+__attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8UnpackI6RowBlock(
+    const uint8_t* HWY_RESTRICT w, size_t nsb, uint8_t* HWY_RESTRICT out) {
+  constexpr size_t kR = kQ8RowBlock;
+  constexpr size_t kIn = Q8UnitBytes(WType::kI6Sym), kOut = Q8UnitBytes(WType::kI8);
+  constexpr size_t kCBIn = Q8CodeBytes(WType::kI6Sym), kCBOut = Q8CodeBytes(WType::kI8);
+  for (size_t sb = 0; sb < nsb; ++sb) {
+    const uint8_t* u = w + sb * kIn;
+    uint8_t* o = out + sb * kOut;
+#pragma GCC unroll 4
+    for (size_t r = 0; r < kR; ++r) {
+#pragma GCC unroll 4
+      for (size_t m = 0; m < 4; ++m) {
+        const __m512i raw = _mm512_loadu_si512(u + r * kCBIn + 64 * m);
+        const __m512i hv = _mm512_loadu_si512(u + r * kCBIn + 256 + 64 * (m / 2));
+        _mm512_storeu_si512(o + r * kCBOut + 64 * m, Q8I6Codes(raw, hv, m));
+        _mm512_storeu_si512(o + r * kCBOut + 64 * (m + 4),
+                            Q8I6Codes(_mm512_srli_epi16(raw, 4), hv, m + 4));
+      }
+    }
+    std::memcpy(o + kR * kCBOut, u + kR * kCBIn, kR * 32);  // the f16 scales
   }
 }
 #endif  // HWY_TARGET == HWY_AVX3_DL
 
 // Portable version of the tile (same arithmetic: exact int32 block sums, then per lane
 // acc = fma(float(S), d_w * d_a, acc), lanes summed 0..15 in order).
-template <bool kI8>
+template <WType kT>
 static void Q8TilePortable(const uint8_t* HWY_RESTRICT w, size_t nsb, size_t U,
                            const int8_t* const* aq, const float* const* ad,
                            const int32_t* const* as, float* HWY_RESTRICT res) {
-  constexpr size_t kCB = Q8CodeBytes(kI8);
-  constexpr size_t kUnit = Q8UnitBytes(kI8);
-  constexpr int32_t kBias = kI8 ? 128 : 8;
+  constexpr bool kI8 = kT == WType::kI8;
+  constexpr bool kI6 = kT == WType::kI6Sym;
+  constexpr size_t kCB = Q8CodeBytes(kT);
+  constexpr size_t kUnit = Q8UnitBytes(kT);
+  constexpr int32_t kBias = kI8 ? 128 : kI6 ? 32 : 8;
   for (size_t r = 0; r < kQ8RowBlock; ++r) {
     for (size_t u = 0; u < U; ++u) {
       float acc[16] = {0};
@@ -247,6 +317,10 @@ static void Q8TilePortable(const uint8_t* HWY_RESTRICT w, size_t nsb, size_t U,
               } else {
                 const uint8_t byte = wr[64 * (s % 4) + 4 * j + i];
                 wu = s < 4 ? (byte & 0x0F) : (byte >> 4);
+                if (kI6) {
+                  const uint8_t hv = wr[256 + 64 * ((s % 4) / 2) + 4 * j + i];
+                  wu |= ((hv >> Q8I6PairShift(s)) & 3) << 4;
+                }
               }
               S += wu * a[64 * s + 4 * j + i];
             }
@@ -264,14 +338,22 @@ static void Q8TilePortable(const uint8_t* HWY_RESTRICT w, size_t nsb, size_t U,
   }
 }
 
-template <bool kI8>
+template <WType kT>
 static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
                       size_t rb_begin, size_t rb_end) {
-  constexpr size_t kUnit = Q8UnitBytes(kI8);
+  constexpr size_t kUnit = Q8UnitBytes(kT);
   constexpr size_t kMaxU = 3;
   const size_t nsb = w.Kp / kQ8Super;
   const size_t nb = w.Kp / kQ8Block;
   const size_t rb_bytes = nsb * kUnit;
+#if HWY_TARGET == HWY_AVX3_DL
+  // I6 with many token tiles: each row block unpacked once (Q8UnpackI6RowBlock). kernels_bench
+  // 4096 x 4096 (time per call, unpack-once vs rebuilding the codes in every tile): T = 4 1.01x,
+  // 8 1.03x, 16 1.05x (slower), T = 32 0.81x, 64 0.76x.
+  uint8_t* i6bytes = kT == WType::kI6Sym && T > 16
+                         ? Scratch<uint8_t, 1>(nsb * Q8UnitBytes(WType::kI8))
+                         : nullptr;
+#endif
   for (size_t rb = rb_begin; rb < rb_end; ++rb) {
     const uint8_t* wrb = w.data + rb * rb_bytes;
     const size_t r0 = rb * kQ8RowBlock;
@@ -297,9 +379,15 @@ static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, s
       const size_t pf_off = std::min(k * pf_step * nsb, rb_bytes);
       const size_t pf_bytes = rb + 1 < rb_end ? rb_bytes - pf_off : 0;
       const uint8_t* pf = pf_bytes > 0 ? wrb + rb_bytes + pf_off : wrb;
-      Q8TileVnniU<kI8>(U, wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      if (i6bytes != nullptr) {
+        if (k == 0) Q8UnpackI6RowBlock(wrb, nsb, i6bytes);
+        Q8TileVnniU<WType::kI8, Q8BiasShift(WType::kI6Sym)>(U, i6bytes, nsb, aq, ad, as, pf,
+                                                             pf_step, pf_bytes, res);
+      } else {
+        Q8TileVnniU<kT>(U, wrb, nsb, aq, ad, as, pf, pf_step, pf_bytes, res);
+      }
 #else
-      Q8TilePortable<kI8>(wrb, nsb, U, aq, ad, as, res);
+      Q8TilePortable<kT>(wrb, nsb, U, aq, ad, as, res);
 #endif
       for (size_t r = 0; r < nr; ++r) {
         for (size_t u = 0; u < U; ++u) y[(t0 + u) * ldy + r0 + r] = res[r * U + u];
@@ -313,9 +401,11 @@ HWY_MAYBE_UNUSED static void MatMulQ8(const Q8Weights& w, const Q8Acts& a, size_
                                       size_t ldy, size_t rb_begin, size_t rb_end) {
   if (T == 0 || rb_begin >= rb_end) return;
   if (w.type == WType::kI8) {
-    MatMulQ8T<true>(w, a, T, y, ldy, rb_begin, rb_end);
+    MatMulQ8T<WType::kI8>(w, a, T, y, ldy, rb_begin, rb_end);
+  } else if (w.type == WType::kI6Sym) {
+    MatMulQ8T<WType::kI6Sym>(w, a, T, y, ldy, rb_begin, rb_end);
   } else {
-    MatMulQ8T<false>(w, a, T, y, ldy, rb_begin, rb_end);
+    MatMulQ8T<WType::kI4Sym>(w, a, T, y, ldy, rb_begin, rb_end);
   }
 }
 

@@ -352,7 +352,9 @@ int8_t Q8ActAt_ref(const Q8Acts& a, size_t t, size_t k) {
 void MatMulQ8_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, double* y, size_t ldy,
                   size_t row_begin, size_t row_end) {
   const size_t K = w.cols, G = w.group, ng = K / G, nb = a.Kp / kQ8Block;
+  std::vector<int> row_q(w.type == WType::kI6Sym ? K : 0);  // I6: row r unpacked (c - 32)
   for (size_t r = row_begin; r < row_end; ++r) {
+    if (w.type == WType::kI6Sym) UnpackI6_ref(static_cast<const uint8_t*>(w.data) + r * (3 * K / 4), K, G, row_q.data());
     for (size_t t = 0; t < T; ++t) {
       float lanes[16] = {0};
       for (size_t b = 0; b < nb; ++b) {
@@ -364,6 +366,8 @@ void MatMulQ8_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, double* y, s
           int wi;
           if (w.type == WType::kI8) {
             wi = static_cast<const int8_t*>(w.data)[r * K + k];
+          } else if (w.type == WType::kI6Sym) {
+            wi = row_q[k];
           } else {
             const size_t g = k / G, e = k % G, half = G / 2;
             const uint8_t byte = static_cast<const uint8_t*>(w.data)[r * (K / 2) + g * half + e % half];

@@ -70,7 +70,7 @@ void QuantizeActsQ8_ref(const float* x, size_t ldx, size_t K, const Q8Acts& a, s
                         size_t t_end);
 // Activation k of token t read back from the slice layout.
 int8_t Q8ActAt_ref(const Q8Acts& a, size_t t, size_t k);
-// MatMulQ8 computed from the ORIGINAL (not repacked) I4 sym / I8 matrix and quantized
+// MatMulQ8 computed from the ORIGINAL (not repacked) I4 sym / I6 sym / I8 matrix and quantized
 // activations: exact int block sums, per-lane f32 fma as documented in kernels.h, lanes then
 // summed in double. Rows [row_begin, row_end).
 void MatMulQ8_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, double* y, size_t ldy,

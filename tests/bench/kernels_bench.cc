@@ -1,6 +1,6 @@
 // Micro-benchmarks for the kernels (not run as a test):
 //   MatMul (f32 activations) and MatMulQ8 (int8 activations, repacked weights), 4096 x 4096,
-//   for f32 / f16 / int8 (G=32) / int4 sym (G=32) / int6 sym / int4 nl (G=32, MatMul only) weights, decode
+//   for f32 / f16 / int8 (G=32) / int4 sym (G=32) / int6 sym (G=32) / int4 nl (G=32, MatMul only) weights, decode
 //   (T = 1), batched decode (T = 4, 8: int8-activation path only) and prefill (T = 64), once
 //   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
 //   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
@@ -198,6 +198,9 @@ int RegisterAll() {
             ->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int4/" + t).c_str(), BM_MatMulQ8,
                                      WType::kI4Sym, T, target)
+            ->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int6/" + t).c_str(), BM_MatMulQ8,
+                                     WType::kI6Sym, T, target)
             ->Unit(benchmark::kMillisecond);
       }
     }

@@ -1,5 +1,5 @@
 // Per-target tests of the int8-activation kernels: activation quantization bit-exact against
-// the scalar reference; MatMulQ8 on repacked weights against MatMulQ8_ref (computed from the
+// the scalar reference; MatMulQ8 on repacked I4 sym / I6 sym / I8 weights against MatMulQ8_ref (computed from the
 // original, not repacked, codes) and against the f32 double-precision dot within the
 // activation-quantization error bound; solo == batched bit-identity for T = 1..20, 31, 64, and
 // the same bits when the row blocks are split over two calls.
@@ -53,15 +53,19 @@ inline OwnedQ8Matrix MakeQ8Matrix(WType type, size_t rows, size_t cols, size_t g
   std::vector<float> f(rows * cols);
   ktest::FillWeights(f.data(), f.size(), group, seed, 0.1f);
   const size_t ng = cols / group;
-  m.codes.resize(type == WType::kI8 ? rows * cols : rows * cols / 2);
+  const size_t row_bytes = type == WType::kI8 ? cols : type == WType::kI6Sym ? 3 * cols / 4 : cols / 2;
+  m.codes.resize(rows * row_bytes);
   m.scales.resize(rows * ng);
   for (size_t r = 0; r < rows; ++r) {
     if (type == WType::kI8) {
       QuantizeRowI8_ref(f.data() + r * cols, cols, group,
                         reinterpret_cast<int8_t*>(m.codes.data()) + r * cols,
                         m.scales.data() + r * ng);
+    } else if (type == WType::kI6Sym) {
+      QuantizeRowI6Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * row_bytes,
+                           m.scales.data() + r * ng);
     } else {
-      QuantizeRowI4Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * cols / 2,
+      QuantizeRowI4Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * row_bytes,
                            m.scales.data() + r * ng);
     }
   }
@@ -138,7 +142,9 @@ void CheckMatMulQ8(const Case& c, size_t T, uint32_t seed) {
   std::vector<double> yref(T * ldy);
   MatMulQ8_ref(m.w, a.a, T, yref.data(), ldy, 0, c.rows);
   const size_t nb = a.a.Kp / kQ8Block;
-  const std::string what = std::string(c.type == WType::kI8 ? "I8" : "I4") +
+  const std::string what = std::string(c.type == WType::kI8     ? "I8"
+                                       : c.type == WType::kI6Sym ? "I6"
+                                                                 : "I4") +
                            " rows=" + std::to_string(c.rows) + " cols=" + std::to_string(c.cols) +
                            " G=" + std::to_string(c.group) + " T=" + std::to_string(T);
   std::vector<float> wrow(c.cols);
@@ -191,7 +197,11 @@ void TestMatMulQ8AllShapes() {
     for (size_t k : {1, 3, 17}) cases.push_back({WType::kI8, 11, g * k, g});
   for (size_t g : {32, 64, 128})
     for (size_t k : {1, 5, 16, 20}) cases.push_back({WType::kI4Sym, 9, g * k, g});
+  for (size_t g : {32, 64, 96, 128})
+    for (size_t k : {1, 3, 16, 20}) cases.push_back({WType::kI6Sym, 9, g * k, g});
   cases.push_back({WType::kI4Sym, 4, 2048, 32});
+  cases.push_back({WType::kI6Sym, 4, 2048, 32});
+  cases.push_back({WType::kI6Sym, 1, 512, 64});
   cases.push_back({WType::kI8, 1, 512, 32});
   uint32_t seed = 100;
   for (const Case& c : cases) {
@@ -202,12 +212,14 @@ void TestMatMulQ8AllShapes() {
 void TestMatMulQ8AllT() {
   uint32_t seed = 900;
   for (const Case& c : {Case{WType::kI4Sym, 13, 544, 32}, Case{WType::kI8, 6, 1056, 32},
-                        Case{WType::kI4Sym, 7, 1024, 64}}) {
+                        Case{WType::kI4Sym, 7, 1024, 64}, Case{WType::kI6Sym, 11, 1056, 32},
+                        Case{WType::kI6Sym, 6, 1024, 128}}) {
     for (size_t T = 1; T <= 20; ++T) CheckMatMulQ8(c, T, seed += 5);
   }
   // Prefill-sized batches: many token tiles per row block (the per-tile prefetch share of the
   // next row block shrinks to a line and runs past it).
-  for (const Case& c : {Case{WType::kI4Sym, 21, 2048, 32}, Case{WType::kI8, 10, 1536, 64}}) {
+  for (const Case& c : {Case{WType::kI4Sym, 21, 2048, 32}, Case{WType::kI8, 10, 1536, 64},
+                        Case{WType::kI6Sym, 15, 2048, 64}}) {
     for (size_t T : {31, 64}) CheckMatMulQ8(c, T, seed += 5);
   }
 }
