@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
+#include "quantizer/kernels/gemm.h"
 
 namespace tessera {
 
@@ -185,6 +186,9 @@ bool Int8ActivationsEnabled() {
 }  // namespace
 
 namespace {
+// Whether an int8-activation matrix of this type was repacked into the GEMM layout (gemm.h).
+bool GemmLayout(kernels::WType t) { return t == kernels::WType::kI4Sym || t == kernels::WType::kI8; }
+
 // Lets the kernel drop the pages of [p, p + n) of a read-only file mapping (a later access
 // simply faults them in again). Never call it on anonymous memory: its contents would be lost.
 void DropPages(const void* p, size_t n) {
@@ -209,7 +213,10 @@ Model::RepackList Model::Matrices(Layer* layers, size_t n, Head* head) {
 
 absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop) {
   if (!Int8ActivationsEnabled()) return absl::OkStatus();
-  auto rounded = [](const kernels::WeightMatrix& w) { return (kernels::Q8RepackedBytes(w) + 63) / 64 * 64; };
+  // I4 sym / I8: the row-interleaved GEMM layout (every T); other int8-activation types: MatMulQ8's.
+  auto rounded = [](const kernels::WeightMatrix& w) {
+    return ((kernels::GemmSupported(w) ? kernels::GemmRepackedBytes(w) : kernels::Q8RepackedBytes(w)) + 63) / 64 * 64;
+  };
   size_t total = 0;
   for (auto& [w, q] : todo)
     if (kernels::Q8Supported(*w)) total += rounded(*w);
@@ -226,11 +233,13 @@ absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parall
     if (!kernels::Q8Supported(w)) continue;
     uint8_t* p = arena->get() + used;
     used += rounded(w);
-    const size_t rbs = (w.rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
+    const bool gemm = kernels::GemmSupported(w);
+    const size_t rbs = gemm ? kernels::GemmGroups(w.rows) : (w.rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
+    auto repack = [&](size_t b, size_t e) { gemm ? kernels::RepackGemm(w, b, e, p) : kernels::RepackQ8(w, b, e, p); };
     if (parallel) {
-      ThreadPool::Global().ParallelFor(rbs, 16, [&](size_t b, size_t e) { kernels::RepackQ8(w, b, e, p); });
+      ThreadPool::Global().ParallelFor(rbs, gemm ? 4 : 16, repack);
     } else {
-      kernels::RepackQ8(w, 0, rbs, p);
+      repack(0, rbs);
     }
     q8->type = w.type;
     q8->data = p;
@@ -415,13 +424,21 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     }
     qa.valid = true;
   }
+  // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
+  auto gemm = [&](size_t i) { return GemmLayout(jobs[i].q8->type); };
   size_t start[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < n; ++i)
-    start[i + 1] = start[i] + (jobs[i].q8->rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
-  ThreadPool::Global().ParallelFor(start[n], 2, [&](size_t b, size_t e) {
+    start[i + 1] = start[i] + (gemm(i) ? kernels::GemmGroups(jobs[i].q8->rows)
+                                       : (jobs[i].q8->rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock);
+  ThreadPool::Global().ParallelFor(start[n], 1, [&](size_t b, size_t e) {
     for (size_t i = 0; i < n; ++i) {
       const size_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
-      if (lo < hi) kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+      if (lo >= hi) continue;
+      if (gemm(i)) {
+        kernels::MatMulGemm(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+      } else {
+        kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+      }
     }
   });
   for (size_t i = 0; i < n; ++i) {
