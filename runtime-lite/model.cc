@@ -423,6 +423,14 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
       kernels::QuantizeActsQ8(x, ldx, K, qa.a, 0, T);
     }
     qa.valid = true;
+    qa.panel.clear();  // rebuilt below for these activations (capacity kept)
+  }
+  bool any_gemm = false;
+  for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
+  if (any_gemm && qa.panel.empty()) {
+    qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
+    const size_t tiles = kernels::GemmTiles(T);
+    ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) { kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data()); });
   }
   // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
   auto gemm = [&](size_t i) { return GemmLayout(jobs[i].q8->type); };
@@ -435,7 +443,7 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
       const size_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
       if (lo >= hi) continue;
       if (gemm(i)) {
-        kernels::MatMulGemm(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+        kernels::MatMulGemm(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
       } else {
         kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
       }

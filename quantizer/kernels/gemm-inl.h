@@ -17,7 +17,6 @@
 #include "hwy/highway.h"
 #include "quantizer/kernels/gemm.h"
 #include "quantizer/kernels/kernels.h"
-#include "quantizer/kernels/quant-inl.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace tessera::kernels::HWY_NAMESPACE {
@@ -25,31 +24,9 @@ namespace tessera::kernels::HWY_NAMESPACE {
 // Bytes of the codes of one (row group, block) unit, and of the whole unit.
 HWY_INLINE constexpr size_t GemmCodeBytes(bool i8) { return i8 ? 512 : 256; }
 HWY_INLINE constexpr size_t GemmUnitBytes(bool i8) { return GemmCodeBytes(i8) + kGemmRows * 2; }
-// Offset of block b's slice 0 in a token's Q8Acts codes (slice s is at + 64 s).
-HWY_INLINE constexpr size_t GemmActOffset(size_t b) {
-  return (b / (kQ8Super / kQ8Block)) * kQ8Super + (b % (kQ8Super / kQ8Block)) * 4;
-}
-
-// Token panel: the activations of a tile of U consecutive tokens re-laid per block b as
-// GemmPanelBytes(U) bytes: int32 bias[U] (-8 or -128 times the block's sum of int8 values),
-// float d[U] (block scales), then int8 q[8][U][4] (slice s of token u: its 4 bytes of the block).
-// Built once per call for all token tiles, then read by every row group with one pointer.
-HWY_INLINE constexpr size_t GemmPanelBytes(size_t U) { return 40 * U; }
-
-template <bool kI8>
-static void BuildGemmPanel(const Q8Acts& a, size_t t0, size_t U, size_t nb, uint8_t* p) {
-  constexpr int32_t kBias = kI8 ? 128 : 8;
-  for (size_t b = 0; b < nb; ++b, p += GemmPanelBytes(U)) {
-    for (size_t u = 0; u < U; ++u) {
-      const size_t t = t0 + u;
-      const int32_t bias = -kBias * a.sum[t * nb + b];
-      std::memcpy(p + 4 * u, &bias, 4);
-      std::memcpy(p + 4 * U + 4 * u, a.d + t * nb + b, 4);
-      const int8_t* q = a.q + t * a.Kp + GemmActOffset(b);
-      for (size_t s = 0; s < 8; ++s) std::memcpy(p + 8 * U + 4 * (s * U + u), q + 64 * s, 4);
-    }
-  }
-}
+// Decode prefetch distance in bytes (kernels_bench Int8Act 32000x2048 T1, weights from memory:
+// 1-2 KiB no faster than the hardware prefetcher alone, 8-16 KiB about 1.3x).
+constexpr size_t kGemmPrefetch = 8192;
 
 #if HWY_TARGET == HWY_AVX3_DL
 // One row group x kU tokens over all nb blocks (p: the tile's panel). Per block: the 8 weight
@@ -73,6 +50,12 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
   for (size_t u = 0; u < kU; ++u) acc[u] = _mm512_setzero_ps();
   const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (size_t b = 0; b < nb; ++b, w += kUnit, p += kPB) {
+    if (kU == 1) {
+      // Decode streams the weights from memory: request them kGemmPrefetch bytes ahead (row
+      // groups are contiguous, so this runs on into the next group).
+      for (size_t o = 0; o < kUnit; o += 64)
+        _mm_prefetch(reinterpret_cast<const char*>(w + kGemmPrefetch + o), _MM_HINT_T0);
+    }
     __m512i wv[8];
     if (kI8) {
 #pragma GCC unroll 8
@@ -91,7 +74,8 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
     __m512i ia[kU * kC];
 #pragma GCC unroll 8
     for (size_t u = 0; u < kU; ++u) {
-      ia[u * kC] = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p + 4 * u));
+      const __m512i bias = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p + 4 * u));
+      ia[u * kC] = kI8 ? _mm512_slli_epi32(bias, 4) : bias;  // -128 sum = 16 (-8 sum)
       if (kC == 2) ia[u * kC + 1] = _mm512_setzero_si512();
     }
 #pragma GCC unroll 8
@@ -148,6 +132,7 @@ static void GemmTilePortable(const uint8_t* HWY_RESTRICT w, size_t nb, size_t U,
         int32_t S;
         float da;
         std::memcpy(&S, pb + 4 * u, 4);
+        if (kI8) S *= 16;
         std::memcpy(&da, pb + 4 * U + 4 * u, 4);
         for (size_t s = 0; s < 8; ++s) {
           for (size_t i = 0; i < 4; ++i) {
@@ -172,18 +157,11 @@ static void GemmTilePortable(const uint8_t* HWY_RESTRICT w, size_t nb, size_t U,
 }
 
 template <bool kI8>
-static void MatMulGemmT(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
+static void MatMulGemmT(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy,
                         size_t g_begin, size_t g_end) {
   const size_t nb = w.Kp / kQ8Block;
   const size_t gbytes = nb * GemmUnitBytes(kI8);
-  // Token tiles of at most kGemmMaxU, balanced (9 -> 5 + 4); their panels back to back.
-  const size_t tiles = (T + kGemmMaxU - 1) / kGemmMaxU;
-  uint8_t* panel = Scratch<uint8_t, 0>(GemmPanelBytes(T) * nb);
-  for (size_t k = 0, t0 = 0; k < tiles; ++k) {
-    const size_t U = (T - t0 + (tiles - k) - 1) / (tiles - k);
-    BuildGemmPanel<kI8>(a, t0, U, nb, panel + GemmPanelBytes(t0) * nb);
-    t0 += U;
-  }
+  const size_t tiles = GemmTiles(T);
   for (size_t g = g_begin; g < g_end; ++g) {
     const uint8_t* wg = w.data + g * gbytes;
     const size_t r0 = g * kGemmRows;
@@ -191,7 +169,7 @@ static void MatMulGemmT(const Q8Weights& w, const Q8Acts& a, size_t T, float* y,
     // The row group's weights come from memory for the first token tile, from cache for the
     // others (measured: splitting K into chunks so that they stay in L1 was slower).
     for (size_t k = 0, t0 = 0; k < tiles; ++k) {
-      const size_t U = (T - t0 + (tiles - k) - 1) / (tiles - k);
+      const size_t U = GemmTileTokens(T, k, t0);
       const uint8_t* p = panel + GemmPanelBytes(t0) * nb;
 #if HWY_TARGET == HWY_AVX3_DL
       GemmTileVnniU<kI8>(U, wg, nb, p, y + t0 * ldy + r0, ldy, nr);
@@ -203,13 +181,13 @@ static void MatMulGemmT(const Q8Weights& w, const Q8Acts& a, size_t T, float* y,
   }
 }
 
-HWY_MAYBE_UNUSED static void MatMulGemm(const Q8Weights& w, const Q8Acts& a, size_t T, float* y,
-                                        size_t ldy, size_t g_begin, size_t g_end) {
+HWY_MAYBE_UNUSED static void MatMulGemm(const Q8Weights& w, const uint8_t* panel, size_t T,
+                                        float* y, size_t ldy, size_t g_begin, size_t g_end) {
   if (T == 0 || g_begin >= g_end) return;
   if (w.type == WType::kI8) {
-    MatMulGemmT<true>(w, a, T, y, ldy, g_begin, g_end);
+    MatMulGemmT<true>(w, panel, T, y, ldy, g_begin, g_end);
   } else {
-    MatMulGemmT<false>(w, a, T, y, ldy, g_begin, g_end);
+    MatMulGemmT<false>(w, panel, T, y, ldy, g_begin, g_end);
   }
 }
 

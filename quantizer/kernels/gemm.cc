@@ -15,9 +15,34 @@ namespace tessera::kernels {
 
 HWY_EXPORT(MatMulGemm);
 
-void MatMulGemm(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
+void MatMulGemm(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy,
                 size_t g_begin, size_t g_end) {
-  HWY_DYNAMIC_DISPATCH(MatMulGemm)(w, a, T, y, ldy, g_begin, g_end);
+  HWY_DYNAMIC_DISPATCH(MatMulGemm)(w, panel, T, y, ldy, g_begin, g_end);
+}
+
+void BuildGemmPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile_end,
+                    uint8_t* panel) {
+  const size_t nb = a.Kp / kQ8Block, per_sb = kQ8Super / kQ8Block;
+  size_t t0 = 0;
+  for (size_t k = 0; k < tile_begin; ++k) t0 += GemmTileTokens(T, k, t0);
+  for (size_t k = tile_begin; k < tile_end; ++k) {
+    const size_t U = GemmTileTokens(T, k, t0);
+    uint8_t* p = panel + GemmPanelBytes(t0) * nb;
+    for (size_t u = 0; u < U; ++u) {
+      const size_t t = t0 + u;
+      const int8_t* qt = a.q + t * a.Kp;
+      for (size_t b = 0; b < nb; ++b) {
+        uint8_t* pb = p + b * GemmPanelBytes(U);
+        const int32_t bias = -8 * a.sum[t * nb + b];
+        std::memcpy(pb + 4 * u, &bias, 4);
+        std::memcpy(pb + 4 * U + 4 * u, a.d + t * nb + b, 4);
+        // Q8Acts slice layout: slice s of block b at superblock offset 64 s + 4 (b % 16).
+        const int8_t* q = qt + (b / per_sb) * kQ8Super + (b % per_sb) * 4;
+        for (size_t s = 0; s < 8; ++s) std::memcpy(pb + 8 * U + 4 * (s * U + u), q + 64 * s, 4);
+      }
+    }
+    t0 += U;
+  }
 }
 
 bool GemmSupported(const WeightMatrix& w) {

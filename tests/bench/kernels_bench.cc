@@ -6,7 +6,7 @@
 //   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
 //   in the Q8 figures).
 //   Int8Act/{q8,gemm}/...: MatMulQ8 vs MatMulGemm (dispatched target) at the model's shapes,
-//   T = 1 / 8 / 64 / 128.
+//   T = 1 / 8 / 64 / 128 (and 32000 x 2048 at T = 1: weights from memory).
 // Run e.g.: kernels_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
@@ -168,7 +168,8 @@ void BM_MatMulQ8(benchmark::State& state, WType type, size_t T, int64_t target) 
 }
 
 // Int8-activation kernels on the model's shapes: MatMulQ8 (4-row tiles, "q8") against MatMulGemm
-// (16-row interleaved tiles, "gemm") on the same weights, activation quantization included.
+// (16-row interleaved tiles, "gemm") on the same weights, activation quantization (and the GEMM's
+// panel) included.
 struct ShapeMatrix {
   std::vector<uint8_t> codes;
   std::vector<uint16_t> scales;
@@ -219,12 +220,14 @@ void BM_Int8Act(benchmark::State& state, bool gemm, WType type, size_t rows, siz
   std::vector<float> ad(T * q8.Kp / kQ8Block);
   std::vector<int32_t> as(T * q8.Kp / kQ8Block);
   const Q8Acts a{q8.Kp, aq.data(), ad.data(), as.data()};
+  std::vector<uint8_t> panel(GemmPanelSize(T, q8.Kp));
   std::vector<float> y(T * rows);
   state.SetLabel(ActiveTargetName());
   for (auto _ : state) {
     QuantizeActsQ8(x.data(), cols, cols, a, 0, T);
     if (gemm) {
-      MatMulGemm(q8, a, T, y.data(), rows, 0, units);
+      BuildGemmPanel(a, T, 0, GemmTiles(T), panel.data());
+      MatMulGemm(q8, panel.data(), T, y.data(), rows, 0, units);
     } else {
       MatMulQ8(q8, a, T, y.data(), rows, 0, units);
     }
@@ -237,9 +240,11 @@ void BM_Int8Act(benchmark::State& state, bool gemm, WType type, size_t rows, siz
 }
 
 void RegisterInt8Act() {
-  const std::pair<size_t, size_t> shapes[] = {{4096, 4096}, {5632, 2048}, {2048, 5632}, {4096, 512}};
+  // 32000 x 2048 (the output matrix, larger than the L3 cache): decode only.
+  const std::pair<size_t, size_t> shapes[] = {{4096, 4096}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
   for (auto [rows, cols] : shapes) {
     for (size_t T : {size_t{1}, size_t{8}, size_t{64}, size_t{128}}) {
+      if (rows == 32000 && T > 1) continue;
       for (WType type : {WType::kI4Sym, WType::kI8}) {
         for (bool gemm : {false, true}) {
           const std::string name = std::string("Int8Act/") + (gemm ? "gemm/" : "q8/") +

@@ -88,6 +88,15 @@ inline OwnedMatrix MakeMatrix(WType type, size_t rows, size_t cols, size_t group
   return m;
 }
 
+// The GEMM panel of a's T tokens, built in two calls (tile ranges).
+inline std::vector<uint8_t> MakePanel(const Q8Acts& a, size_t T) {
+  std::vector<uint8_t> panel(GemmPanelSize(T, a.Kp), 0xEE);
+  const size_t tiles = GemmTiles(T);
+  BuildGemmPanel(a, T, tiles / 2, tiles, panel.data());
+  BuildGemmPanel(a, T, 0, tiles / 2, panel.data());
+  return panel;
+}
+
 }  // namespace tessera::kernels::gemmtest
 #endif  // TESSERA_TESTS_GEMM_TEST_HELPERS_
 
@@ -107,11 +116,12 @@ void CheckGemm(const Case& c, size_t T, uint32_t seed) {
   ktest::FillUniform(x.data(), T * ldx, seed + 1, -2.0f, 2.0f);
   gemmtest::OwnedActs a(T, c.cols);
   HWY_NAMESPACE::QuantizeActsQ8(x.data(), ldx, c.cols, a.a, 0, T);
+  const std::vector<uint8_t> panel = gemmtest::MakePanel(a.a, T);
   const size_t groups = GemmGroups(c.rows);
   const size_t g0 = groups > 1 ? 1 : 0;  // a row-group sub-range
   const size_t r0 = g0 * kGemmRows;
   std::vector<float> y(T * ldy, -777.0f);
-  HWY_NAMESPACE::MatMulGemm(m.q8, a.a, T, y.data(), ldy, g0, groups);
+  HWY_NAMESPACE::MatMulGemm(m.q8, panel.data(), T, y.data(), ldy, g0, groups);
   std::vector<float> yref(T * ldy, -777.0f);
   MatMulGemm_ref(m.w, a.a, T, yref.data(), ldy, r0, c.rows);
   const size_t nb = a.a.Kp / kQ8Block;
@@ -144,8 +154,8 @@ void CheckGemm(const Case& c, size_t T, uint32_t seed) {
   if (groups - g0 >= 2) {
     const size_t mid = g0 + (groups - g0) / 2;
     std::vector<float> y2(T * ldy, -777.0f);
-    HWY_NAMESPACE::MatMulGemm(m.q8, a.a, T, y2.data(), ldy, mid, groups);
-    HWY_NAMESPACE::MatMulGemm(m.q8, a.a, T, y2.data(), ldy, g0, mid);
+    HWY_NAMESPACE::MatMulGemm(m.q8, panel.data(), T, y2.data(), ldy, mid, groups);
+    HWY_NAMESPACE::MatMulGemm(m.q8, panel.data(), T, y2.data(), ldy, g0, mid);
     for (size_t i = 0; i < y.size(); ++i)
       ASSERT_EQ(ktest::Bits(y2[i]), ktest::Bits(y[i])) << what << " split ranges differ at " << i;
   }
@@ -154,8 +164,9 @@ void CheckGemm(const Case& c, size_t T, uint32_t seed) {
     for (size_t t = 0; t < T; ++t) {
       gemmtest::OwnedActs a1(1, c.cols);
       HWY_NAMESPACE::QuantizeActsQ8(x.data() + t * ldx, ldx, c.cols, a1.a, 0, 1);
+      const std::vector<uint8_t> panel1 = gemmtest::MakePanel(a1.a, 1);
       std::vector<float> y1(c.rows, -1.0f);
-      HWY_NAMESPACE::MatMulGemm(m.q8, a1.a, 1, y1.data(), c.rows, g0, groups);
+      HWY_NAMESPACE::MatMulGemm(m.q8, panel1.data(), 1, y1.data(), c.rows, g0, groups);
       for (size_t r = r0; r < c.rows; ++r)
         ASSERT_EQ(ktest::Bits(y1[r]), ktest::Bits(y[t * ldy + r]))
             << what << " solo != batched at t=" << t << " r=" << r;
