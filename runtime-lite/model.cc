@@ -628,14 +628,10 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
         const int64_t n = row_pos[t] + 1;
         scores.resize(static_cast<size_t>(n));
         const float* qv = q.data() + t * Q + h * D;
-        for (int64_t j = 0; j < n; ++j)
-          scores[static_cast<size_t>(j)] =
-              kernels::Dot(qv, cache.k(static_cast<int64_t>(l), static_cast<int64_t>(kvh), j), D) * scale;
-        kernels::Softmax(scores.data(), static_cast<size_t>(n));
-        float* out = att.data() + t * ldq + h * D;
-        std::fill(out, out + D, 0.0f);
-        for (int64_t j = 0; j < n; ++j)
-          kernels::Axpy(scores[static_cast<size_t>(j)], cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), j), D, out);
+        // K / V rows of consecutive positions are contiguous ([layer][kv_head][pos][head_dim]).
+        kernels::AttendHead(qv, cache.k(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0),
+                            cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0), static_cast<size_t>(n), D,
+                            scale, scores.data(), att.data() + t * ldq + h * D);
       }
     });
     {

@@ -180,6 +180,20 @@ HWY_MAYBE_UNUSED static void Axpy(float a, const float* HWY_RESTRICT x, size_t n
   }
 }
 
+// One attention head for one query over n cached positions (k_j = k + j * D, v_j = v + j * D):
+// scores[j] = Dot(q, k_j, D) * scale, Softmax(scores, n), out = sum_j scores[j] * v_j (Axpy in j
+// order, from zeros). The same arithmetic as those calls one by one (bit-identical) without a
+// dynamic dispatch per position.
+HWY_MAYBE_UNUSED static void AttendHead(const float* HWY_RESTRICT q, const float* HWY_RESTRICT k,
+                                        const float* HWY_RESTRICT v, size_t n, size_t D,
+                                        float scale, float* HWY_RESTRICT scores,
+                                        float* HWY_RESTRICT out) {
+  for (size_t j = 0; j < n; ++j) scores[j] = Dot(q, k + j * D, D) * scale;
+  Softmax(scores, n);
+  for (size_t i = 0; i < D; ++i) out[i] = 0.0f;
+  for (size_t j = 0; j < n; ++j) Axpy(scores[j], v + j * D, D, out);
+}
+
 }  // namespace tessera::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 
