@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
+#include "quantizer/kernels/gemm.h"
 
 namespace tessera {
 
@@ -185,6 +186,9 @@ bool Int8ActivationsEnabled() {
 }  // namespace
 
 namespace {
+// Whether an int8-activation matrix of this type was repacked into the GEMM layout (gemm.h).
+bool GemmLayout(kernels::WType t) { return t == kernels::WType::kI4Sym || t == kernels::WType::kI8; }
+
 // Lets the kernel drop the pages of [p, p + n) of a read-only file mapping (a later access
 // simply faults them in again). Never call it on anonymous memory: its contents would be lost.
 void DropPages(const void* p, size_t n) {
@@ -209,7 +213,10 @@ Model::RepackList Model::Matrices(Layer* layers, size_t n, Head* head) {
 
 absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop) {
   if (!Int8ActivationsEnabled()) return absl::OkStatus();
-  auto rounded = [](const kernels::WeightMatrix& w) { return (kernels::Q8RepackedBytes(w) + 63) / 64 * 64; };
+  // I4 sym / I8: the row-interleaved GEMM layout (every T); other int8-activation types: MatMulQ8's.
+  auto rounded = [](const kernels::WeightMatrix& w) {
+    return ((kernels::GemmSupported(w) ? kernels::GemmRepackedBytes(w) : kernels::Q8RepackedBytes(w)) + 63) / 64 * 64;
+  };
   size_t total = 0;
   for (auto& [w, q] : todo)
     if (kernels::Q8Supported(*w)) total += rounded(*w);
@@ -226,11 +233,13 @@ absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parall
     if (!kernels::Q8Supported(w)) continue;
     uint8_t* p = arena->get() + used;
     used += rounded(w);
-    const size_t rbs = (w.rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
+    const bool gemm = kernels::GemmSupported(w);
+    const size_t rbs = gemm ? kernels::GemmGroups(w.rows) : (w.rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
+    auto repack = [&](size_t b, size_t e) { gemm ? kernels::RepackGemm(w, b, e, p) : kernels::RepackQ8(w, b, e, p); };
     if (parallel) {
-      ThreadPool::Global().ParallelFor(rbs, 16, [&](size_t b, size_t e) { kernels::RepackQ8(w, b, e, p); });
+      ThreadPool::Global().ParallelFor(rbs, gemm ? 4 : 16, repack);
     } else {
-      kernels::RepackQ8(w, 0, rbs, p);
+      repack(0, rbs);
     }
     q8->type = w.type;
     q8->data = p;
@@ -417,14 +426,30 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
       kernels::QuantizeActsQ8(x, ldx, K, qa.a, 0, T);
     }
     qa.valid = true;
+    qa.panel.clear();  // rebuilt below for these activations (capacity kept)
   }
+  bool any_gemm = false;
+  for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
+  if (any_gemm && qa.panel.empty()) {
+    qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
+    const size_t tiles = kernels::GemmTiles(T);
+    ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) { kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data()); });
+  }
+  // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
+  auto gemm = [&](size_t i) { return GemmLayout(jobs[i].q8->type); };
   size_t start[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < n; ++i)
-    start[i + 1] = start[i] + (jobs[i].q8->rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock;
-  ThreadPool::Global().ParallelFor(start[n], 2, [&](size_t b, size_t e) {
+    start[i + 1] = start[i] + (gemm(i) ? kernels::GemmGroups(jobs[i].q8->rows)
+                                       : (jobs[i].q8->rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock);
+  ThreadPool::Global().ParallelFor(start[n], 1, [&](size_t b, size_t e) {
     for (size_t i = 0; i < n; ++i) {
       const size_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
-      if (lo < hi) kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+      if (lo >= hi) continue;
+      if (gemm(i)) {
+        kernels::MatMulGemm(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+      } else {
+        kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+      }
     }
   });
   for (size_t i = 0; i < n; ++i) {
@@ -606,14 +631,10 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
         const int64_t n = row_pos[t] + 1;
         scores.resize(static_cast<size_t>(n));
         const float* qv = q.data() + t * Q + h * D;
-        for (int64_t j = 0; j < n; ++j)
-          scores[static_cast<size_t>(j)] =
-              kernels::Dot(qv, cache.k(static_cast<int64_t>(l), static_cast<int64_t>(kvh), j), D) * scale;
-        kernels::Softmax(scores.data(), static_cast<size_t>(n));
-        float* out = att.data() + t * ldq + h * D;
-        std::fill(out, out + D, 0.0f);
-        for (int64_t j = 0; j < n; ++j)
-          kernels::Axpy(scores[static_cast<size_t>(j)], cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), j), D, out);
+        // K / V rows of consecutive positions are contiguous ([layer][kv_head][pos][head_dim]).
+        kernels::AttendHead(qv, cache.k(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0),
+                            cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0), static_cast<size_t>(n), D,
+                            scale, scores.data(), att.data() + t * ldq + h * D);
       }
     });
     {

@@ -163,6 +163,7 @@ class Model {
     std::vector<int8_t> q;
     std::vector<float> d;
     std::vector<int32_t> sum;
+    std::vector<uint8_t> panel;  // the same activations re-laid for MatMulGemm (I4 sym / I8)
     kernels::Q8Acts a;
     bool valid = false;
   };

@@ -142,6 +142,11 @@ void Softmax(float* x, size_t n);
 void SiluMul(const float* gate, const float* up, size_t n, float* out);
 // y[i] += a * x[i]
 void Axpy(float a, const float* x, size_t n, float* y);
+// One attention head, one query, n positions of K / V rows (k + j * D, v + j * D):
+// scores[j] = Dot(q, k_j) * scale; Softmax(scores); out = sum_j scores[j] * v_j (Axpy in j order
+// from zeros): bit-identical to those calls, in one dispatch. scores: n floats of scratch.
+void AttendHead(const float* q, const float* k, const float* v, size_t n, size_t D, float scale,
+                float* scores, float* out);
 
 // Names of the Highway targets compiled in and the one chosen at run time (for `inspect`/bench).
 const char* ActiveTargetName();

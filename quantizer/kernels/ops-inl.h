@@ -180,6 +180,43 @@ HWY_MAYBE_UNUSED static void Axpy(float a, const float* HWY_RESTRICT x, size_t n
   }
 }
 
+// One attention head for one query over n cached positions (k_j = k + j * D, v_j = v + j * D):
+// scores[j] = Dot(q, k_j, D) * scale, Softmax(scores, n), out = sum_j scores[j] * v_j (Axpy in j
+// order, from zeros). The same arithmetic as those calls one by one (bit-identical) without a
+// dynamic dispatch per position.
+HWY_MAYBE_UNUSED static void AttendHead(const float* HWY_RESTRICT q, const float* HWY_RESTRICT k,
+                                        const float* HWY_RESTRICT v, size_t n, size_t D,
+                                        float scale, float* HWY_RESTRICT scores,
+                                        float* HWY_RESTRICT out) {
+  for (size_t j = 0; j < n; ++j) scores[j] = Dot(q, k + j * D, D) * scale;
+  Softmax(scores, n);
+  const hn::ScalableTag<float> df;
+  const size_t N = hn::Lanes(df);
+  if (D % N != 0) {
+    for (size_t i = 0; i < D; ++i) out[i] = 0.0f;
+    for (size_t j = 0; j < n; ++j) Axpy(scores[j], v + j * D, D, out);
+    return;
+  }
+  // Up to 4 vectors of out stay in registers over all positions (Axpy's MulAdd per element, in
+  // the same j order).
+  for (size_t i0 = 0; i0 < D; i0 += 4 * N) {
+    const size_t nv = (D - i0) / N < 4 ? (D - i0) / N : 4;
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    for (size_t j = 0; j < n; ++j) {
+      const auto s = hn::Set(df, scores[j]);
+      const float* vj = v + j * D + i0;
+      a0 = hn::MulAdd(s, hn::LoadU(df, vj), a0);
+      if (nv > 1) a1 = hn::MulAdd(s, hn::LoadU(df, vj + N), a1);
+      if (nv > 2) a2 = hn::MulAdd(s, hn::LoadU(df, vj + 2 * N), a2);
+      if (nv > 3) a3 = hn::MulAdd(s, hn::LoadU(df, vj + 3 * N), a3);
+    }
+    hn::StoreU(a0, df, out + i0);
+    if (nv > 1) hn::StoreU(a1, df, out + i0 + N);
+    if (nv > 2) hn::StoreU(a2, df, out + i0 + 2 * N);
+    if (nv > 3) hn::StoreU(a3, df, out + i0 + 3 * N);
+  }
+}
+
 }  // namespace tessera::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
 

@@ -22,6 +22,7 @@ HWY_EXPORT(RMSNorm);
 HWY_EXPORT(Softmax);
 HWY_EXPORT(SiluMul);
 HWY_EXPORT(Axpy);
+HWY_EXPORT(AttendHead);
 HWY_EXPORT(TargetNameImpl);
 
 float Dot(const float* a, const float* b, size_t n) { return HWY_DYNAMIC_DISPATCH(Dot)(a, b, n); }
@@ -33,6 +34,10 @@ void SiluMul(const float* gate, const float* up, size_t n, float* out) {
   HWY_DYNAMIC_DISPATCH(SiluMul)(gate, up, n, out);
 }
 void Axpy(float a, const float* x, size_t n, float* y) { HWY_DYNAMIC_DISPATCH(Axpy)(a, x, n, y); }
+void AttendHead(const float* q, const float* k, const float* v, size_t n, size_t D, float scale,
+                float* scores, float* out) {
+  HWY_DYNAMIC_DISPATCH(AttendHead)(q, k, v, n, D, scale, scores, out);
+}
 const char* ActiveTargetName() { return HWY_DYNAMIC_DISPATCH(TargetNameImpl)(); }
 
 }  // namespace tessera::kernels

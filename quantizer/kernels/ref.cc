@@ -385,4 +385,32 @@ void MatMulQ8_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, double* y, s
   }
 }
 
+void MatMulGemm_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
+                    size_t row_begin, size_t row_end) {
+  const size_t K = w.cols, G = w.group, ng = K / G, nb = a.Kp / kQ8Block;
+  for (size_t r = row_begin; r < row_end; ++r) {
+    for (size_t t = 0; t < T; ++t) {
+      float acc = 0.0f;
+      for (size_t b = 0; b < nb; ++b) {
+        int32_t S = 0;
+        const size_t k0 = b * kQ8Block;
+        const float dw = k0 < K ? tessera::F16ToF32(w.scales[r * ng + k0 / G]) : 0.0f;
+        for (size_t k = k0; k < k0 + kQ8Block && k < K; ++k) {
+          int wi;
+          if (w.type == WType::kI8) {
+            wi = static_cast<const int8_t*>(w.data)[r * K + k];
+          } else {
+            const size_t g = k / G, e = k % G, half = G / 2;
+            const uint8_t byte = static_cast<const uint8_t*>(w.data)[r * (K / 2) + g * half + e % half];
+            wi = (e < half ? (byte & 0x0F) : (byte >> 4)) - 8;
+          }
+          S += wi * Q8ActAt_ref(a, t, k);
+        }
+        acc = std::fma(static_cast<float>(S), dw * a.d[t * nb + b], acc);
+      }
+      y[t * ldy + r] = acc;
+    }
+  }
+}
+
 }  // namespace tessera::kernels

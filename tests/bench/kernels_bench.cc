@@ -5,6 +5,8 @@
 //   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
 //   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
 //   in the Q8 figures).
+//   Int8Act/{q8,gemm}/...: MatMulQ8 vs MatMulGemm (dispatched target) at the model's shapes,
+//   T = 1 / 8 / 64 / 128 (and 32000 x 2048 at T = 1: weights from memory).
 // Run e.g.: kernels_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
@@ -16,6 +18,7 @@
 
 #include "core/half.h"
 #include "hwy/targets.h"
+#include "quantizer/kernels/gemm.h"
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/kernels/ref.h"
 
@@ -164,6 +167,97 @@ void BM_MatMulQ8(benchmark::State& state, WType type, size_t T, int64_t target) 
   SetCounters(state, packed.size(), T);
 }
 
+// Int8-activation kernels on the model's shapes: MatMulQ8 (4-row tiles, "q8") against MatMulGemm
+// (16-row interleaved tiles, "gemm") on the same weights, activation quantization (and the GEMM's
+// panel) included.
+struct ShapeMatrix {
+  std::vector<uint8_t> codes;
+  std::vector<uint16_t> scales;
+  WeightMatrix w;
+};
+
+const ShapeMatrix& GetShape(WType type, size_t rows, size_t cols) {
+  static std::vector<std::pair<std::vector<size_t>, ShapeMatrix*>> cache;
+  const std::vector<size_t> key = {static_cast<size_t>(type), rows, cols};
+  for (auto& [k, m] : cache)
+    if (k == key) return *m;
+  auto* m = new ShapeMatrix();
+  std::mt19937 rng(static_cast<uint32_t>(rows * 7 + cols));
+  std::normal_distribution<float> nd(0.0f, 0.05f);
+  std::vector<float> row(cols);
+  const size_t ng = cols / kGroup;
+  m->codes.resize(type == WType::kI8 ? rows * cols : rows * cols / 2);
+  m->scales.resize(rows * ng);
+  for (size_t r = 0; r < rows; ++r) {
+    for (float& v : row) v = nd(rng);
+    if (type == WType::kI8) {
+      QuantizeRowI8(row.data(), cols, kGroup, reinterpret_cast<int8_t*>(m->codes.data()) + r * cols,
+                    m->scales.data() + r * ng);
+    } else {
+      QuantizeRowI4Sym(row.data(), cols, kGroup, m->codes.data() + r * cols / 2, m->scales.data() + r * ng);
+    }
+  }
+  m->w = {type, m->codes.data(), m->scales.data(), nullptr, rows, cols, kGroup};
+  cache.emplace_back(key, m);
+  return *m;
+}
+
+void BM_Int8Act(benchmark::State& state, bool gemm, WType type, size_t rows, size_t cols, size_t T) {
+  const WeightMatrix& w = GetShape(type, rows, cols).w;
+  std::vector<uint8_t> packed(gemm ? GemmRepackedBytes(w) : Q8RepackedBytes(w));
+  const size_t units = gemm ? GemmGroups(rows) : (rows + kQ8RowBlock - 1) / kQ8RowBlock;
+  if (gemm) {
+    RepackGemm(w, 0, units, packed.data());
+  } else {
+    RepackQ8(w, 0, units, packed.data());
+  }
+  const Q8Weights q8{type, packed.data(), rows, Q8PaddedK(cols)};
+  std::vector<float> x(T * cols);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (float& v : x) v = nd(rng);
+  std::vector<int8_t> aq(T * q8.Kp);
+  std::vector<float> ad(T * q8.Kp / kQ8Block);
+  std::vector<int32_t> as(T * q8.Kp / kQ8Block);
+  const Q8Acts a{q8.Kp, aq.data(), ad.data(), as.data()};
+  std::vector<uint8_t> panel(GemmPanelSize(T, q8.Kp));
+  std::vector<float> y(T * rows);
+  state.SetLabel(ActiveTargetName());
+  for (auto _ : state) {
+    QuantizeActsQ8(x.data(), cols, cols, a, 0, T);
+    if (gemm) {
+      BuildGemmPanel(a, T, 0, GemmTiles(T), panel.data());
+      MatMulGemm(q8, panel.data(), T, y.data(), rows, 0, units);
+    } else {
+      MatMulQ8(q8, a, T, y.data(), rows, 0, units);
+    }
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(packed.size()));
+  state.counters["GFLOP/s"] =
+      benchmark::Counter(2.0 * rows * cols * T * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void RegisterInt8Act() {
+  // 32000 x 2048 (the output matrix, larger than the L3 cache): decode only.
+  const std::pair<size_t, size_t> shapes[] = {{4096, 4096}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
+  for (auto [rows, cols] : shapes) {
+    for (size_t T : {size_t{1}, size_t{8}, size_t{64}, size_t{128}}) {
+      if (rows == 32000 && T > 1) continue;
+      for (WType type : {WType::kI4Sym, WType::kI8}) {
+        for (bool gemm : {false, true}) {
+          const std::string name = std::string("Int8Act/") + (gemm ? "gemm/" : "q8/") +
+                                   (type == WType::kI8 ? "int8/" : "int4/") + std::to_string(rows) + "x" +
+                                   std::to_string(cols) + "/T" + std::to_string(T);
+          benchmark::RegisterBenchmark(name.c_str(), BM_Int8Act, gemm, type, rows, cols, T)
+              ->Unit(benchmark::kMillisecond);
+        }
+      }
+    }
+  }
+}
+
 int RegisterAll() {
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     const std::string t = hwy::TargetName(target);
@@ -213,6 +307,7 @@ int RegisterAll() {
 
 int main(int argc, char** argv) {
   tessera::kernels::RegisterAll();
+  tessera::kernels::RegisterInt8Act();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();

@@ -1,4 +1,5 @@
-// Per-target tests of Dot, RMSNorm, Softmax, SiluMul, Axpy against double references.
+// Per-target tests of Dot, RMSNorm, Softmax, SiluMul, Axpy, AttendHead against double references.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -179,6 +180,42 @@ void TestTailsStayInBounds() {
   }
 }
 
+// AttendHead == Dot * scale per position, Softmax, Axpy per position: bit for bit.
+void TestAttendHead() {
+  for (size_t D : {1, 7, 16, 64, 80, 128}) {
+    for (size_t n : {1, 2, 17, 64, 129}) {
+      std::vector<float> q(D), k(n * D), v(n * D);
+      ktest::FillUniform(q.data(), D, static_cast<uint32_t>(D * 31 + n), -2.0f, 2.0f);
+      ktest::FillUniform(k.data(), n * D, static_cast<uint32_t>(D * 37 + n), -2.0f, 2.0f);
+      ktest::FillUniform(v.data(), n * D, static_cast<uint32_t>(D * 41 + n), -2.0f, 2.0f);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+      std::vector<float> scores(n, -1.0f), out(D, 7.0f);
+      AttendHead(q.data(), k.data(), v.data(), n, D, scale, scores.data(), out.data());
+      std::vector<float> s2(n), o2(D, 0.0f);
+      for (size_t j = 0; j < n; ++j) s2[j] = Dot(q.data(), k.data() + j * D, D) * scale;
+      Softmax(s2.data(), n);
+      for (size_t j = 0; j < n; ++j) Axpy(s2[j], v.data() + j * D, D, o2.data());
+      for (size_t j = 0; j < n; ++j)
+        ASSERT_EQ(ktest::Bits(scores[j]), ktest::Bits(s2[j])) << "D=" << D << " n=" << n << " j=" << j;
+      for (size_t i = 0; i < D; ++i)
+        ASSERT_EQ(ktest::Bits(out[i]), ktest::Bits(o2[i])) << "D=" << D << " n=" << n << " i=" << i;
+      // Against double precision: out = softmax(q.k * scale) . v.
+      std::vector<double> sd(n);
+      double mx = -1e300, sum = 0.0;
+      for (size_t j = 0; j < n; ++j) {
+        sd[j] = Dot_ref(q.data(), k.data() + j * D, D) * scale;
+        mx = std::max(mx, sd[j]);
+      }
+      for (size_t j = 0; j < n; ++j) sum += (sd[j] = std::exp(sd[j] - mx));
+      for (size_t i = 0; i < D; ++i) {
+        double r = 0.0;
+        for (size_t j = 0; j < n; ++j) r += sd[j] / sum * v[j * D + i];
+        ASSERT_NEAR(out[i], r, 1e-4) << "D=" << D << " n=" << n << " i=" << i;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace tessera::kernels::HWY_NAMESPACE
 HWY_AFTER_NAMESPACE();
@@ -191,6 +228,7 @@ HWY_EXPORT_AND_TEST_P(OpsTest, TestRMSNorm);
 HWY_EXPORT_AND_TEST_P(OpsTest, TestSoftmax);
 HWY_EXPORT_AND_TEST_P(OpsTest, TestSiluMul);
 HWY_EXPORT_AND_TEST_P(OpsTest, TestAxpy);
+HWY_EXPORT_AND_TEST_P(OpsTest, TestAttendHead);
 HWY_EXPORT_AND_TEST_P(OpsTest, TestTailsStayInBounds);
 
 TEST(OpsDispatchTest, PublicApi) {

@@ -1,0 +1,64 @@
+// Int8-activation GEMM on row-interleaved weights (the runtime layout of I4 sym / I8 matrices on
+// the int8-activation path, every T from decode to prefill). Activations are the Q8Acts of
+// kernels.h (QuantizeActsQ8, slice layout); only the weight layout differs from MatMulQ8's.
+//
+// Row group = 16 consecutive rows (the 16 i32 lanes of a zmm). Per row group and block b of 32
+// elements (blocks of the padded K, Kp / 32 of them) one unit, units stored group-major:
+//   I4 sym: 4 x 64 bytes; vector m (0..3), byte 4 r + i: low nibble = element 32 b + 4 m + i of
+//           row r (code q in 0..15, w = (q - 8) * d), high nibble = element 32 b + 16 + 4 m + i.
+//   I8:     8 x 64 bytes; vector s (0..7), byte 4 r + i = w + 128 of element 32 b + 4 s + i.
+//   then the 16 rows' f16 block scales (32 bytes; the group scale repeated for larger groups).
+// Padding rows / elements have code "zero" and scale 0. One vpdpbusd of an unpacked weight vector
+// with the 4 activation bytes of a slice broadcast to all lanes gives 16 rows x 1 token; a tile of
+// 16 rows x U tokens (U <= kGemmMaxU) keeps the block's weight vectors in registers for U tokens.
+//
+// Activations: the Q8Acts of T tokens (QuantizeActsQ8) re-laid once per input as a "panel" that
+// every row group reads with one pointer. Tokens are cut into GemmTiles(T) tiles of at most
+// kGemmMaxU consecutive tokens, balanced (9 -> 5 + 4); tile k starts at token t0 and holds
+// U = GemmTileTokens(T, k, t0) tokens, at panel byte GemmPanelBytes(t0) * nb (nb = Kp / 32).
+// Per block b the tile has GemmPanelBytes(U) bytes: int32 -8 * sum[U] (the block's sum of int8
+// values), float d[U] (block scales), int8 q[8][U][4] (slice s of token u: elements 4 s .. 4 s + 3
+// of the block).
+//
+// Arithmetic (identical for every T, tiling and target: a row's result never depends on the
+// batch, bit for bit). For row r, token t, blocks b = 0 .. Kp/32 - 1 in order:
+//   S   = sum_{k in b} w_int[k] * a[k]            (exact int32; bias trick: -8 / -128 * sum(a))
+//   acc = fma(float(S), d_w[r, b] * d_a[t, b], acc)   (acc starts at +0.0f)
+//   y[t][r] = acc.
+// MatMulGemm_ref (ref.h) computes the same from the canonical codes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "quantizer/kernels/kernels.h"
+
+namespace tessera::kernels {
+
+constexpr size_t kGemmRows = 16;
+constexpr size_t kGemmMaxU = 8;
+
+// I4 sym / I8 with group % 32 == 0.
+bool GemmSupported(const WeightMatrix& w);
+inline size_t GemmGroups(size_t rows) { return (rows + kGemmRows - 1) / kGemmRows; }
+size_t GemmRepackedBytes(const WeightMatrix& w);
+// Repacks row groups [g_begin, g_end) of w into out (GemmRepackedBytes(w) bytes in total).
+void RepackGemm(const WeightMatrix& w, size_t g_begin, size_t g_end, uint8_t* out);
+
+inline size_t GemmTiles(size_t T) { return (T + kGemmMaxU - 1) / kGemmMaxU; }
+// Tokens of tile k (tiles before it cover [0, t0)).
+inline size_t GemmTileTokens(size_t T, size_t k, size_t t0) {
+  const size_t left = GemmTiles(T) - k;
+  return (T - t0 + left - 1) / left;
+}
+inline constexpr size_t GemmPanelBytes(size_t U) { return 40 * U; }
+inline size_t GemmPanelSize(size_t T, size_t Kp) { return GemmPanelBytes(T) * (Kp / kQ8Block); }
+// Fills tiles [tile_begin, tile_end) of the panel of T tokens from a (those tokens quantized).
+void BuildGemmPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile_end, uint8_t* panel);
+
+// y[t * ldy + r] for t < T and the rows r < w.rows of row groups [g_begin, g_end); w.data in the
+// layout above (w.type kI4Sym or kI8, w.Kp = Q8PaddedK(cols)), panel: T tokens at that Kp.
+void MatMulGemm(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy,
+                size_t g_begin, size_t g_end);
+
+}  // namespace tessera::kernels

@@ -1,0 +1,214 @@
+// Per-target tests of the row-interleaved int8-activation GEMM (gemm.h): MatMulGemm on repacked
+// I4 sym / I8 weights is bit-identical to MatMulGemm_ref (computed from the original codes) on
+// every target, within the activation-quantization error bound of the f32 double-precision
+// dot, and bit-identical whatever the batch (each token alone == in a batch, T = 1..20, 31, 64,
+// 100), the row-group sub-range and the split of the row groups over two calls.
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "tests/kernels/gemm_test.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+#include "hwy/tests/hwy_gtest.h"
+#include "quantizer/kernels/gemm-inl.h"
+#include "quantizer/kernels/q8-inl.h"
+#include "quantizer/kernels/ref.h"
+#include "tests/kernels/kernel_test_util.h"
+
+#ifndef TESSERA_TESTS_GEMM_TEST_HELPERS_
+#define TESSERA_TESTS_GEMM_TEST_HELPERS_
+namespace tessera::kernels::gemmtest {
+
+struct OwnedActs {
+  std::vector<int8_t> q;
+  std::vector<float> d;
+  std::vector<int32_t> sum;
+  Q8Acts a;
+  OwnedActs(size_t T, size_t K) {
+    a.Kp = Q8PaddedK(K);
+    q.assign(T * a.Kp, 99);
+    d.assign(T * a.Kp / kQ8Block, -1.0f);
+    sum.assign(T * a.Kp / kQ8Block, 12345);
+    a.q = q.data();
+    a.d = d.data();
+    a.sum = sum.data();
+  }
+};
+
+struct OwnedMatrix {
+  WeightMatrix w;
+  std::vector<uint8_t> codes;
+  std::vector<uint16_t> scales;
+  std::vector<uint8_t> packed;
+  Q8Weights q8;
+};
+
+inline OwnedMatrix MakeMatrix(WType type, size_t rows, size_t cols, size_t group, uint32_t seed) {
+  OwnedMatrix m;
+  std::vector<float> f(rows * cols);
+  ktest::FillWeights(f.data(), f.size(), group, seed, 0.1f);
+  const size_t ng = cols / group;
+  m.codes.resize(type == WType::kI8 ? rows * cols : rows * cols / 2);
+  m.scales.resize(rows * ng);
+  for (size_t r = 0; r < rows; ++r) {
+    if (type == WType::kI8) {
+      QuantizeRowI8_ref(f.data() + r * cols, cols, group,
+                        reinterpret_cast<int8_t*>(m.codes.data()) + r * cols,
+                        m.scales.data() + r * ng);
+    } else {
+      QuantizeRowI4Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * cols / 2,
+                           m.scales.data() + r * ng);
+    }
+  }
+  // Extreme codes in row 0 (I4 nibbles 0 and 15, I8 -128 and 127) exercise the bias trick.
+  if (type == WType::kI8) {
+    m.codes[0] = 0x80;
+    m.codes[1] = 0x7F;
+  } else {
+    m.codes[0] = 0xF0;
+  }
+  m.w.type = type;
+  m.w.data = m.codes.data();
+  m.w.scales = m.scales.data();
+  m.w.rows = rows;
+  m.w.cols = cols;
+  m.w.group = group;
+  m.packed.assign(GemmRepackedBytes(m.w), 0xEE);
+  const size_t groups = GemmGroups(rows);
+  // Two calls (row group ranges) to check RepackGemm's sub-range contract.
+  RepackGemm(m.w, 0, groups / 2, m.packed.data());
+  RepackGemm(m.w, groups / 2, groups, m.packed.data());
+  m.q8.type = type;
+  m.q8.data = m.packed.data();
+  m.q8.rows = rows;
+  m.q8.Kp = Q8PaddedK(cols);
+  return m;
+}
+
+// The GEMM panel of a's T tokens, built in two calls (tile ranges).
+inline std::vector<uint8_t> MakePanel(const Q8Acts& a, size_t T) {
+  std::vector<uint8_t> panel(GemmPanelSize(T, a.Kp), 0xEE);
+  const size_t tiles = GemmTiles(T);
+  BuildGemmPanel(a, T, tiles / 2, tiles, panel.data());
+  BuildGemmPanel(a, T, 0, tiles / 2, panel.data());
+  return panel;
+}
+
+}  // namespace tessera::kernels::gemmtest
+#endif  // TESSERA_TESTS_GEMM_TEST_HELPERS_
+
+HWY_BEFORE_NAMESPACE();
+namespace tessera::kernels::HWY_NAMESPACE {
+namespace {
+
+struct Case {
+  WType type;
+  size_t rows, cols, group;
+};
+
+void CheckGemm(const Case& c, size_t T, uint32_t seed) {
+  gemmtest::OwnedMatrix m = gemmtest::MakeMatrix(c.type, c.rows, c.cols, c.group, seed);
+  const size_t ldx = c.cols + 3, ldy = c.rows + 2;
+  ktest::Buf<float> x(T * ldx, seed % 2);
+  ktest::FillUniform(x.data(), T * ldx, seed + 1, -2.0f, 2.0f);
+  gemmtest::OwnedActs a(T, c.cols);
+  HWY_NAMESPACE::QuantizeActsQ8(x.data(), ldx, c.cols, a.a, 0, T);
+  const std::vector<uint8_t> panel = gemmtest::MakePanel(a.a, T);
+  const size_t groups = GemmGroups(c.rows);
+  const size_t g0 = groups > 1 ? 1 : 0;  // a row-group sub-range
+  const size_t r0 = g0 * kGemmRows;
+  std::vector<float> y(T * ldy, -777.0f);
+  HWY_NAMESPACE::MatMulGemm(m.q8, panel.data(), T, y.data(), ldy, g0, groups);
+  std::vector<float> yref(T * ldy, -777.0f);
+  MatMulGemm_ref(m.w, a.a, T, yref.data(), ldy, r0, c.rows);
+  const size_t nb = a.a.Kp / kQ8Block;
+  const std::string what = std::string(c.type == WType::kI8 ? "I8" : "I4") +
+                           " rows=" + std::to_string(c.rows) + " cols=" + std::to_string(c.cols) +
+                           " G=" + std::to_string(c.group) + " T=" + std::to_string(T);
+  std::vector<float> wrow(c.cols);
+  for (size_t t = 0; t < T; ++t) {
+    for (size_t r = 0; r < ldy; ++r) {
+      const float got = y[t * ldy + r];
+      if (r < r0 || r >= c.rows) {
+        ASSERT_EQ(got, -777.0f) << what << " wrote outside rows, r=" << r;
+        continue;
+      }
+      ASSERT_EQ(ktest::Bits(got), ktest::Bits(yref[t * ldy + r]))
+          << what << " t=" << t << " r=" << r << " got " << got << " ref " << yref[t * ldy + r];
+      // Activation quantization error: |sum_k w_k (x_k - xq_k)| <= sum_k |w_k| d_a / 2.
+      if (t % 7 != 0) continue;  // the double-precision bound on a sample of tokens
+      double abs_sum = 0.0;
+      const double exact = DotRow_ref(m.w, r, x.data() + t * ldx, &abs_sum);
+      DequantizeRow_ref(m.w, r, wrow.data());
+      double bound = 0.0;
+      for (size_t k = 0; k < c.cols; ++k)
+        bound += std::fabs(wrow[k]) * 0.5 * a.d[t * nb + k / kQ8Block];
+      ASSERT_NEAR(got, exact, bound * 1.001 + 1e-5 * abs_sum + 1e-30)
+          << what << " t=" << t << " r=" << r;
+    }
+  }
+  // Splitting the row groups over two calls (threads) changes nothing: bit-identical.
+  if (groups - g0 >= 2) {
+    const size_t mid = g0 + (groups - g0) / 2;
+    std::vector<float> y2(T * ldy, -777.0f);
+    HWY_NAMESPACE::MatMulGemm(m.q8, panel.data(), T, y2.data(), ldy, mid, groups);
+    HWY_NAMESPACE::MatMulGemm(m.q8, panel.data(), T, y2.data(), ldy, g0, mid);
+    for (size_t i = 0; i < y.size(); ++i)
+      ASSERT_EQ(ktest::Bits(y2[i]), ktest::Bits(y[i])) << what << " split ranges differ at " << i;
+  }
+  // Each token alone gives bit-identical results (server batching invariant).
+  if (T > 1) {
+    for (size_t t = 0; t < T; ++t) {
+      gemmtest::OwnedActs a1(1, c.cols);
+      HWY_NAMESPACE::QuantizeActsQ8(x.data() + t * ldx, ldx, c.cols, a1.a, 0, 1);
+      const std::vector<uint8_t> panel1 = gemmtest::MakePanel(a1.a, 1);
+      std::vector<float> y1(c.rows, -1.0f);
+      HWY_NAMESPACE::MatMulGemm(m.q8, panel1.data(), 1, y1.data(), c.rows, g0, groups);
+      for (size_t r = r0; r < c.rows; ++r)
+        ASSERT_EQ(ktest::Bits(y1[r]), ktest::Bits(y[t * ldy + r]))
+            << what << " solo != batched at t=" << t << " r=" << r;
+    }
+  }
+}
+
+void TestGemmAllShapes() {
+  std::vector<Case> cases;
+  for (size_t g : {32, 64, 96, 128})
+    for (size_t k : {1, 3, 17}) cases.push_back({WType::kI8, 19, g * k, g});
+  for (size_t g : {32, 64, 128})
+    for (size_t k : {1, 5, 16, 20}) cases.push_back({WType::kI4Sym, 9, g * k, g});
+  cases.push_back({WType::kI4Sym, 16, 2048, 32});
+  cases.push_back({WType::kI4Sym, 33, 512, 32});
+  cases.push_back({WType::kI8, 1, 512, 32});
+  uint32_t seed = 100;
+  for (const Case& c : cases) {
+    for (size_t T : {1, 2, 5, 9}) CheckGemm(c, T, seed += 3);
+  }
+}
+
+void TestGemmAllT() {
+  uint32_t seed = 900;
+  for (const Case& c : {Case{WType::kI4Sym, 37, 544, 32}, Case{WType::kI8, 21, 1056, 32},
+                        Case{WType::kI4Sym, 7, 1024, 64}}) {
+    for (size_t T = 1; T <= 20; ++T) CheckGemm(c, T, seed += 5);
+  }
+  // Prefill-sized batches: many token tiles per row group, a last tile of odd size.
+  for (const Case& c : {Case{WType::kI4Sym, 50, 2048, 32}, Case{WType::kI8, 40, 1536, 64}}) {
+    for (size_t T : {31, 64, 100}) CheckGemm(c, T, seed += 5);
+  }
+}
+
+}  // namespace
+}  // namespace tessera::kernels::HWY_NAMESPACE
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace tessera::kernels {
+HWY_BEFORE_TEST(GemmTest);
+HWY_EXPORT_AND_TEST_P(GemmTest, TestGemmAllShapes);
+HWY_EXPORT_AND_TEST_P(GemmTest, TestGemmAllT);
+}  // namespace tessera::kernels
+#endif
