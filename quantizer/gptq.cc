@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
+#include "quantizer/kernels/kernels.h"
 #include "quantizer/kernels/ref.h"
 #include "quantizer/search.h"
 
@@ -238,7 +239,7 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const Gpt
     if constexpr (kAsym) {
       QuantizeRowI4AsymSearch_ref(gx.data(), gw.data(), group, group, gc.data(), &scales[g], &mins[g]);
     } else {
-      SearchGroupSym(gx.data(), gw.data(), group, H, gq.data(), &scales[g]);
+      kernels::SearchGroupSym(gx.data(), gw.data(), group, H, gq.data(), &scales[g]);  // == quant::SearchGroupSym
     }
   };
   auto quantize = [&](size_t c, float v) {
