@@ -88,7 +88,9 @@ struct SymMemo {
   // Index of h: every scale a group needs lies near its RTN scale, of either sign, so a
   // direct-mapped window of kWin f16 codes per sign around |RTN| (memo index + 1, 0 = empty)
   // finds it without hashing; the rare scale outside the window is searched linearly.
-  static constexpr uint32_t kWin = 2048;
+  static constexpr uint32_t kWin = 1024;
+  static constexpr uint8_t kPending = 255;  // queued in a Prefetch batch (never seen by Find)
+  static_assert(kMemo < kPending, "memo indices + 1 fit below kPending");
   uint32_t center;
   uint8_t slot[2 * kWin];
 
@@ -127,39 +129,61 @@ template <bool kUnit, size_t K, class DD>
 HWY_INLINE void EvalLanes(DD dd, const float* HWY_RESTRICT x, const double* HWY_RESTRICT wd,
                           const double* HWY_RESTRICT wx, size_t G, int H, const hn::Vec<hn::Rebind<float, DD>>* d,
                           hn::Vec<DD>* e, hn::Vec<DD>* sx, hn::Vec<DD>* sl) {
+  static_assert(K == 1 || K == 2, "one or two vectors of scales");
   const hn::Rebind<float, DD> df;
   const auto lo = hn::Set(df, static_cast<float>(-H));
   const auto hi = hn::Set(df, static_cast<float>(H - 1));
   const auto magic = hn::Set(df, 12582912.0f);
-  hn::Vec<decltype(df)> inv[K], slf[K];
-  for (size_t k = 0; k < K; ++k) {
-    inv[k] = hn::Div(hn::Set(df, 1.0f), d[k]);
-    e[k] = hn::Zero(dd);
-    sx[k] = hn::Zero(dd);
-    sl[k] = hn::Zero(dd);
-    slf[k] = hn::Zero(df);
-  }
+  // Named accumulators (not arrays) so that they stay in registers.
+  const auto d0 = d[0], d1 = d[K - 1];
+  const auto inv0 = hn::Div(hn::Set(df, 1.0f), d0), inv1 = hn::Div(hn::Set(df, 1.0f), d1);
+  auto e0 = hn::Zero(dd), e1 = hn::Zero(dd), sx0 = hn::Zero(dd), sx1 = hn::Zero(dd);
+  auto sl0 = hn::Zero(dd), sl1 = hn::Zero(dd);
+  auto sf0 = hn::Zero(df), sf1 = hn::Zero(df);
   for (size_t i = 0; i < G; ++i) {
     const auto xi = hn::Set(df, x[i]);
     const auto wxi = hn::Set(dd, wx[i]);
-    for (size_t k = 0; k < K; ++k) {
-      const auto r = hn::Sub(hn::Add(hn::Min(hn::Max(hn::Mul(xi, inv[k]), lo), hi), magic), magic);
-      const auto f = hn::PromoteTo(dd, hn::Sub(xi, hn::Mul(r, d[k])));
+    const auto r0 = hn::Sub(hn::Add(hn::Min(hn::Max(hn::Mul(xi, inv0), lo), hi), magic), magic);
+    const auto f0 = hn::PromoteTo(dd, hn::Sub(xi, hn::Mul(r0, d0)));
+    if constexpr (kUnit) {
+      e0 = hn::Add(e0, hn::Mul(f0, f0));
+      sx0 = hn::Add(sx0, hn::Mul(wxi, hn::PromoteTo(dd, r0)));
+      sf0 = hn::Add(sf0, hn::Mul(r0, r0));
+    } else {
+      const auto wi = hn::Set(dd, wd[i]);
+      const auto l0 = hn::PromoteTo(dd, r0);
+      e0 = hn::Add(e0, hn::Mul(hn::Mul(wi, f0), f0));
+      sx0 = hn::Add(sx0, hn::Mul(wxi, l0));
+      sl0 = hn::Add(sl0, hn::Mul(hn::Mul(wi, l0), l0));
+    }
+    if constexpr (K == 2) {
+      const auto r1 = hn::Sub(hn::Add(hn::Min(hn::Max(hn::Mul(xi, inv1), lo), hi), magic), magic);
+      const auto f1 = hn::PromoteTo(dd, hn::Sub(xi, hn::Mul(r1, d1)));
       if constexpr (kUnit) {
-        e[k] = hn::Add(e[k], hn::Mul(f, f));
-        sx[k] = hn::Add(sx[k], hn::Mul(wxi, hn::PromoteTo(dd, r)));
-        slf[k] = hn::Add(slf[k], hn::Mul(r, r));
+        e1 = hn::Add(e1, hn::Mul(f1, f1));
+        sx1 = hn::Add(sx1, hn::Mul(wxi, hn::PromoteTo(dd, r1)));
+        sf1 = hn::Add(sf1, hn::Mul(r1, r1));
       } else {
         const auto wi = hn::Set(dd, wd[i]);
-        const auto l = hn::PromoteTo(dd, r);
-        e[k] = hn::Add(e[k], hn::Mul(hn::Mul(wi, f), f));
-        sx[k] = hn::Add(sx[k], hn::Mul(wxi, l));
-        sl[k] = hn::Add(sl[k], hn::Mul(hn::Mul(wi, l), l));
+        const auto l1 = hn::PromoteTo(dd, r1);
+        e1 = hn::Add(e1, hn::Mul(hn::Mul(wi, f1), f1));
+        sx1 = hn::Add(sx1, hn::Mul(wxi, l1));
+        sl1 = hn::Add(sl1, hn::Mul(hn::Mul(wi, l1), l1));
       }
     }
   }
-  if constexpr (kUnit)
-    for (size_t k = 0; k < K; ++k) sl[k] = hn::PromoteTo(dd, slf[k]);
+  if constexpr (kUnit) {
+    sl0 = hn::PromoteTo(dd, sf0);
+    sl1 = hn::PromoteTo(dd, sf1);
+  }
+  e[0] = e0;
+  sx[0] = sx0;
+  sl[0] = sl0;
+  if constexpr (K == 2) {
+    e[1] = e1;
+    sx[1] = sx1;
+    sl[1] = sl1;
+  }
 }
 
 // Evaluates the scales hs[0, nc) (nonzero) of one group: error and refit, appended to the
@@ -231,10 +255,16 @@ struct SymSearch {
   HWY_INLINE void Prefetch(DD dd, const uint16_t* hs, size_t n) {
     uint16_t todo[kMemo];
     size_t nt = 0;
-    for (size_t i = 0; i < n; ++i) {
+    for (size_t i = 0; i < n && memo.n + nt < kMemo; ++i) {
       const uint16_t h = hs[i];
-      if (h == 0 || memo.Find(h) >= 0 || std::find(todo, todo + nt, h) != todo + nt) continue;
-      if (memo.n + nt >= kMemo) break;
+      if (h == 0) continue;
+      const uint32_t p = memo.Slot(h);
+      if (p < 2 * SymMemo::kWin) {  // in the window: present, or already queued (kPending)
+        if (memo.slot[p] != 0) continue;
+        memo.slot[p] = SymMemo::kPending;  // Add (in Eval) overwrites it with the index
+      } else if (memo.Find(h) >= 0 || std::find(todo, todo + nt, h) != todo + nt) {
+        continue;
+      }
       todo[nt++] = h;
     }
     if (nt) Eval(dd, todo, nt);
@@ -291,88 +321,98 @@ HWY_INLINE void SearchGroupSymT(DD dd, const float* HWY_RESTRICT x, const float*
     grid(c1, kN1, kLo1, fh, -1.0f);
     grid(c2, kN2, kLo2, fh - 1.0f, 1.0f);
     auto cand = [&](int sidx, int k) -> uint16_t { return sidx == 1 ? c1[k - kLo1] : c2[k - kLo2]; };
+    // The candidates in the reference's order: side 1 coarse, side 1 fine, side 2 coarse,
+    // side 2 fine; each with its error e0 and refit r once evaluated.
+    struct Cand {
+      uint16_t h, r;
+      double e0;
+    };
+    Cand seq[32];
+    size_t ns = 0;
     uint16_t batch[kMemo];
     size_t nb = 0;
     batch[nb++] = h_rtn;
     for (int k = kLo1; k <= kHi1; k += 4) batch[nb++] = cand(1, k);
     for (int k = kLo2; k <= kHi2; k += 4) batch[nb++] = cand(2, k);
     s.Prefetch(dd, batch, nb);
+    auto fill = [&](Cand* c) {  // e0 = INFINITY for h = 0 (the reference skips it)
+      if (c->h == 0) {
+        c->e0 = INFINITY;
+        c->r = 0;
+      } else {
+        const size_t i = s.Get(dd, c->h);
+        c->e0 = s.memo.err[i];
+        c->r = s.memo.refit[i];
+      }
+    };
     // Each side's best coarse candidate by its own (pre-refit) error, as the reference.
-    auto coarse_best = [&](int sidx, int lo, int hi) {
+    Cand co1[8], co2[7];
+    auto coarse = [&](Cand* co, int sidx, int lo, int hi) {
       int kbest = lo;
       double ebest = INFINITY;
-      for (int k = lo; k <= hi; k += 4) {
-        const uint16_t h = cand(sidx, k);
-        const double e = h == 0 ? INFINITY : s.memo.err[s.Get(dd, h)];
-        if (e < ebest) ebest = e, kbest = k;
+      for (int k = lo, j = 0; k <= hi; k += 4, ++j) {
+        co[j].h = cand(sidx, k);
+        fill(&co[j]);
+        if (co[j].e0 < ebest) ebest = co[j].e0, kbest = k;
       }
       return kbest;
     };
-    const int kb1 = coarse_best(1, kLo1, kHi1);
-    const int kb2 = coarse_best(2, kLo2, kHi2);
-    // The replay (below) tries a candidate's refit only if its error e0 <= 1.5 * the best
-    // error so far, and the best so far is at most the smallest e0 considered so far: refits
-    // failing that bound are never needed, so they are not prefetched.
-    auto e0_of = [&](uint16_t h) { return h == 0 ? INFINITY : s.memo.err[s.Get(dd, h)]; };
-    // Second batch: the fine candidates and the refits of RTN and of the coarse candidates that
-    // can need one (bound from RTN and the coarse candidates in replay order, a superset).
-    size_t n2 = 0;
+    const int kb1 = coarse(co1, 1, kLo1, kHi1);
+    const int kb2 = coarse(co2, 2, kLo2, kHi2);
+    Cand fi1[6], fi2[6];
+    size_t nf1 = 0, nf2 = 0;
     for (int k = std::max(kLo1, kb1 - 3); k <= std::min(kHi1, kb1 + 3); ++k)
-      if ((k - kLo1) % 4 != 0) batch[n2++] = cand(1, k);
+      if ((k - kLo1) % 4 != 0) fi1[nf1++].h = cand(1, k);
     for (int k = std::max(kLo2, kb2 - 3); k <= std::min(kHi2, kb2 + 3); ++k)
-      if ((k - kLo2) % 4 != 0) batch[n2++] = cand(2, k);
-    const size_t n_fine = n2;
-    double run = s.memo.err[s.Get(dd, h_rtn)];
-    batch[n2++] = s.memo.refit[s.Get(dd, h_rtn)];
-    auto need_refit = [&](uint16_t h) {
-      if (h == 0) return;
-      const size_t i = s.Get(dd, h);
-      run = std::min(run, s.memo.err[i]);
-      if (s.memo.err[i] <= 1.5 * run) batch[n2++] = s.memo.refit[i];
-    };
-    for (int k = kLo1; k <= kHi1; k += 4) need_refit(cand(1, k));
-    for (int k = kLo2; k <= kHi2; k += 4) need_refit(cand(2, k));
+      if ((k - kLo2) % 4 != 0) fi2[nf2++].h = cand(2, k);
+    // The replay (below) tries a candidate's refit only if its e0 <= 1.5 * the best error so
+    // far, which is at most the smallest e0 considered so far: refits failing that bound are
+    // never needed and are not prefetched. Second batch: the fine candidates and the refits of
+    // RTN and of the coarse candidates that can need one (bound over RTN and the coarse ones,
+    // a superset).
+    size_t n2 = 0;
+    for (size_t j = 0; j < nf1; ++j) batch[n2++] = fi1[j].h;
+    for (size_t j = 0; j < nf2; ++j) batch[n2++] = fi2[j].h;
+    const size_t i_rtn = s.Get(dd, h_rtn);
+    const double e_rtn = s.memo.err[i_rtn];
+    batch[n2++] = s.memo.refit[i_rtn];
+    double run = e_rtn;
+    for (const Cand& c : co1) {
+      run = std::min(run, c.e0);
+      if (c.h != 0 && c.e0 <= 1.5 * run) batch[n2++] = c.r;
+    }
+    for (const Cand& c : co2) {
+      run = std::min(run, c.e0);
+      if (c.h != 0 && c.e0 <= 1.5 * run) batch[n2++] = c.r;
+    }
     s.Prefetch(dd, batch, n2);
-    // Third batch: the refits the fine candidates can need (exact replay order of e0s).
-    uint16_t batch3[kMemo];
+    for (size_t j = 0; j < nf1; ++j) fill(&fi1[j]);
+    for (size_t j = 0; j < nf2; ++j) fill(&fi2[j]);
+    for (const Cand& c : co1) seq[ns++] = c;
+    for (size_t j = 0; j < nf1; ++j) seq[ns++] = fi1[j];
+    for (const Cand& c : co2) seq[ns++] = c;
+    for (size_t j = 0; j < nf2; ++j) seq[ns++] = fi2[j];
+    // Third batch: the refits the fine candidates can need (bound in the exact order).
     size_t n3 = 0;
-    run = e0_of(h_rtn);
-    auto need3 = [&](uint16_t h, bool fine) {
-      if (h == 0) return;
-      const size_t i = s.Get(dd, h);
-      run = std::min(run, s.memo.err[i]);
-      if (fine && s.memo.err[i] <= 1.5 * run) batch3[n3++] = s.memo.refit[i];
-    };
-    auto order3 = [&](int sidx, int lo, int hi, int kbest) {
-      for (int k = lo; k <= hi; k += 4) need3(cand(sidx, k), false);
-      for (int k = std::max(lo, kbest - 3); k <= std::min(hi, kbest + 3); ++k)
-        if ((k - lo) % 4 != 0) need3(cand(sidx, k), true);
-    };
-    order3(1, kLo1, kHi1, kb1);
-    order3(2, kLo2, kHi2, kb2);
-    (void)n_fine;
-    s.Prefetch(dd, batch3, n3);
+    run = e_rtn;
+    for (size_t j = 0; j < ns; ++j) {
+      run = std::min(run, seq[j].e0);
+      const bool fine = (j >= 8 && j < 8 + nf1) || j >= 15 + nf1;
+      if (fine && seq[j].h != 0 && seq[j].e0 <= 1.5 * run) batch[n3++] = seq[j].r;
+    }
+    s.Prefetch(dd, batch, n3);
 
     // Replay the reference's decisions.
-    double best_err = s.memo.err[s.Get(dd, h_rtn)];
-    auto consider = [&](uint16_t h) {
-      if (h == 0) return;
-      const size_t i = s.Get(dd, h);
-      const double e0 = s.memo.err[i];
-      const uint16_t r = s.memo.refit[i];
-      if (e0 < best_err) best_err = e0, best_h = h;
-      if (e0 <= 1.5 * best_err && r != 0 && r != h) {
-        const double e2 = s.memo.err[s.Get(dd, r)];
-        if (e2 < best_err) best_err = e2, best_h = r;
+    double best_err = e_rtn;
+    for (size_t j = 0; j < ns; ++j) {
+      const Cand& c = seq[j];
+      if (c.h == 0) continue;
+      if (c.e0 < best_err) best_err = c.e0, best_h = c.h;
+      if (c.e0 <= 1.5 * best_err && c.r != 0 && c.r != c.h) {
+        const double e2 = s.memo.err[s.Get(dd, c.r)];
+        if (e2 < best_err) best_err = e2, best_h = c.r;
       }
-    };
-    auto side = [&](int sidx, int lo, int hi, int kbest) {
-      for (int k = lo; k <= hi; k += 4) consider(cand(sidx, k));
-      for (int k = std::max(lo, kbest - 3); k <= std::min(hi, kbest + 3); ++k)
-        if ((k - lo) % 4 != 0) consider(cand(sidx, k));
-    };
-    side(1, kLo1, kHi1, kb1);
-    side(2, kLo2, kHi2, kb2);
+    }
     // Polish: codes <-> least-squares scale while it improves.
     for (int it = 0; it < 4; ++it) {
       const uint16_t r = s.memo.refit[s.Get(dd, best_h)];
@@ -384,6 +424,7 @@ HWY_INLINE void SearchGroupSymT(DD dd, const float* HWY_RESTRICT x, const float*
     }
   }
   *scale = best_h;
+  if (l == nullptr) return;  // the caller computes the codes
   const float d = tessera::F16ToF32(best_h);
   if (d == 0.0f) {
     for (size_t i = 0; i < G; ++i) l[i] = 0;
@@ -405,12 +446,30 @@ HWY_MAYBE_UNUSED static void QuantizeRowI4SymSearch(const float* HWY_RESTRICT x,
                                                     size_t n, size_t group, uint8_t* HWY_RESTRICT codes,
                                                     uint16_t* HWY_RESTRICT scales) {
   const hn::ScalableTag<double> dd;
-  int l[gsearch::kMaxGroup];
-  const size_t half = group / 2;
+  // The nibbles of the chosen scale in float lanes: the reference's RoundClamp(x / d) + 8,
+  // packed as kernels.h's layout (element j low, j + group / 2 high).
+  const hn::CappedTag<float, 16> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<uint8_t, decltype(df)> du8;
+  const size_t N = hn::Lanes(df), half = group / 2;
+  const auto lo = hn::Set(df, -8.0f), hi = hn::Set(df, 7.0f), magic = hn::Set(df, 12582912.0f);
+  const auto eight = hn::Set(di, 8);
   for (size_t g = 0; g < n / group; ++g) {
-    gsearch::SearchGroupSymT(dd, x + g * group, w ? w + g * group : nullptr, group, 8, l, scales + g);
+    const float* xg = x + g * group;
+    gsearch::SearchGroupSymT(dd, xg, w ? w + g * group : nullptr, group, 8, nullptr, scales + g);
     uint8_t* cg = codes + g * half;
-    for (size_t j = 0; j < half; ++j) cg[j] = static_cast<uint8_t>((l[j] + 8) | ((l[j + half] + 8) << 4));
+    const float d = tessera::F16ToF32(scales[g]);
+    if (d == 0.0f) {
+      memset(cg, 0x88, half);
+      continue;
+    }
+    const auto inv = hn::Set(df, 1.0f / d);
+    auto code = [&](const float* p) HWY_ATTR {
+      const auto v = hn::Min(hn::Max(hn::Mul(hn::LoadU(df, p), inv), lo), hi);
+      return hn::Add(hn::Sub(hn::BitCast(di, hn::Add(v, magic)), hn::BitCast(di, magic)), eight);
+    };
+    for (size_t j = 0; j < half; j += N)
+      hn::StoreU(hn::DemoteTo(du8, hn::Or(code(xg + j), hn::ShiftLeft<4>(code(xg + j + half)))), du8, cg + j);
   }
 }
 
