@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
+#include "quantizer/kernels/kernels.h"
 #include "quantizer/kernels/ref.h"
 #include "quantizer/nl4.h"
 #include "quantizer/search.h"
@@ -242,7 +243,7 @@ void GptqRow(const float* x, size_t k, size_t kp, size_t group, int H, const Gri
     } else if (grid) {
       SearchGroupGrid(gx.data(), gw.data(), group, *grid, gq.data(), &scales[g]);
     } else {
-      SearchGroupSym(gx.data(), gw.data(), group, H, gq.data(), &scales[g]);
+      kernels::SearchGroupSym(gx.data(), gw.data(), group, H, gq.data(), &scales[g]);  // == quant::SearchGroupSym
     }
   };
   auto quantize = [&](size_t c, float v) {

@@ -144,7 +144,7 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
           break;
         case QType::kI6Sym:
           if (eff == QuantAlgorithm::kSearch)
-            quant::QuantizeRowI6SymSearch_ref(row.data(), w.data(), kp, g, codes6, sc);
+            kernels::QuantizeRowI6SymSearch(row.data(), w.data(), kp, g, codes6, sc);
           else
             kernels::QuantizeRowI6Sym(row.data(), kp, g, codes6, sc);
           break;
@@ -156,7 +156,7 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
           break;
         case QType::kI4Sym:
           if (eff == QuantAlgorithm::kSearch)
-            quant::QuantizeRowI4SymSearch_ref(row.data(), w.data(), kp, g, codes4, sc);
+            kernels::QuantizeRowI4SymSearch(row.data(), w.data(), kp, g, codes4, sc);
           else
             kernels::QuantizeRowI4Sym(row.data(), kp, g, codes4, sc);
           break;

@@ -42,6 +42,16 @@ void QuantizeRowI8(const float* x, size_t n, size_t group, int8_t* codes, uint16
 // Round to nearest: d = m / -32 (m: the group's signed extreme), q = clamp(round(x / d), -32, 31).
 void QuantizeRowI6Sym(const float* x, size_t n, size_t group, uint8_t* codes, uint16_t* scales);
 
+// ---- error-minimising scale search (group_search-inl.h), byte-identical to the scalar
+// reference in quantizer/search.cc (quant::QuantizeRowI4SymSearch_ref etc.) on every target.
+// w: per-element weights (>= 0) or null for unit weights; group <= 128.
+void QuantizeRowI4SymSearch(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
+                            uint16_t* scales);
+void QuantizeRowI6SymSearch(const float* x, const float* w, size_t n, size_t group, uint8_t* codes,
+                            uint16_t* scales);
+// One group, levels [-half_levels, half_levels - 1]: the f16 scale and the signed levels q.
+void SearchGroupSym(const float* x, const float* w, size_t group, int half_levels, int* q, uint16_t* scale);
+
 // ---- dequantize one row ---------------------------------------------------------------
 void DequantizeRowI4Sym(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
                         float* out);

@@ -7,6 +7,9 @@
 //   in the Q8 figures).
 //   Int8Act/{q8,gemm}/...: MatMulQ8 vs MatMulGemm (dispatched target) at the model's shapes,
 //   T = 1 / 8 / 64 / 128 (and 32000 x 2048 at T = 1: weights from memory).
+//   SearchI4 / SearchI6: the error-minimising group scale search (G = 32, unit weights) over
+//   256 x 4096 N(0, 0.02) weights, per target, and its scalar reference (search.cc) as
+//   SearchI4Ref / SearchI6Ref; bytes processed = f32 input bytes.
 // Run e.g.: kernels_bench --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 #include <benchmark/benchmark.h>
 
@@ -21,6 +24,7 @@
 #include "quantizer/kernels/gemm.h"
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/kernels/ref.h"
+#include "quantizer/search.h"
 
 namespace tessera::kernels {
 namespace {
@@ -256,9 +260,51 @@ void RegisterInt8Act() {
       }
     }
   }
+// The scale search: rows of N(0, 0.02) weights, quantized to int4 / int6 groups of 32.
+constexpr size_t kSearchRows = 256;
+const std::vector<float>& SearchWeights() {
+  static const std::vector<float>* w = [] {
+    auto* v = new std::vector<float>(kSearchRows * kCols);
+    std::mt19937 rng(3);
+    std::normal_distribution<float> nd(0.0f, 0.02f);
+    for (float& x : *v) x = nd(rng);
+    return v;
+  }();
+  return *w;
+}
+
+void BM_Search(benchmark::State& state, int bits, bool ref, int64_t target) {
+  const std::vector<float>& x = SearchWeights();
+  const size_t code_bytes = bits == 4 ? kCols / 2 : kCols / 4 * 3, ng = kCols / kGroup;
+  std::vector<uint8_t> codes(code_bytes);
+  std::vector<uint16_t> scales(ng);
+  if (!ref) hwy::SetSupportedTargetsForTest(target);
+  for (auto _ : state) {
+    for (size_t r = 0; r < kSearchRows; ++r) {
+      const float* row = x.data() + r * kCols;
+      if (bits == 4) {
+        if (ref) quant::QuantizeRowI4SymSearch_ref(row, nullptr, kCols, kGroup, codes.data(), scales.data());
+        else QuantizeRowI4SymSearch(row, nullptr, kCols, kGroup, codes.data(), scales.data());
+      } else {
+        if (ref) quant::QuantizeRowI6SymSearch_ref(row, nullptr, kCols, kGroup, codes.data(), scales.data());
+        else QuantizeRowI6SymSearch(row, nullptr, kCols, kGroup, codes.data(), scales.data());
+      }
+    }
+    benchmark::DoNotOptimize(codes.data());
+    benchmark::ClobberMemory();
+  }
+  if (!ref) hwy::SetSupportedTargetsForTest(0);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(x.size() * 4));
 }
 
 int RegisterAll() {
+  for (int bits : {4, 6}) {
+    const std::string b = "SearchI" + std::to_string(bits);
+    benchmark::RegisterBenchmark((b + "Ref").c_str(), BM_Search, bits, true, int64_t{0})->Unit(benchmark::kMillisecond);
+    for (int64_t target : hwy::SupportedAndGeneratedTargets())
+      benchmark::RegisterBenchmark((b + "/" + hwy::TargetName(target)).c_str(), BM_Search, bits, false, target)
+          ->Unit(benchmark::kMillisecond);
+  }
   for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
     const std::string t = hwy::TargetName(target);
     const bool vnni = target == HWY_AVX3_DL;  // other targets run MatMulQ8's portable loop
