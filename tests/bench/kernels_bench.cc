@@ -260,6 +260,8 @@ void RegisterInt8Act() {
       }
     }
   }
+}
+
 // The scale search: rows of N(0, 0.02) weights, quantized to int4 / int6 groups of 32.
 constexpr size_t kSearchRows = 256;
 const std::vector<float>& SearchWeights() {
