@@ -138,6 +138,19 @@ bool Q8Fast();
 size_t Q8RepackedBytes(const WeightMatrix& w);
 // Repacks row blocks [rb_begin, rb_end) of w into out (Q8RepackedBytes(w) bytes in total).
 void RepackQ8(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* out);
+// The unsigned code the int8-activation layouts store for element k of row r of an I4 sym / I8
+// matrix (I4: the nibble 0..15; I8: the value + 128); rows and columns past the matrix (padding)
+// get the code of a zero weight.
+inline uint8_t Q8UnsignedCode(const WeightMatrix& w, size_t r, size_t k) {
+  const bool i8 = w.type == WType::kI8;
+  if (r >= w.rows || k >= w.cols) return i8 ? 128 : 8;
+  const uint8_t* codes = static_cast<const uint8_t*>(w.data);
+  if (i8) return static_cast<uint8_t>(codes[r * w.cols + k] ^ 0x80);
+  const size_t g = k / w.group, e = k % w.group, half = w.group / 2;
+  const uint8_t byte = codes[r * (w.cols / 2) + g * half + e % half];
+  return e < half ? (byte & 0x0F) : (byte >> 4);
+}
+
 // y[t * ldy + r] for t < T and rows r of row blocks [rb_begin, rb_end) (r < w.rows).
 void MatMulQ8(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
               size_t rb_begin, size_t rb_end);

@@ -104,14 +104,7 @@ void RepackQ8(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* ou
   const size_t K = w.cols, G = w.group, ng = K / G, Kp = Q8PaddedK(K);
   const size_t nsb = Kp / kQ8Super, cb = CodeBytes(w.type), unit = UnitBytes(w.type);
   const uint8_t* codes = static_cast<const uint8_t*>(w.data);
-  // Unsigned code of element k of row r (I4: nibble 0..15; I8: w + 128); padding = zero weight.
-  auto code = [&](size_t r, size_t k) -> uint8_t {
-    if (r >= w.rows || k >= K) return i8 ? 128 : 8;
-    if (i8) return static_cast<uint8_t>(codes[r * K + k] ^ 0x80);
-    const size_t g = k / G, e = k % G, half = G / 2;
-    const uint8_t byte = codes[r * (K / 2) + g * half + e % half];
-    return e < half ? (byte & 0x0F) : (byte >> 4);
-  };
+  auto code = [&](size_t r, size_t k) { return Q8UnsignedCode(w, r, k); };
   for (size_t rb = rb_begin; rb < rb_end; ++rb) {
     for (size_t sb = 0; sb < nsb; ++sb) {
       uint8_t* u = out + (rb * nsb + sb) * unit;

@@ -17,52 +17,18 @@
 #include "quantizer/kernels/q8-inl.h"
 #include "quantizer/kernels/ref.h"
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/q8_test_util.h"
 
 #ifndef TESSERA_TESTS_GEMM_TEST_HELPERS_
 #define TESSERA_TESTS_GEMM_TEST_HELPERS_
 namespace tessera::kernels::gemmtest {
 
-struct OwnedActs {
-  std::vector<int8_t> q;
-  std::vector<float> d;
-  std::vector<int32_t> sum;
-  Q8Acts a;
-  OwnedActs(size_t T, size_t K) {
-    a.Kp = Q8PaddedK(K);
-    q.assign(T * a.Kp, 99);
-    d.assign(T * a.Kp / kQ8Block, -1.0f);
-    sum.assign(T * a.Kp / kQ8Block, 12345);
-    a.q = q.data();
-    a.d = d.data();
-    a.sum = sum.data();
-  }
-};
+using OwnedActs = ktest::OwnedQ8Acts;
+using OwnedMatrix = ktest::OwnedQ8Matrix;
 
-struct OwnedMatrix {
-  WeightMatrix w;
-  std::vector<uint8_t> codes;
-  std::vector<uint16_t> scales;
-  std::vector<uint8_t> packed;
-  Q8Weights q8;
-};
-
+// A quantized matrix (I4 sym / I8) repacked into the GEMM layout.
 inline OwnedMatrix MakeMatrix(WType type, size_t rows, size_t cols, size_t group, uint32_t seed) {
-  OwnedMatrix m;
-  std::vector<float> f(rows * cols);
-  ktest::FillWeights(f.data(), f.size(), group, seed, 0.1f);
-  const size_t ng = cols / group;
-  m.codes.resize(type == WType::kI8 ? rows * cols : rows * cols / 2);
-  m.scales.resize(rows * ng);
-  for (size_t r = 0; r < rows; ++r) {
-    if (type == WType::kI8) {
-      QuantizeRowI8_ref(f.data() + r * cols, cols, group,
-                        reinterpret_cast<int8_t*>(m.codes.data()) + r * cols,
-                        m.scales.data() + r * ng);
-    } else {
-      QuantizeRowI4Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * cols / 2,
-                           m.scales.data() + r * ng);
-    }
-  }
+  OwnedMatrix m = ktest::QuantizedQ8Matrix(type, rows, cols, group, seed);
   // Extreme codes in row 0 (I4 nibbles 0 and 15, I8 -128 and 127) exercise the bias trick.
   if (type == WType::kI8) {
     m.codes[0] = 0x80;
@@ -70,12 +36,6 @@ inline OwnedMatrix MakeMatrix(WType type, size_t rows, size_t cols, size_t group
   } else {
     m.codes[0] = 0xF0;
   }
-  m.w.type = type;
-  m.w.data = m.codes.data();
-  m.w.scales = m.scales.data();
-  m.w.rows = rows;
-  m.w.cols = cols;
-  m.w.group = group;
   m.packed.assign(GemmRepackedBytes(m.w), 0xEE);
   const size_t groups = GemmGroups(rows);
   // Two calls (row group ranges) to check RepackGemm's sub-range contract.

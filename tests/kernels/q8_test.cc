@@ -18,63 +18,19 @@
 #include "quantizer/kernels/q8-inl.h"
 #include "quantizer/kernels/ref.h"
 #include "tests/kernels/kernel_test_util.h"
+#include "tests/kernels/q8_test_util.h"
 
 #ifndef TESSERA_TESTS_Q8_TEST_HELPERS_
 #define TESSERA_TESTS_Q8_TEST_HELPERS_
 namespace tessera::kernels::q8test {
 
-struct OwnedQ8Acts {
-  std::vector<int8_t> q;
-  std::vector<float> d;
-  std::vector<int32_t> sum;
-  Q8Acts a;
-  OwnedQ8Acts(size_t T, size_t K, int8_t fill = 99) {
-    a.Kp = Q8PaddedK(K);
-    q.assign(T * a.Kp, fill);
-    d.assign(T * a.Kp / kQ8Block, -1.0f);
-    sum.assign(T * a.Kp / kQ8Block, 12345);
-    a.q = q.data();
-    a.d = d.data();
-    a.sum = sum.data();
-  }
-};
+using ktest::OwnedQ8Acts;
+using ktest::OwnedQ8Matrix;
 
-struct OwnedQ8Matrix {
-  WeightMatrix w;
-  std::vector<uint8_t> codes;
-  std::vector<uint16_t> scales;
-  std::vector<uint8_t> packed;
-  Q8Weights q8;
-};
-
+// A quantized matrix repacked into MatMulQ8's layout.
 inline OwnedQ8Matrix MakeQ8Matrix(WType type, size_t rows, size_t cols, size_t group,
                                   uint32_t seed) {
-  OwnedQ8Matrix m;
-  std::vector<float> f(rows * cols);
-  ktest::FillWeights(f.data(), f.size(), group, seed, 0.1f);
-  const size_t ng = cols / group;
-  const size_t row_bytes = type == WType::kI8 ? cols : type == WType::kI6Sym ? 3 * cols / 4 : cols / 2;
-  m.codes.resize(rows * row_bytes);
-  m.scales.resize(rows * ng);
-  for (size_t r = 0; r < rows; ++r) {
-    if (type == WType::kI8) {
-      QuantizeRowI8_ref(f.data() + r * cols, cols, group,
-                        reinterpret_cast<int8_t*>(m.codes.data()) + r * cols,
-                        m.scales.data() + r * ng);
-    } else if (type == WType::kI6Sym) {
-      QuantizeRowI6Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * row_bytes,
-                           m.scales.data() + r * ng);
-    } else {
-      QuantizeRowI4Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * row_bytes,
-                           m.scales.data() + r * ng);
-    }
-  }
-  m.w.type = type;
-  m.w.data = m.codes.data();
-  m.w.scales = m.scales.data();
-  m.w.rows = rows;
-  m.w.cols = cols;
-  m.w.group = group;
+  OwnedQ8Matrix m = ktest::QuantizedQ8Matrix(type, rows, cols, group, seed);
   m.packed.assign(Q8RepackedBytes(m.w), 0xEE);
   const size_t rbs = (rows + kQ8RowBlock - 1) / kQ8RowBlock;
   // Two calls (row block ranges) to check RepackQ8's sub-range contract.
