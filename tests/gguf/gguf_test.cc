@@ -473,6 +473,52 @@ class RoundTrip : public ::testing::Test {
     }
     EXPECT_GT(n, 40);
   }
+  // Largest |difference| between the logits of packages a and b on the same five ids, with f32
+  // activations (the int8-activation path would quantize the inputs of padded rows in one only).
+  float MaxLogitDiff(const std::string& a, const std::string& b, const std::string& tag) {
+    const std::string a_npy = tmp_ / (tag + "-a.npy"), b_npy = tmp_ / (tag + "-b.npy");
+    setenv("TESSERA_INT8_ACT", "0", 1);
+    auto r1 = RunTessera({"logits", a, "--ids", "1,403,407,261,378", "-o", a_npy});
+    auto r2 = RunTessera({"logits", b, "--ids", "1,403,407,261,378", "-o", b_npy});
+    unsetenv("TESSERA_INT8_ACT");
+    EXPECT_EQ(r1.exit_code, 0) << r1.err;
+    EXPECT_EQ(r2.exit_code, 0) << r2.err;
+    auto la = ReadNpyF32(a_npy);
+    auto lb = ReadNpyF32(b_npy);
+    if (!la.ok() || !lb.ok() || la->data.size() != lb->data.size()) {
+      ADD_FAILURE() << tag << ": logits missing or of different sizes";
+      return INFINITY;
+    }
+    float max_diff = 0;
+    for (size_t i = 0; i < la->data.size(); ++i) max_diff = std::max(max_diff, std::fabs(la->data[i] - lb->data[i]));
+    return max_diff;
+  }
+  // Compares pkg with pkg-back tensor by tensor (values bit for bit) and counts the `from`
+  // tensors that came back as `to` with groups of 32 (*exact) or, padded rows, as f32 (*as_f32).
+  void CountRoundTrip(const std::string& pkg, QType from, QType to, int* exact, int* as_f32) {
+    *exact = *as_f32 = 0;
+    auto a = Package::Open(pkg);
+    auto b = Package::Open(pkg + "-back");
+    ASSERT_TRUE(a.ok() && b.ok());
+    for (size_t p = 0; p < (*a)->all_packs().size(); ++p) {
+      for (const auto& ta : (*a)->all_packs()[p]->tensors()) {
+        const PackTensor* tb = (*b)->all_packs()[p]->Find(ta.name);
+        ASSERT_NE(tb, nullptr) << ta.name;
+        const auto fa = ta.ToF32(), fb = tb->ToF32();
+        ASSERT_EQ(fa.size(), fb.size());
+        EXPECT_EQ(0, std::memcmp(fa.data(), fb.data(), fa.size() * 4)) << pkg << " " << ta.name;
+        if (ta.qtype != from) continue;
+        if (ta.cols == ta.logical_cols()) {
+          EXPECT_EQ(tb->qtype, to) << ta.name;
+          EXPECT_EQ(tb->group, 32u) << ta.name;
+          ++*exact;
+        } else {
+          EXPECT_EQ(tb->qtype, QType::kF32) << ta.name;  // padded ffn_down (K = 172)
+          ++*as_f32;
+        }
+      }
+    }
+  }
   TempDir tmp_;
 };
 
@@ -492,19 +538,7 @@ TEST_F(RoundTrip, Stories260KF32F16Int4) {
   CheckTokenizer(tmp_ / "f32-back", Fixture("stories260K/golden/tokenizer_cases.json"));
   // Logits of the round-tripped int4 package equal the original's (same tensors, same math: with
   // f32 activations, as the int8-activation path would quantize ffn_down's input only in `q4`).
-  setenv("TESSERA_INT8_ACT", "0", 1);
-  auto r1 = RunTessera({"logits", tmp_ / "q4", "--ids", "1,403,407,261,378", "-o", tmp_ / "a.npy"});
-  auto r2 = RunTessera({"logits", tmp_ / "q4-back", "--ids", "1,403,407,261,378", "-o", tmp_ / "b.npy"});
-  unsetenv("TESSERA_INT8_ACT");
-  ASSERT_EQ(r1.exit_code, 0);
-  ASSERT_EQ(r2.exit_code, 0);
-  auto la = ReadNpyF32(tmp_ / "a.npy");
-  auto lb = ReadNpyF32(tmp_ / "b.npy");
-  ASSERT_TRUE(la.ok() && lb.ok());
-  ASSERT_EQ(la->data.size(), lb->data.size());
-  float max_diff = 0;
-  for (size_t i = 0; i < la->data.size(); ++i) max_diff = std::max(max_diff, std::fabs(la->data[i] - lb->data[i]));
-  EXPECT_LE(max_diff, 1e-4f);  // same weights; ffn_down runs the f32 kernel instead of the int4 one
+  EXPECT_LE(MaxLogitDiff(tmp_ / "q4", tmp_ / "q4-back", "q4"), 1e-4f);  // ffn_down: the f32 kernel after the round trip
 }
 
 // int6 exports as Q8_0 (value = d * (c - 32), c - 32 in [-32, 31]): exact. g64 splits each group
@@ -517,46 +551,14 @@ TEST_F(RoundTrip, Int6ExportsAsExactQ8_0) {
     const std::string q = tmp_ / (std::string("q6-g") + g);
     Run({"quantize", tmp_ / "f32", "-o", q, "--type", "int6", "--group", g, "--algorithm", "rtn"});
     ThroughGguf(q, std::string("q6-g") + g);
-    auto a = Package::Open(q);
-    auto b = Package::Open(q + "-back");
-    ASSERT_TRUE(a.ok() && b.ok());
     int exact_q8 = 0, as_f32 = 0;
-    for (size_t p = 0; p < (*a)->all_packs().size(); ++p) {
-      for (const auto& ta : (*a)->all_packs()[p]->tensors()) {
-        const PackTensor* tb = (*b)->all_packs()[p]->Find(ta.name);
-        ASSERT_NE(tb, nullptr) << ta.name;
-        const auto fa = ta.ToF32(), fb = tb->ToF32();
-        ASSERT_EQ(fa.size(), fb.size());
-        EXPECT_EQ(0, std::memcmp(fa.data(), fb.data(), fa.size() * 4)) << g << " " << ta.name;
-        if (ta.qtype != QType::kI6Sym) continue;
-        if (ta.cols == ta.logical_cols()) {
-          EXPECT_EQ(tb->qtype, QType::kI8) << ta.name;
-          EXPECT_EQ(tb->group, 32u) << ta.name;
-          ++exact_q8;
-        } else {
-          EXPECT_EQ(tb->qtype, QType::kF32) << ta.name;  // padded ffn_down (K = 172)
-          ++as_f32;
-        }
-      }
-    }
+    CountRoundTrip(q, QType::kI6Sym, QType::kI8, &exact_q8, &as_f32);
     EXPECT_EQ(exact_q8, 1 + 6 * 5) << g;  // token_embd + q/k/v/o/gate/up of 5 layers
     EXPECT_EQ(as_f32, 5) << g;
     auto m = ReadJson(q + "-back/manifest.json");
     EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["mapping"], "exact");
-    setenv("TESSERA_INT8_ACT", "0", 1);
-    const std::string a_npy = tmp_ / (std::string("a6-") + g + ".npy"), b_npy = tmp_ / (std::string("b6-") + g + ".npy");
-    auto r1 = RunTessera({"logits", q, "--ids", "1,403,407,261,378", "-o", a_npy});
-    auto r2 = RunTessera({"logits", q + "-back", "--ids", "1,403,407,261,378", "-o", b_npy});
-    unsetenv("TESSERA_INT8_ACT");
-    ASSERT_EQ(r1.exit_code, 0) << r1.err;
-    ASSERT_EQ(r2.exit_code, 0) << r2.err;
-    auto la = ReadNpyF32(a_npy);
-    auto lb = ReadNpyF32(b_npy);
-    ASSERT_TRUE(la.ok() && lb.ok());
-    ASSERT_EQ(la->data.size(), lb->data.size());
-    float max_diff = 0;
-    for (size_t i = 0; i < la->data.size(); ++i) max_diff = std::max(max_diff, std::fabs(la->data[i] - lb->data[i]));
-    EXPECT_LE(max_diff, 1e-4f);  // only ffn_down differs in kernel (f32 after the round trip)
+    // Only ffn_down differs in kernel (f32 after the round trip).
+    EXPECT_LE(MaxLogitDiff(q, q + "-back", std::string("q6-") + g), 1e-4f);
   }
 }
 
@@ -569,46 +571,15 @@ TEST_F(RoundTrip, Int4NlExportsAsExactIQ4_NL) {
     const std::string q = tmp_ / (std::string("nl-g") + g);
     Run({"quantize", tmp_ / "f32", "-o", q, "--type", "int4nl", "--group", g, "--algorithm", "search"});
     ThroughGguf(q, std::string("nl-g") + g);
-    auto a = Package::Open(q);
-    auto b = Package::Open(q + "-back");
-    ASSERT_TRUE(a.ok() && b.ok());
     int exact = 0, as_f32 = 0;
-    for (size_t p = 0; p < (*a)->all_packs().size(); ++p) {
-      for (const auto& ta : (*a)->all_packs()[p]->tensors()) {
-        const PackTensor* tb = (*b)->all_packs()[p]->Find(ta.name);
-        ASSERT_NE(tb, nullptr) << ta.name;
-        const auto fa = ta.ToF32(), fb = tb->ToF32();
-        ASSERT_EQ(fa.size(), fb.size());
-        EXPECT_EQ(0, std::memcmp(fa.data(), fb.data(), fa.size() * 4)) << g << " " << ta.name;
-        if (ta.qtype != QType::kI4Nl) continue;
-        if (ta.cols == ta.logical_cols()) {
-          EXPECT_EQ(tb->qtype, QType::kI4Nl) << ta.name;
-          EXPECT_EQ(tb->group, 32u) << ta.name;
-          ++exact;
-        } else {
-          EXPECT_EQ(tb->qtype, QType::kF32) << ta.name;  // padded ffn_down (K = 172)
-          ++as_f32;
-        }
-      }
-    }
+    CountRoundTrip(q, QType::kI4Nl, QType::kI4Nl, &exact, &as_f32);
     EXPECT_EQ(exact, 1 + 6 * 5) << g;
     EXPECT_EQ(as_f32, 5) << g;
     auto m = ReadJson(q + "-back/manifest.json");
     EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["mapping"], "exact");
     EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["stored"], "int4nl-g32");
     EXPECT_EQ(m["quant"]["import"]["tensors"]["block_0/attn_q"]["gguf_type"], "IQ4_NL");
-    const std::string a_npy = tmp_ / (std::string("anl-") + g + ".npy"), b_npy = tmp_ / (std::string("bnl-") + g + ".npy");
-    auto r1 = RunTessera({"logits", q, "--ids", "1,403,407,261,378", "-o", a_npy});
-    auto r2 = RunTessera({"logits", q + "-back", "--ids", "1,403,407,261,378", "-o", b_npy});
-    ASSERT_EQ(r1.exit_code, 0) << r1.err;
-    ASSERT_EQ(r2.exit_code, 0) << r2.err;
-    auto la = ReadNpyF32(a_npy);
-    auto lb = ReadNpyF32(b_npy);
-    ASSERT_TRUE(la.ok() && lb.ok());
-    ASSERT_EQ(la->data.size(), lb->data.size());
-    float max_diff = 0;
-    for (size_t i = 0; i < la->data.size(); ++i) max_diff = std::max(max_diff, std::fabs(la->data[i] - lb->data[i]));
-    EXPECT_LE(max_diff, 1e-4f);
+    EXPECT_LE(MaxLogitDiff(q, q + "-back", std::string("nl-") + g), 1e-4f);
   }
 }
 
