@@ -2,9 +2,13 @@
 // and quantized I4 sym / I6 sym / I8 matrices made with the scalar reference quantizers.
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "gtest/gtest.h"
 
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/kernels/ref.h"
@@ -69,6 +73,29 @@ inline OwnedQ8Matrix QuantizedQ8Matrix(WType type, size_t rows, size_t cols, siz
   m.w.cols = cols;
   m.w.group = group;
   return m;
+}
+
+// "I4 rows=.. cols=.. G=.. T=.." for failure messages.
+inline std::string Q8CaseName(WType type, size_t rows, size_t cols, size_t group, size_t T) {
+  const char* t = type == WType::kI8 ? "I8" : type == WType::kI6Sym ? "I6" : "I4";
+  return std::string(t) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
+         " G=" + std::to_string(group) + " T=" + std::to_string(T);
+}
+
+// got (row r of w times the f32 activations x, computed from x's int8 quantization with block
+// scales d) is within the activation-quantization error of the double-precision dot:
+// |sum_k w_k (x_k - xq_k)| <= sum_k |w_k| d_a / 2.
+inline ::testing::AssertionResult WithinActQuantBound(const WeightMatrix& w, size_t r, const float* x,
+                                                      const float* d, float got) {
+  double abs_sum = 0.0;
+  const double exact = DotRow_ref(w, r, x, &abs_sum);
+  std::vector<float> wrow(w.cols);
+  DequantizeRow_ref(w, r, wrow.data());
+  double bound = 0.0;
+  for (size_t k = 0; k < w.cols; ++k) bound += std::fabs(wrow[k]) * 0.5 * d[k / kQ8Block];
+  const double tol = bound * 1.001 + 1e-5 * abs_sum + 1e-30;
+  if (std::fabs(got - exact) <= tol) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "got " << got << ", exact " << exact << ", bound " << tol;
 }
 
 }  // namespace tessera::kernels::ktest
