@@ -187,7 +187,9 @@ bool Int8ActivationsEnabled() {
 
 namespace {
 // Whether an int8-activation matrix of this type was repacked into the GEMM layout (gemm.h).
-bool GemmLayout(kernels::WType t) { return t == kernels::WType::kI4Sym || t == kernels::WType::kI8; }
+bool GemmLayout(kernels::WType t) {
+  return t == kernels::WType::kI4Sym || t == kernels::WType::kI4Nl || t == kernels::WType::kI8;
+}
 
 // Lets the kernel drop the pages of [p, p + n) of a read-only file mapping (a later access
 // simply faults them in again). Never call it on anonymous memory: its contents would be lost.

@@ -544,6 +544,7 @@ TEST(TinyModel, UnsupportedConfigNamesTheField) {
 TEST(Batching, BatchedForwardEqualsSolo) {
   for (const std::string& pkg : {Packages::Get().Quantized("stories260K/hf", QType::kI4Sym, 32),
                                  Packages::Get().Quantized("stories260K/hf", QType::kI6Sym, 32),
+                                 Packages::Get().Quantized("stories260K/hf", QType::kI4Nl, 32),
                                  Packages::Get().Converted("kjv6L/hf")}) {
     auto m = LoadModel(pkg);
     ASSERT_NE(m, nullptr);
@@ -595,9 +596,11 @@ TEST(Batching, BatchedForwardEqualsSolo) {
 TEST(MemoryModes, StreamAndFullEqualMmap) {
   std::vector<std::string> pkgs = {Packages::Get().Converted("stories260K/hf"),
                                    Packages::Get().Quantized("stories260K/hf", QType::kI4Asym, 32),
-                                   // int4 sym / int6 / int8 use the repacked int8-activation path where
-                                   // the CPU has VNNI (stream mode repacks each block as it loads it)
+                                   // int4 sym / int4 nl / int6 / int8 use the repacked int8-activation
+                                   // path where the CPU has VNNI (stream mode repacks each block as it
+                                   // loads it)
                                    Packages::Get().Quantized("stories260K/hf", QType::kI4Sym, 32),
+                                   Packages::Get().Quantized("stories260K/hf", QType::kI4Nl, 32),
                                    Packages::Get().Quantized("stories260K/hf", QType::kI6Sym, 32),
                                    Packages::Get().Quantized("stories260K/hf", QType::kI8, 32)};
   for (const char* m : {"llama", "qwen2", "qwen3", "mistral", "phi3", "gemma", "gpt2"})

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "core/half.h"
+#include "core/iq4nl.h"
 #include "hwy/highway.h"
 #include "quantizer/kernels/gemm.h"
 #include "quantizer/kernels/kernels.h"
@@ -36,7 +37,7 @@ constexpr size_t kGemmPrefetch = 8192;
 // kU == 1), then one convert, one multiply and one FMA into the token's f32 accumulator (16
 // rows). Registers: 8 weights + mask + scales + 2 kU accumulators (kU = 8: about 28 zmm).
 // The target attribute: see Q8TileVnni in q8-inl.h (GCC merges it with the namespace pragma).
-template <size_t kU, bool kI8>
+template <size_t kU, bool kI8, bool kNl>
 __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
     const uint8_t* HWY_RESTRICT w, size_t nb, const uint8_t* HWY_RESTRICT p, float* y,
     size_t ldy, size_t nr) {
@@ -49,6 +50,13 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
 #pragma GCC unroll 8
   for (size_t u = 0; u < kU; ++u) acc[u] = _mm512_setzero_ps();
   const __m512i m4 = _mm512_set1_epi8(0x0F);
+  // I4 nl: nibble -> level + 128 (unsigned, as I8's codes), the same 16 bytes in each 128-bit lane.
+  __m512i lut = _mm512_setzero_si512();
+  if (kNl) {
+    alignas(64) uint8_t t[64];
+    for (size_t i = 0; i < 64; ++i) t[i] = static_cast<uint8_t>(tessera::kI4NlLevels[i % 16] + 128);
+    lut = _mm512_load_si512(t);
+  }
   for (size_t b = 0; b < nb; ++b, w += kUnit, p += kPB) {
     if (kU == 1) {
       // Decode streams the weights from memory: request them kGemmPrefetch bytes ahead (row
@@ -66,6 +74,10 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
         const __m512i raw = _mm512_loadu_si512(w + 64 * m);
         wv[m] = _mm512_and_si512(raw, m4);
         wv[m + 4] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+        if (kNl) {
+          wv[m] = _mm512_shuffle_epi8(lut, wv[m]);
+          wv[m + 4] = _mm512_shuffle_epi8(lut, wv[m + 4]);
+        }
       }
     }
     const __m512 dw =
@@ -75,7 +87,7 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
 #pragma GCC unroll 8
     for (size_t u = 0; u < kU; ++u) {
       const __m512i bias = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p + 4 * u));
-      ia[u * kC] = kI8 ? _mm512_slli_epi32(bias, 4) : bias;  // -128 sum = 16 (-8 sum)
+      ia[u * kC] = (kI8 || kNl) ? _mm512_slli_epi32(bias, 4) : bias;  // -128 sum = 16 (-8 sum)
       if (kC == 2) ia[u * kC + 1] = _mm512_setzero_si512();
     }
 #pragma GCC unroll 8
@@ -100,25 +112,25 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
   for (size_t u = 0; u < kU; ++u) _mm512_mask_storeu_ps(y + u * ldy, mask, acc[u]);
 }
 
-template <bool kI8>
+template <bool kI8, bool kNl>
 static void GemmTileVnniU(size_t U, const uint8_t* w, size_t nb, const uint8_t* p, float* y,
                           size_t ldy, size_t nr) {
   switch (U) {
-    case 8: GemmTileVnni<8, kI8>(w, nb, p, y, ldy, nr); break;
-    case 7: GemmTileVnni<7, kI8>(w, nb, p, y, ldy, nr); break;
-    case 6: GemmTileVnni<6, kI8>(w, nb, p, y, ldy, nr); break;
-    case 5: GemmTileVnni<5, kI8>(w, nb, p, y, ldy, nr); break;
-    case 4: GemmTileVnni<4, kI8>(w, nb, p, y, ldy, nr); break;
-    case 3: GemmTileVnni<3, kI8>(w, nb, p, y, ldy, nr); break;
-    case 2: GemmTileVnni<2, kI8>(w, nb, p, y, ldy, nr); break;
-    default: GemmTileVnni<1, kI8>(w, nb, p, y, ldy, nr); break;
+    case 8: GemmTileVnni<8, kI8, kNl>(w, nb, p, y, ldy, nr); break;
+    case 7: GemmTileVnni<7, kI8, kNl>(w, nb, p, y, ldy, nr); break;
+    case 6: GemmTileVnni<6, kI8, kNl>(w, nb, p, y, ldy, nr); break;
+    case 5: GemmTileVnni<5, kI8, kNl>(w, nb, p, y, ldy, nr); break;
+    case 4: GemmTileVnni<4, kI8, kNl>(w, nb, p, y, ldy, nr); break;
+    case 3: GemmTileVnni<3, kI8, kNl>(w, nb, p, y, ldy, nr); break;
+    case 2: GemmTileVnni<2, kI8, kNl>(w, nb, p, y, ldy, nr); break;
+    default: GemmTileVnni<1, kI8, kNl>(w, nb, p, y, ldy, nr); break;
   }
 }
 static_assert(kGemmMaxU == 8, "GemmTileVnniU instantiates U = 1..8");
 #endif  // HWY_TARGET == HWY_AVX3_DL
 
 // Portable version of the tile: the same arithmetic, element by element.
-template <bool kI8>
+template <bool kI8, bool kNl>
 static void GemmTilePortable(const uint8_t* HWY_RESTRICT w, size_t nb, size_t U,
                              const uint8_t* HWY_RESTRICT p, float* y, size_t ldy, size_t nr) {
   constexpr size_t kUnit = GemmUnitBytes(kI8);
@@ -132,7 +144,7 @@ static void GemmTilePortable(const uint8_t* HWY_RESTRICT w, size_t nb, size_t U,
         int32_t S;
         float da;
         std::memcpy(&S, pb + 4 * u, 4);
-        if (kI8) S *= 16;
+        if (kI8 || kNl) S *= 16;
         std::memcpy(&da, pb + 4 * U + 4 * u, 4);
         for (size_t s = 0; s < 8; ++s) {
           for (size_t i = 0; i < 4; ++i) {
@@ -142,6 +154,7 @@ static void GemmTilePortable(const uint8_t* HWY_RESTRICT w, size_t nb, size_t U,
             } else {
               const uint8_t byte = wb[64 * (s % 4) + 4 * r + i];
               wu = s < 4 ? (byte & 0x0F) : (byte >> 4);
+              if (kNl) wu = tessera::kI4NlLevels[wu] + 128;
             }
             S += wu * static_cast<int8_t>(pb[8 * U + 4 * (s * U + u) + i]);
           }
@@ -156,7 +169,7 @@ static void GemmTilePortable(const uint8_t* HWY_RESTRICT w, size_t nb, size_t U,
   }
 }
 
-template <bool kI8>
+template <bool kI8, bool kNl>
 static void MatMulGemmT(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy,
                         size_t g_begin, size_t g_end) {
   const size_t nb = w.Kp / kQ8Block;
@@ -172,9 +185,9 @@ static void MatMulGemmT(const Q8Weights& w, const uint8_t* panel, size_t T, floa
       const size_t U = GemmTileTokens(T, k, t0);
       const uint8_t* p = panel + GemmPanelBytes(t0) * nb;
 #if HWY_TARGET == HWY_AVX3_DL
-      GemmTileVnniU<kI8>(U, wg, nb, p, y + t0 * ldy + r0, ldy, nr);
+      GemmTileVnniU<kI8, kNl>(U, wg, nb, p, y + t0 * ldy + r0, ldy, nr);
 #else
-      GemmTilePortable<kI8>(wg, nb, U, p, y + t0 * ldy + r0, ldy, nr);
+      GemmTilePortable<kI8, kNl>(wg, nb, U, p, y + t0 * ldy + r0, ldy, nr);
 #endif
       t0 += U;
     }
@@ -185,9 +198,11 @@ HWY_MAYBE_UNUSED static void MatMulGemm(const Q8Weights& w, const uint8_t* panel
                                         float* y, size_t ldy, size_t g_begin, size_t g_end) {
   if (T == 0 || g_begin >= g_end) return;
   if (w.type == WType::kI8) {
-    MatMulGemmT<true>(w, panel, T, y, ldy, g_begin, g_end);
+    MatMulGemmT<true, false>(w, panel, T, y, ldy, g_begin, g_end);
+  } else if (w.type == WType::kI4Nl) {
+    MatMulGemmT<false, true>(w, panel, T, y, ldy, g_begin, g_end);
   } else {
-    MatMulGemmT<false>(w, panel, T, y, ldy, g_begin, g_end);
+    MatMulGemmT<false, false>(w, panel, T, y, ldy, g_begin, g_end);
   }
 }
 

@@ -46,7 +46,7 @@ void BuildGemmPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile_en
 }
 
 bool GemmSupported(const WeightMatrix& w) {
-  return (w.type == WType::kI4Sym || w.type == WType::kI8) && Q8Supported(w);
+  return (w.type == WType::kI4Sym || w.type == WType::kI4Nl || w.type == WType::kI8) && Q8Supported(w);
 }
 
 namespace {

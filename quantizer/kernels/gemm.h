@@ -1,4 +1,4 @@
-// Int8-activation GEMM on row-interleaved weights (the runtime layout of I4 sym / I8 matrices on
+// Int8-activation GEMM on row-interleaved weights (the runtime layout of I4 sym / I4 nl / I8 matrices on
 // the int8-activation path, every T from decode to prefill). Activations are the Q8Acts of
 // kernels.h (QuantizeActsQ8, slice layout); only the weight layout differs from MatMulQ8's.
 //
@@ -6,6 +6,8 @@
 // elements (blocks of the padded K, Kp / 32 of them) one unit, units stored group-major:
 //   I4 sym: 4 x 64 bytes; vector m (0..3), byte 4 r + i: low nibble = element 32 b + 4 m + i of
 //           row r (code q in 0..15, w = (q - 8) * d), high nibble = element 32 b + 16 + 4 m + i.
+//   I4 nl:  as I4 sym; the tile maps each nibble q to kI4NlLevels[q] + 128 (one byte shuffle),
+//           so w = kI4NlLevels[q] * d with I8's bias (-128 * sum).
 //   I8:     8 x 64 bytes; vector s (0..7), byte 4 r + i = w + 128 of element 32 b + 4 s + i.
 //   then the 16 rows' f16 block scales (32 bytes; the group scale repeated for larger groups).
 // Padding rows / elements have code "zero" and scale 0. One vpdpbusd of an unpacked weight vector
@@ -38,7 +40,7 @@ namespace tessera::kernels {
 constexpr size_t kGemmRows = 16;
 constexpr size_t kGemmMaxU = 8;
 
-// I4 sym / I8 with group % 32 == 0.
+// I4 sym / I4 nl / I8 with group % 32 == 0.
 bool GemmSupported(const WeightMatrix& w);
 inline size_t GemmGroups(size_t rows) { return (rows + kGemmRows - 1) / kGemmRows; }
 size_t GemmRepackedBytes(const WeightMatrix& w);

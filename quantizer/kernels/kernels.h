@@ -17,8 +17,8 @@
 //             activations; MatMulQ8 below has an int8-activation path for I6 too).
 //   I4 nl:    w = kI4NlLevels[nibble] * scale  scales: f16 [rows][K/G]; the I4 code layout, the
 //             16 levels of llama.cpp's IQ4_NL (core/iq4nl.h). MatMul looks each row's nibbles up
-//             into int8 levels (a byte table) and runs the int8 dot product (f32 activations
-//             only: no int8-activation path for I4 nl).
+//             into int8 levels (a byte table) and runs the int8 dot product (f32 activations);
+//             the int8-activation path runs I4 nl in the GEMM layout (gemm.h).
 // Quantizers compute the group scale, round it to f16 (RNE), and quantize with the rounded
 // scale, so a dequantized value is exactly what a consumer of the file computes.
 #pragma once
@@ -131,7 +131,8 @@ struct Q8Weights {
   size_t rows = 0;  // logical rows (row blocks = ceil(rows / 4))
   size_t Kp = 0;    // padded K (multiple of kQ8Super)
 };
-// Whether `w` can be repacked (I4 sym / I6 sym / I8 with group % 32 == 0).
+// Whether `w` can go on the int8-activation path (I4 sym / I4 nl / I6 sym / I8 with group % 32
+// == 0). I4 nl has only the GEMM layout (gemm.h: GemmSupported); RepackQ8 / MatMulQ8 take the others.
 bool Q8Supported(const WeightMatrix& w);
 // True when the dispatched target has a native int8 dot product (AVX3_DL: AVX512-VNNI).
 bool Q8Fast();

@@ -32,9 +32,10 @@ void MatMulQ8(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ld
 bool Q8Fast() { return HWY_DYNAMIC_DISPATCH(Q8Fast)(); }
 
 bool Q8Supported(const WeightMatrix& w) {
-  if (w.type != WType::kI4Sym && w.type != WType::kI6Sym && w.type != WType::kI8) return false;
+  if (w.type != WType::kI4Sym && w.type != WType::kI4Nl && w.type != WType::kI6Sym && w.type != WType::kI8)
+    return false;
   if (w.group == 0 || w.group % kQ8Block != 0 || w.cols % w.group != 0) return false;
-  if (w.type == WType::kI4Sym && w.group % 2 != 0) return false;
+  if ((w.type == WType::kI4Sym || w.type == WType::kI4Nl) && w.group % 2 != 0) return false;
   return w.rows > 0 && w.cols > 0 && w.data != nullptr && w.scales != nullptr;
 }
 

@@ -402,7 +402,8 @@ void MatMulGemm_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, float* y, 
           } else {
             const size_t g = k / G, e = k % G, half = G / 2;
             const uint8_t byte = static_cast<const uint8_t*>(w.data)[r * (K / 2) + g * half + e % half];
-            wi = (e < half ? (byte & 0x0F) : (byte >> 4)) - 8;
+            const int nibble = e < half ? (byte & 0x0F) : (byte >> 4);
+            wi = w.type == WType::kI4Nl ? tessera::kI4NlLevels[nibble] : nibble - 8;
           }
           S += wi * Q8ActAt_ref(a, t, k);
         }

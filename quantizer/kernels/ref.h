@@ -75,7 +75,7 @@ int8_t Q8ActAt_ref(const Q8Acts& a, size_t t, size_t k);
 // summed in double. Rows [row_begin, row_end).
 void MatMulQ8_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, double* y, size_t ldy,
                   size_t row_begin, size_t row_end);
-// MatMulGemm (gemm.h) from the ORIGINAL I4 sym / I8 matrix, bit-exact: per row and token, exact
+// MatMulGemm (gemm.h) from the ORIGINAL I4 sym / I4 nl / I8 matrix, bit-exact: per row and token, exact
 // int block sums, acc = fma(float(S), d_w * d_a, acc) over the blocks in order. Rows
 // [row_begin, row_end).
 void MatMulGemm_ref(const WeightMatrix& w, const Q8Acts& a, size_t T, float* y, size_t ldy,

@@ -1,5 +1,5 @@
 // Per-target tests of the row-interleaved int8-activation GEMM (gemm.h): MatMulGemm on repacked
-// I4 sym / I8 weights is bit-identical to MatMulGemm_ref (computed from the original codes) on
+// I4 sym / I4 nl / I8 weights is bit-identical to MatMulGemm_ref (computed from the original codes) on
 // every target, within the activation-quantization error bound of the f32 double-precision
 // dot, and bit-identical whatever the batch (each token alone == in a batch, T = 1..20, 31, 64,
 // 100), the row-group sub-range and the split of the row groups over two calls.
@@ -26,10 +26,10 @@ namespace tessera::kernels::gemmtest {
 using OwnedActs = ktest::OwnedQ8Acts;
 using OwnedMatrix = ktest::OwnedQ8Matrix;
 
-// A quantized matrix (I4 sym / I8) repacked into the GEMM layout.
+// A quantized matrix (I4 sym / I4 nl / I8) repacked into the GEMM layout.
 inline OwnedMatrix MakeMatrix(WType type, size_t rows, size_t cols, size_t group, uint32_t seed) {
   OwnedMatrix m = ktest::QuantizedQ8Matrix(type, rows, cols, group, seed);
-  // Extreme codes in row 0 (I4 nibbles 0 and 15, I8 -128 and 127) exercise the bias trick.
+  // Extreme codes in row 0 (I4 / I4 nl nibbles 0 and 15, I8 -128 and 127) exercise the bias trick.
   if (type == WType::kI8) {
     m.codes[0] = 0x80;
     m.codes[1] = 0x7F;
@@ -130,6 +130,8 @@ void TestGemmAllShapes() {
     for (size_t k : {1, 3, 17}) cases.push_back({WType::kI8, 19, g * k, g});
   for (size_t g : {32, 64, 128})
     for (size_t k : {1, 5, 16, 20}) cases.push_back({WType::kI4Sym, 9, g * k, g});
+  for (size_t g : {32, 64})
+    for (size_t k : {1, 5, 17}) cases.push_back({WType::kI4Nl, 11, g * k, g});
   cases.push_back({WType::kI4Sym, 16, 2048, 32});
   cases.push_back({WType::kI4Sym, 33, 512, 32});
   cases.push_back({WType::kI8, 1, 512, 32});
@@ -142,11 +144,12 @@ void TestGemmAllShapes() {
 void TestGemmAllT() {
   uint32_t seed = 900;
   for (const Case& c : {Case{WType::kI4Sym, 37, 544, 32}, Case{WType::kI8, 21, 1056, 32},
-                        Case{WType::kI4Sym, 7, 1024, 64}}) {
+                        Case{WType::kI4Sym, 7, 1024, 64}, Case{WType::kI4Nl, 23, 800, 32}}) {
     for (size_t T = 1; T <= 20; ++T) CheckGemm(c, T, seed += 5);
   }
   // Prefill-sized batches: many token tiles per row group, a last tile of odd size.
-  for (const Case& c : {Case{WType::kI4Sym, 50, 2048, 32}, Case{WType::kI8, 40, 1536, 64}}) {
+  for (const Case& c : {Case{WType::kI4Sym, 50, 2048, 32}, Case{WType::kI8, 40, 1536, 64},
+                        Case{WType::kI4Nl, 35, 1024, 64}}) {
     for (size_t T : {31, 64, 100}) CheckGemm(c, T, seed += 5);
   }
 }

@@ -1,5 +1,5 @@
 // Shared fixtures for the int8-activation kernel tests (q8_test, gemm_test): activation buffers
-// and quantized I4 sym / I6 sym / I8 matrices made with the scalar reference quantizers.
+// and quantized I4 sym / I4 nl / I6 sym / I8 matrices made with the scalar reference quantizers.
 #pragma once
 
 #include <cmath>
@@ -62,6 +62,7 @@ inline OwnedQ8Matrix QuantizedQ8Matrix(WType type, size_t rows, size_t cols, siz
       QuantizeRowI6Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * row_bytes,
                            m.scales.data() + r * ng);
     } else {
+      // I4 nl: the same nibbles and scales read through the IQ4_NL levels (any nibbles are valid).
       QuantizeRowI4Sym_ref(f.data() + r * cols, cols, group, m.codes.data() + r * row_bytes,
                            m.scales.data() + r * ng);
     }
@@ -77,7 +78,10 @@ inline OwnedQ8Matrix QuantizedQ8Matrix(WType type, size_t rows, size_t cols, siz
 
 // "I4 rows=.. cols=.. G=.. T=.." for failure messages.
 inline std::string Q8CaseName(WType type, size_t rows, size_t cols, size_t group, size_t T) {
-  const char* t = type == WType::kI8 ? "I8" : type == WType::kI6Sym ? "I6" : "I4";
+  const char* t = type == WType::kI8      ? "I8"
+                  : type == WType::kI6Sym ? "I6"
+                  : type == WType::kI4Nl  ? "I4nl"
+                                          : "I4";
   return std::string(t) + " rows=" + std::to_string(rows) + " cols=" + std::to_string(cols) +
          " G=" + std::to_string(group) + " T=" + std::to_string(T);
 }
