@@ -57,14 +57,20 @@ HWY_INLINE int RoundClamp(float v, float lo, float hi) {
 
 // f16 bits of v with ScaleBits' rule (+-0 -> 0), and the f32 value of f16 bits, per lane.
 // F16C (AVX2 and up) converts with round-to-nearest-even, exactly as core/half.h; Highway's
-// SCALAR fallback truncates, so that target uses core/half.h lane by lane.
+// portable fallbacks (SCALAR, EMU128) truncate, so those targets use core/half.h lane by lane.
 template <class DF>
 HWY_INLINE hn::Vec<hn::Rebind<uint16_t, DF>> ScaleBitsV(DF df, hn::Vec<DF> v) {
   const hn::Rebind<uint16_t, DF> du16;
-#if HWY_TARGET == HWY_SCALAR
-  (void)df;
-  return hn::Set(du16, ScaleBits(hn::GetLane(v)));
+#if HWY_TARGET == HWY_SCALAR || HWY_TARGET == HWY_EMU128
+  static_assert(sizeof(hn::TFromD<DF>) == 4, "f32 lanes");
+  constexpr size_t kMax = 16 / sizeof(float);  // at most 4 lanes on these targets
+  float in[kMax];
+  uint16_t out[kMax];
+  hn::StoreU(v, df, in);
+  for (size_t i = 0; i < hn::Lanes(df); ++i) out[i] = ScaleBits(in[i]);
+  return hn::LoadU(du16, out);
 #else
+  (void)df;
   const hn::Rebind<hwy::float16_t, DF> df16;
   const auto h = hn::BitCast(du16, hn::DemoteTo(df16, v));
   return hn::IfThenZeroElse(hn::Eq(hn::And(h, hn::Set(du16, 0x7FFF)), hn::Zero(du16)), h);
