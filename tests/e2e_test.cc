@@ -273,7 +273,7 @@ TEST(Quantized, Int4SymAndAsymRunWithSaneQuality) {
   }
 }
 
-// int6 end to end (quantize -> load -> f32-activation int6 kernel): 4x finer steps than int4-g32,
+// int6 end to end (quantize -> load -> the int6 kernels): 4x finer steps than int4-g32,
 // so the KLD is far below int4's (measured on kjv6L: 0.0012 vs 0.0204 with search).
 TEST(Quantized, Int6RunsCloserToTheBaseThanInt4) {
   const auto r6 = Quality(kKjv, QType::kI6Sym, 32);
@@ -285,7 +285,7 @@ TEST(Quantized, Int6RunsCloserToTheBaseThanInt4) {
   EXPECT_LT(r6.ppl_ratio, 1.01);
 }
 
-// int4-nl end to end (quantize with the scale search -> load -> the byte-table kernel): the same
+// int4-nl end to end (quantize with the scale search -> load -> the level-lookup kernels): the same
 // 4.5 bits/weight as int4-g32, a lower KLD (measured on kjv6L: 0.0168 vs 0.0204 with search).
 TEST(Quantized, Int4NlRunsCloserToTheBaseThanInt4AtTheSameSize) {
   const auto rn = Quality(kKjv, QType::kI4Nl, 32);

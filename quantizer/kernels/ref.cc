@@ -171,31 +171,33 @@ void DequantizeRowI6Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t
   for (size_t i = 0; i < n; ++i) out[i] = static_cast<float>(q[i]) * tessera::F16ToF32(scales[i / group]);
 }
 
-void DequantizeRowI4Nl_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
-                           float* out) {
-  const size_t half = group / 2;
-  for (size_t g = 0; g < n / group; ++g) {
-    const float d = tessera::F16ToF32(scales[g]);
-    const uint8_t* cg = codes + g * half;
-    for (size_t j = 0; j < half; ++j) {
-      out[g * group + j] = static_cast<float>(tessera::kI4NlLevels[cg[j] & 0xF]) * d;
-      out[g * group + j + half] = static_cast<float>(tessera::kI4NlLevels[cg[j] >> 4]) * d;
-    }
-  }
-}
-
-void DequantizeRowI4Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
-                            float* out) {
+namespace {
+// Group-wise nibbles (byte j of a group: element j low, element j + G/2 high) times the group's
+// f16 scale, each nibble's value given by level(q).
+template <class Level>
+void DequantizeNibbles_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                           const Level& level, float* out) {
   const size_t half = group / 2;
   for (size_t g = 0; g < n / group; ++g) {
     const float d = tessera::F16ToF32(scales[g]);
     const uint8_t* cg = codes + g * half;
     float* og = out + g * group;
     for (size_t j = 0; j < half; ++j) {
-      og[j] = static_cast<float>((cg[j] & 0xF) - 8) * d;
-      og[j + half] = static_cast<float>((cg[j] >> 4) - 8) * d;
+      og[j] = static_cast<float>(level(cg[j] & 0xF)) * d;
+      og[j + half] = static_cast<float>(level(cg[j] >> 4)) * d;
     }
   }
+}
+}  // namespace
+
+void DequantizeRowI4Nl_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                           float* out) {
+  DequantizeNibbles_ref(codes, scales, n, group, [](int q) { return tessera::kI4NlLevels[q]; }, out);
+}
+
+void DequantizeRowI4Sym_ref(const uint8_t* codes, const uint16_t* scales, size_t n, size_t group,
+                            float* out) {
+  DequantizeNibbles_ref(codes, scales, n, group, [](int q) { return q - 8; }, out);
 }
 
 void DequantizeRowI4Asym_ref(const uint8_t* codes, const uint16_t* scales, const uint16_t* mins,

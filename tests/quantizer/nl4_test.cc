@@ -16,6 +16,7 @@
 #include "quantizer/nl4.h"
 #include "quantizer/quantize.h"
 #include "quantizer/search.h"
+#include "tests/quantizer/quant_test_util.h"
 
 namespace tessera {
 namespace {
@@ -138,11 +139,7 @@ TEST_P(Nl4Search, RtnBoundsAndSearchNeverWorseThanRtn) {
       tot_rtn += er;
     }
     EXPECT_LT(tot, tot_rtn) << "G=" << G << " mode " << mode;
-    double e2 = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const float diff = x[i] - xs[i];
-      e2 += static_cast<double>(wp ? wp[i] : 1.0f) * diff * diff;
-    }
+    const double e2 = quant::test::WeightedSse(x.data(), xs.data(), wp, n);
     EXPECT_NEAR(e2, tot, 1e-9 * (1 + tot));
   }
 }

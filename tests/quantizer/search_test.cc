@@ -13,6 +13,7 @@
 #include "quantizer/gptq.h"
 #include "quantizer/quantize.h"
 #include "quantizer/search.h"
+#include "tests/quantizer/quant_test_util.h"
 
 namespace tessera {
 namespace {
@@ -90,11 +91,7 @@ TEST_P(SearchTest, SymNeverWorseThanRtnAndCodesNearest) {
     // Dequantized with the kernels' reference: error matches GroupError exactly (same arithmetic).
     std::vector<float> xh(n);
     DequantizeRowI4Sym_ref(c.data(), s.data(), n, G, xh.data());
-    double e2 = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const float diff = x[i] - xh[i];
-      e2 += static_cast<double>(wp ? wp[i] : 1.0f) * diff * diff;
-    }
+    const double e2 = quant::test::WeightedSse(x.data(), xh.data(), wp, n);
     EXPECT_NEAR(e2, tot, 1e-9 * (1 + tot));
   }
 }
@@ -127,11 +124,7 @@ TEST_P(SearchTest, AsymNeverWorseThanRtnAndCodesNearest) {
     EXPECT_LT(tot, tot_rtn) << "G=" << G << ", mode " << mode;
     std::vector<float> xh(n);
     DequantizeRowI4Asym_ref(c.data(), s.data(), m.data(), n, G, xh.data());
-    double e2 = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const float diff = x[i] - xh[i];
-      e2 += static_cast<double>(wp ? wp[i] : 1.0f) * diff * diff;
-    }
+    const double e2 = quant::test::WeightedSse(x.data(), xh.data(), wp, n);
     EXPECT_NEAR(e2, tot, 1e-9 * (1 + tot));
   }
 }
@@ -190,11 +183,7 @@ TEST_P(SearchTest, Int6SymNeverWorseThanRtnAndCodesNearest) {
     EXPECT_LT(tot, tot_rtn) << "G=" << G << ", mode " << mode;
     std::vector<float> xh(n);
     kernels::DequantizeRowI6Sym_ref(c.data(), s.data(), n, G, xh.data());
-    double e2 = 0;
-    for (size_t i = 0; i < n; ++i) {
-      const float diff = x[i] - xh[i];
-      e2 += static_cast<double>(wp ? wp[i] : 1.0f) * diff * diff;
-    }
+    const double e2 = quant::test::WeightedSse(x.data(), xh.data(), wp, n);
     EXPECT_NEAR(e2, tot, 1e-9 * (1 + tot));
   }
 }
