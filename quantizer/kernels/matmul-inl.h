@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "core/half.h"
+#include "hwy/cache_control.h"
 #include "hwy/highway.h"
 #include "quantizer/kernels/convert-inl.h"
 #include "quantizer/kernels/kernels.h"
@@ -28,6 +29,11 @@ HWY_BEFORE_NAMESPACE();
 namespace tessera::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
+// Decode streams f16 / bf16 rows from memory: prefetch this many elements (16 KiB) ahead, which
+// runs on into the next rows (rows are contiguous). kernels_bench MatMulT1/f16 (4096 x 4096, 1
+// thread): 29-30 GB/s without, 31 / 37 / 40 GB/s at 4 / 8 / 16 KiB.
+constexpr size_t kF16Prefetch = 8192;
+
 // f16 weights (finite) . x
 template <class DF>
 HWY_INLINE float DotF16Row(DF df, const uint16_t* HWY_RESTRICT w, const float* HWY_RESTRICT x,
@@ -38,6 +44,7 @@ HWY_INLINE float DotF16Row(DF df, const uint16_t* HWY_RESTRICT w, const float* H
   auto s0 = hn::Zero(df), s1 = hn::Zero(df);
   size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
+    hwy::Prefetch(wh + i + kF16Prefetch);
     s0 = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, wh + i)), hn::LoadU(df, x + i), s0);
     s1 = hn::MulAdd(hn::PromoteTo(df, hn::LoadU(dh, wh + i + N)), hn::LoadU(df, x + i + N), s1);
   }
@@ -59,6 +66,7 @@ HWY_INLINE float DotBF16Row(DF df, const uint16_t* HWY_RESTRICT w, const float* 
   auto s0 = hn::Zero(df), s1 = hn::Zero(df);
   size_t i = 0;
   for (; i + 2 * N <= n; i += 2 * N) {
+    hwy::Prefetch(w + i + kF16Prefetch);
     const auto w0 = hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, w + i))));
     const auto w1 =
         hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du, hn::LoadU(d16, w + i + N))));
