@@ -86,21 +86,21 @@ void MatMul(const WeightMatrix& w, const float* x, size_t T, size_t ldx, float* 
 // ---- int8-activation matmul (VNNI vpdpbusd on AVX3_DL) ------------------------------------
 // Activations are quantized per token in blocks of 32 (like llama.cpp's Q8_0): d = amax / 127,
 // a = round-half-even(x * (127 / amax)) clamped to [-127, 127] (d = 0 and a = 0 when amax = 0).
-// Weights (I4 sym, I6 sym or I8, any group that is a multiple of 32) are repacked once at load
-// time into a runtime-only layout; the canonical package files are never changed.
+// Weights (any group that is a multiple of 32) are repacked once at load time into a runtime-only
+// layout; the canonical package files are never changed. I4 sym, I4 nl and I8 use the
+// row-interleaved GEMM layout (gemm.h); I6 sym uses the superblock layout below (MatMulQ8).
 //
 // Superblock = 512 consecutive elements of a row = 16 blocks of 32. In a superblock, "slice" s
 // (0..7) is 64 bytes: byte 4 j + i holds element 32 j + 4 s + i (block j, i in 0..3), so one
 // vpdpbusd i32 lane j accumulates block j. Activations use the same slice layout.
-//   I4 sym repacked: per superblock and row 4 x 64 bytes; vector m's low nibble is slice m,
-//                    its high nibble slice m + 4; the nibble is q in 0..15 (w = (q - 8) * d).
-//   I8 repacked:     per superblock and row 8 x 64 bytes, byte = w + 128 (unsigned).
 //   I6 sym repacked: per superblock and row 6 x 64 bytes (6.5 bits/weight with the scales):
-//                    vectors 0..3 hold the low 4 bits of c (0..63, w = (c - 32) * d) as I4
+//                    vectors 0..3 hold the low 4 bits of c (0..63, w = (c - 32) * d)
 //                    (vector m: slice m low nibble, slice m + 4 high nibble); vector 4 + h
 //                    (h = 0, 1) holds the high 2 bits of slices 2h, 2h + 4, 2h + 1, 2h + 5 at
 //                    bits 0-1, 2-3, 4-5, 6-7 of the byte at the same position. The kernel
 //                    rebuilds c in registers (shift, and, ternary logic) and uses bias 32.
+//                    Prefill unpacks a row block once to 8 x 64 bytes per superblock and row
+//                    (byte = c; the I8 unit layout) and runs the I8 tile on it.
 //   Scales:          f16 per block of 32 (the group scale repeated for larger groups).
 // Stream order: for each block of kQ8RowBlock rows, for each superblock: the rows' codes, then
 // the rows' 16 scales each. K is padded to a multiple of 512, rows to a multiple of 4 (padding
@@ -126,18 +126,20 @@ void QuantizeActsQ8(const float* x, size_t ldx, size_t K, const Q8Acts& a, size_
                     size_t t_end);
 
 struct Q8Weights {
-  WType type = WType::kI4Sym;  // kI4Sym, kI6Sym or kI8
+  WType type = WType::kI4Sym;  // MatMulQ8: kI6Sym; MatMulGemm (gemm.h): kI4Sym, kI4Nl or kI8
   const uint8_t* data = nullptr;
   size_t rows = 0;  // logical rows (row blocks = ceil(rows / 4))
   size_t Kp = 0;    // padded K (multiple of kQ8Super)
 };
 // Whether `w` can go on the int8-activation path (I4 sym / I4 nl / I6 sym / I8 with group % 32
-// == 0). I4 nl has only the GEMM layout (gemm.h: GemmSupported); RepackQ8 / MatMulQ8 take the others.
+// == 0). I4 sym / I4 nl / I8 take the GEMM layout (gemm.h: GemmSupported); RepackQ8 / MatMulQ8
+// take I6 sym.
 bool Q8Supported(const WeightMatrix& w);
 // True when the dispatched target has a native int8 dot product (AVX3_DL: AVX512-VNNI).
 bool Q8Fast();
+// I6 sym only (the layout above).
 size_t Q8RepackedBytes(const WeightMatrix& w);
-// Repacks row blocks [rb_begin, rb_end) of w into out (Q8RepackedBytes(w) bytes in total).
+// Repacks row blocks [rb_begin, rb_end) of I6 sym w into out (Q8RepackedBytes(w) bytes in total).
 void RepackQ8(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* out);
 // The unsigned code the int8-activation layouts store for element k of row r of an I4 sym / I8
 // matrix (I4: the nibble 0..15; I8: the value + 128); rows and columns past the matrix (padding)
@@ -152,7 +154,7 @@ inline uint8_t Q8UnsignedCode(const WeightMatrix& w, size_t r, size_t k) {
   return e < half ? (byte & 0x0F) : (byte >> 4);
 }
 
-// y[t * ldy + r] for t < T and rows r of row blocks [rb_begin, rb_end) (r < w.rows).
+// y[t * ldy + r] for t < T and rows r of row blocks [rb_begin, rb_end) (r < w.rows); w: I6 sym.
 void MatMulQ8(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, size_t ldy,
               size_t rb_begin, size_t rb_end);
 

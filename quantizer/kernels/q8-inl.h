@@ -1,7 +1,7 @@
 // Per-target int8-activation kernels (layouts in kernels.h, "int8-activation matmul"):
 // QuantizeActsQ8 (Highway ops on every target) and MatMulQ8 (AVX512-VNNI vpdpbusd on AVX3_DL,
-// a portable integer loop with the same arithmetic on the other targets) for I4 sym, I6 sym and
-// I8 repacked weights.
+// a portable integer loop with the same arithmetic on the other targets) for I6 sym repacked
+// weights. (I4 sym / I4 nl / I8 run in the GEMM layout, gemm-inl.h.)
 #if defined(TESSERA_KERNELS_Q8_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef TESSERA_KERNELS_Q8_INL_H_
 #undef TESSERA_KERNELS_Q8_INL_H_
@@ -73,18 +73,14 @@ HWY_MAYBE_UNUSED static void QuantizeActsQ8(const float* x, size_t ldx, size_t K
 }
 
 // Bytes of one row's codes per superblock, and of one (row block, superblock) unit.
-// (I4 sym: 4 nibble vectors; I6 sym: 4 nibble vectors + 2 vectors of high bit pairs; I8: 8.)
-HWY_INLINE constexpr size_t Q8CodeBytes(WType t) {
-  return t == WType::kI8 ? 512 : t == WType::kI6Sym ? 384 : 256;
-}
+// (I6 sym: 4 nibble vectors + 2 vectors of high bit pairs; I8, the layout I6 is unpacked to: 8.)
+HWY_INLINE constexpr size_t Q8CodeBytes(WType t) { return t == WType::kI8 ? 512 : 384; }
 HWY_INLINE constexpr size_t Q8UnitBytes(WType t) {
   return kQ8RowBlock * Q8CodeBytes(t) + kQ8RowBlock * 16 * 2;
 }
 // log2 of the bias subtracted per unit of activation sum (the codes are unsigned): I8 128,
-// I6 sym 32, I4 sym 8.
-HWY_INLINE constexpr int Q8BiasShift(WType t) {
-  return t == WType::kI8 ? 7 : t == WType::kI6Sym ? 5 : 3;
-}
+// I6 sym 32.
+HWY_INLINE constexpr int Q8BiasShift(WType t) { return t == WType::kI8 ? 7 : 5; }
 // Bit offset of slice s's high pair in its I6 high vector (4 + (s % 4) / 2), see kernels.h.
 HWY_INLINE constexpr int Q8I6PairShift(size_t s) { return (s % 2 ? 4 : 0) + (s >= 4 ? 2 : 0); }
 
@@ -104,10 +100,10 @@ HWY_INLINE constexpr int Q8I6PairShift(size_t s) { return (s % 2 ? 4 : 0) + (s >
 //   a 4 x 4 tile has to keep them in L1 and measured slower than 3 + 1 or 2 + 2 tiles.
 // - Prefetch: while computing superblock sb the tile requests the lines of [pf + sb * pf_step,
 //   + pf_step) that lie below pf + pf_bytes (the caller's share of the next row block).
-// kT: I8 unit layout (8 slices of unsigned bytes per row, bias 128), I4 sym packed nibbles
-// (bias 8) or I6 sym nibbles + high pairs (bias 32; c = nibble | pair << 4 is rebuilt per slice
-// with one shift of the pair vector (none for 1 slice in 4), an and and a ternary-logic merge).
-// kShift: log2 of the bias (Q8BiasShift; the I8 layout also carries unpacked I6 codes, bias 32).
+// kT: I6 sym nibbles + high pairs (bias 32; c = nibble | pair << 4 is rebuilt per slice with one
+// shift of the pair vector (none for 1 slice in 4), an and and a ternary-logic merge), or the I8
+// unit layout (8 slices of unsigned bytes per row), which carries I6 codes unpacked once per row
+// block for prefill (kShift = log2 of the bias: Q8BiasShift(kI6Sym)).
 // The target attribute is the full AVX3_DL feature string plus avx512vnni: GCC merges a function's
 // target attribute with the enclosing HWY_BEFORE_NAMESPACE pragma, clang replaces it (then
 // avx512bw etc. would be missing).
@@ -133,7 +129,6 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
   constexpr size_t kR = kQ8RowBlock;
   constexpr size_t kC = kU == 1 ? 2 : 1;  // chains per (row, token)
   constexpr bool kI8 = kT == WType::kI8;
-  constexpr bool kI6 = kT == WType::kI6Sym;
   constexpr size_t kCB = Q8CodeBytes(kT);
   constexpr size_t kUnit = Q8UnitBytes(kT);
   static_assert(kU >= 1 && kU <= 3, "float accumulators must fit in registers");
@@ -143,7 +138,6 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) acc[r][u] = _mm512_setzero_ps();
   }
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
   for (size_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* wb = w + sb * kUnit;
     for (size_t o = sb * pf_step; o < (sb + 1) * pf_step && o < pf_bytes; o += 64)
@@ -171,14 +165,10 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
         for (size_t r = 0; r < kR; ++r) {
           if (kI8) {
             wv[r] = _mm512_loadu_si512(wb + r * kCB + 64 * s);
-          } else if (kI6) {
+          } else {
             const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * (s % 4));
             const __m512i hv = _mm512_loadu_si512(wb + r * kCB + 256 + 64 * ((s % 4) / 2));
             wv[r] = Q8I6Codes(s < 4 ? raw : _mm512_srli_epi16(raw, 4), hv, s);
-          } else {
-            const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * (s % 4));
-            wv[r] = s < 4 ? _mm512_and_si512(raw, m4)
-                          : _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
           }
           asm("" : "+v"(wv[r]));
         }
@@ -201,23 +191,16 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
               _mm512_dpbusd_epi32(ia[r][0][s % kC], _mm512_loadu_si512(wb + r * kCB + 64 * s), x);
       }
     } else {
-      // One token, packed nibbles (I6: plus high pairs): both planes of a weight vector at once
-      // (chains lo / hi).
+      // One token, I6 nibbles + high pairs: both planes of a weight vector at once (chains lo /
+      // hi); the pairs of slices m and m + 4 share a high vector.
 #pragma GCC unroll 4
       for (size_t m = 0; m < 4; ++m) {
 #pragma GCC unroll 4
         for (size_t r = 0; r < kR; ++r) {
           const __m512i raw = _mm512_loadu_si512(wb + r * kCB + 64 * m);
-          __m512i lo, hi;
-          if (kI6) {
-            // The pairs of slices m and m + 4 share a high vector.
-            const __m512i hv = _mm512_loadu_si512(wb + r * kCB + 256 + 64 * (m / 2));
-            lo = Q8I6Codes(raw, hv, m);
-            hi = Q8I6Codes(_mm512_srli_epi16(raw, 4), hv, m + 4);
-          } else {
-            lo = _mm512_and_si512(raw, m4);
-            hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
-          }
+          const __m512i hv = _mm512_loadu_si512(wb + r * kCB + 256 + 64 * (m / 2));
+          const __m512i lo = Q8I6Codes(raw, hv, m);
+          const __m512i hi = Q8I6Codes(_mm512_srli_epi16(raw, 4), hv, m + 4);
           ia[r][0][0] = _mm512_dpbusd_epi32(ia[r][0][0], lo, _mm512_loadu_si512(a[0] + 64 * m));
           ia[r][0][kC - 1] =
               _mm512_dpbusd_epi32(ia[r][0][kC - 1], hi, _mm512_loadu_si512(a[0] + 64 * (m + 4)));
@@ -294,11 +277,10 @@ template <WType kT>
 static void Q8TilePortable(const uint8_t* HWY_RESTRICT w, size_t nsb, size_t U,
                            const int8_t* const* aq, const float* const* ad,
                            const int32_t* const* as, float* HWY_RESTRICT res) {
-  constexpr bool kI8 = kT == WType::kI8;
-  constexpr bool kI6 = kT == WType::kI6Sym;
+  static_assert(kT == WType::kI6Sym, "the portable tile reads the packed I6 layout");
   constexpr size_t kCB = Q8CodeBytes(kT);
   constexpr size_t kUnit = Q8UnitBytes(kT);
-  constexpr int32_t kBias = kI8 ? 128 : kI6 ? 32 : 8;
+  constexpr int32_t kBias = 32;
   for (size_t r = 0; r < kQ8RowBlock; ++r) {
     for (size_t u = 0; u < U; ++u) {
       float acc[16] = {0};
@@ -311,17 +293,10 @@ static void Q8TilePortable(const uint8_t* HWY_RESTRICT w, size_t nsb, size_t U,
           int32_t S = -kBias * as[u][sb * 16 + j];
           for (size_t s = 0; s < 8; ++s) {
             for (size_t i = 0; i < 4; ++i) {
-              int32_t wu;
-              if (kI8) {
-                wu = wr[64 * s + 4 * j + i];
-              } else {
-                const uint8_t byte = wr[64 * (s % 4) + 4 * j + i];
-                wu = s < 4 ? (byte & 0x0F) : (byte >> 4);
-                if (kI6) {
-                  const uint8_t hv = wr[256 + 64 * ((s % 4) / 2) + 4 * j + i];
-                  wu |= ((hv >> Q8I6PairShift(s)) & 3) << 4;
-                }
-              }
+              const uint8_t byte = wr[64 * (s % 4) + 4 * j + i];
+              const uint8_t hv = wr[256 + 64 * ((s % 4) / 2) + 4 * j + i];
+              const int32_t wu = (s < 4 ? (byte & 0x0F) : (byte >> 4)) |
+                                 (((hv >> Q8I6PairShift(s)) & 3) << 4);
               S += wu * a[64 * s + 4 * j + i];
             }
           }
@@ -399,14 +374,8 @@ static void MatMulQ8T(const Q8Weights& w, const Q8Acts& a, size_t T, float* y, s
 
 HWY_MAYBE_UNUSED static void MatMulQ8(const Q8Weights& w, const Q8Acts& a, size_t T, float* y,
                                       size_t ldy, size_t rb_begin, size_t rb_end) {
-  if (T == 0 || rb_begin >= rb_end) return;
-  if (w.type == WType::kI8) {
-    MatMulQ8T<WType::kI8>(w, a, T, y, ldy, rb_begin, rb_end);
-  } else if (w.type == WType::kI6Sym) {
-    MatMulQ8T<WType::kI6Sym>(w, a, T, y, ldy, rb_begin, rb_end);
-  } else {
-    MatMulQ8T<WType::kI4Sym>(w, a, T, y, ldy, rb_begin, rb_end);
-  }
+  if (T == 0 || rb_begin >= rb_end || w.type != WType::kI6Sym) return;
+  MatMulQ8T<WType::kI6Sym>(w, a, T, y, ldy, rb_begin, rb_end);
 }
 
 HWY_MAYBE_UNUSED static bool Q8Fast() { return HWY_TARGET == HWY_AVX3_DL; }

@@ -1,5 +1,5 @@
 // Dynamic-dispatch entry points of the int8-activation kernels, plus the (scalar, load-time)
-// repacking of I4 sym / I6 sym / I8 weights into the runtime layout described in kernels.h.
+// repacking of I6 sym weights into the runtime layout described in kernels.h.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "quantizer/kernels/q8.cc"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
@@ -40,14 +40,14 @@ bool Q8Supported(const WeightMatrix& w) {
 }
 
 namespace {
-size_t CodeBytes(WType t) { return t == WType::kI8 ? 512 : t == WType::kI6Sym ? 384 : 256; }
-size_t UnitBytes(WType t) { return kQ8RowBlock * CodeBytes(t) + kQ8RowBlock * 16 * 2; }
+// I6 sym: 6 x 64 code bytes per (row, superblock), then the rows' 16 f16 block scales each.
+constexpr size_t kI6Unit = kQ8RowBlock * 384 + kQ8RowBlock * 16 * 2;
 
 // I6 sym: row blocks [rb_begin, rb_end) of w (layout in kernels.h). Each row is unpacked once
 // to codes c (0..63; padding 32 = zero weight), then scattered into its units.
 void RepackQ8I6(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* out) {
   const size_t K = w.cols, G = w.group, ng = K / G, Kp = Q8PaddedK(K);
-  const size_t nsb = Kp / kQ8Super, unit = UnitBytes(w.type), half = G / 2, quarter = G / 4;
+  const size_t nsb = Kp / kQ8Super, unit = kI6Unit, half = G / 2, quarter = G / 4;
   const uint8_t* codes = static_cast<const uint8_t*>(w.data);
   std::vector<uint8_t> c(Kp);
   for (size_t rb = rb_begin; rb < rb_end; ++rb) {
@@ -96,52 +96,11 @@ void RepackQ8I6(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* 
 
 size_t Q8RepackedBytes(const WeightMatrix& w) {
   const size_t rbs = (w.rows + kQ8RowBlock - 1) / kQ8RowBlock;
-  return rbs * (Q8PaddedK(w.cols) / kQ8Super) * UnitBytes(w.type);
+  return rbs * (Q8PaddedK(w.cols) / kQ8Super) * kI6Unit;
 }
 
 void RepackQ8(const WeightMatrix& w, size_t rb_begin, size_t rb_end, uint8_t* out) {
-  if (w.type == WType::kI6Sym) return RepackQ8I6(w, rb_begin, rb_end, out);
-  const bool i8 = w.type == WType::kI8;
-  const size_t K = w.cols, G = w.group, ng = K / G, Kp = Q8PaddedK(K);
-  const size_t nsb = Kp / kQ8Super, cb = CodeBytes(w.type), unit = UnitBytes(w.type);
-  const uint8_t* codes = static_cast<const uint8_t*>(w.data);
-  auto code = [&](size_t r, size_t k) { return Q8UnsignedCode(w, r, k); };
-  for (size_t rb = rb_begin; rb < rb_end; ++rb) {
-    for (size_t sb = 0; sb < nsb; ++sb) {
-      uint8_t* u = out + (rb * nsb + sb) * unit;
-      for (size_t ri = 0; ri < kQ8RowBlock; ++ri) {
-        const size_t r = rb * kQ8RowBlock + ri;
-        uint8_t* c = u + ri * cb;
-        for (size_t j = 0; j < 16; ++j) {
-          const size_t kb = sb * kQ8Super + j * kQ8Block;
-          const uint16_t sc = (r < w.rows && kb < K) ? w.scales[r * ng + kb / G] : uint16_t{0};
-          std::memcpy(u + kQ8RowBlock * cb + ri * 32 + j * 2, &sc, 2);
-          if (r < w.rows && kb + kQ8Block <= K && (i8 || G == kQ8Block)) {
-            // Fast paths: I8 moves runs of 4 bytes; I4 with G = 32 too (byte b of a group holds
-            // elements b and b + 16, i.e. slices s and s + 4).
-            const uint8_t* src = i8 ? codes + r * K + kb : codes + r * (K / 2) + kb / 2;
-            for (size_t s = 0; s < (i8 ? 8u : 4u); ++s) {
-              for (size_t i = 0; i < 4; ++i)
-                c[64 * s + 4 * j + i] = i8 ? static_cast<uint8_t>(src[4 * s + i] ^ 0x80)
-                                           : src[4 * s + i];
-            }
-            continue;
-          }
-          for (size_t s = 0; s < 4; ++s) {
-            for (size_t i = 0; i < 4; ++i) {
-              if (i8) {
-                c[64 * s + 4 * j + i] = code(r, kb + 4 * s + i);
-                c[64 * (s + 4) + 4 * j + i] = code(r, kb + 4 * (s + 4) + i);
-              } else {
-                c[64 * s + 4 * j + i] = static_cast<uint8_t>(
-                    code(r, kb + 4 * s + i) | (code(r, kb + 4 * (s + 4) + i) << 4));
-              }
-            }
-          }
-        }
-      }
-    }
-  }
+  if (w.type == WType::kI6Sym) RepackQ8I6(w, rb_begin, rb_end, out);
 }
 
 }  // namespace tessera::kernels

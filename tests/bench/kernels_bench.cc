@@ -1,11 +1,11 @@
 // Micro-benchmarks for the kernels (not run as a test):
-//   MatMul (f32 activations) and MatMulQ8 (int8 activations, repacked weights), 4096 x 4096,
-//   for f32 / f16 / int8 (G=32) / int4 sym (G=32) / int6 sym (G=32) / int4 nl (G=32, MatMul only) weights, decode
-//   (T = 1), batched decode (T = 4, 8: int8-activation path only) and prefill (T = 64), once
-//   per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
+//   MatMul (f32 activations), 4096 x 4096, for f32 / f16 / int8 (G=32) / int4 sym (G=32) /
+//   int6 sym (G=32) / int4 nl (G=32) weights, and MatMulQ8 (int8 activations, repacked int6
+//   weights), decode (T = 1), batched decode (T = 4, 8: MatMulQ8 only) and prefill (T = 64),
+//   once per compiled Highway target. Bytes processed = weight bytes (codes + scales) per call;
 //   the GFLOP/s counter counts 2 * rows * cols * T per call (activation quantization included
 //   in the Q8 figures).
-//   Int8Act/{q8,gemm}/...: MatMulQ8 vs MatMulGemm (dispatched target) at the model's shapes,
+//   Int8Act/gemm/...: MatMulGemm (int4 / int8 weights, dispatched target) at the model's shapes,
 //   T = 1 / 8 / 64 / 128 (and 32000 x 2048 at T = 1: weights from memory).
 //   SearchI4 / SearchI6: the error-minimising group scale search (G = 32, unit weights) over
 //   256 x 4096 N(0, 0.02) weights, per target, and its scalar reference (search.cc) as
@@ -171,9 +171,8 @@ void BM_MatMulQ8(benchmark::State& state, WType type, size_t T, int64_t target) 
   SetCounters(state, packed.size(), T);
 }
 
-// Int8-activation kernels on the model's shapes: MatMulQ8 (4-row tiles, "q8") against MatMulGemm
-// (16-row interleaved tiles, "gemm") on the same weights, activation quantization (and the GEMM's
-// panel) included.
+// The int4 / int8 int8-activation kernel on the model's shapes: MatMulGemm (16-row interleaved
+// tiles), activation quantization and the panel included.
 struct ShapeMatrix {
   std::vector<uint8_t> codes;
   std::vector<uint16_t> scales;
@@ -206,15 +205,11 @@ const ShapeMatrix& GetShape(WType type, size_t rows, size_t cols) {
   return *m;
 }
 
-void BM_Int8Act(benchmark::State& state, bool gemm, WType type, size_t rows, size_t cols, size_t T) {
+void BM_Int8Act(benchmark::State& state, WType type, size_t rows, size_t cols, size_t T) {
   const WeightMatrix& w = GetShape(type, rows, cols).w;
-  std::vector<uint8_t> packed(gemm ? GemmRepackedBytes(w) : Q8RepackedBytes(w));
-  const size_t units = gemm ? GemmGroups(rows) : (rows + kQ8RowBlock - 1) / kQ8RowBlock;
-  if (gemm) {
-    RepackGemm(w, 0, units, packed.data());
-  } else {
-    RepackQ8(w, 0, units, packed.data());
-  }
+  std::vector<uint8_t> packed(GemmRepackedBytes(w));
+  const size_t units = GemmGroups(rows);
+  RepackGemm(w, 0, units, packed.data());
   const Q8Weights q8{type, packed.data(), rows, Q8PaddedK(cols)};
   std::vector<float> x(T * cols);
   std::mt19937 rng(3);
@@ -229,12 +224,8 @@ void BM_Int8Act(benchmark::State& state, bool gemm, WType type, size_t rows, siz
   state.SetLabel(ActiveTargetName());
   for (auto _ : state) {
     QuantizeActsQ8(x.data(), cols, cols, a, 0, T);
-    if (gemm) {
-      BuildGemmPanel(a, T, 0, GemmTiles(T), panel.data());
-      MatMulGemm(q8, panel.data(), T, y.data(), rows, 0, units);
-    } else {
-      MatMulQ8(q8, a, T, y.data(), rows, 0, units);
-    }
+    BuildGemmPanel(a, T, 0, GemmTiles(T), panel.data());
+    MatMulGemm(q8, panel.data(), T, y.data(), rows, 0, units);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -250,13 +241,9 @@ void RegisterInt8Act() {
     for (size_t T : {size_t{1}, size_t{8}, size_t{64}, size_t{128}}) {
       if (rows == 32000 && T > 1) continue;
       for (WType type : {WType::kI4Sym, WType::kI8}) {
-        for (bool gemm : {false, true}) {
-          const std::string name = std::string("Int8Act/") + (gemm ? "gemm/" : "q8/") +
-                                   (type == WType::kI8 ? "int8/" : "int4/") + std::to_string(rows) + "x" +
-                                   std::to_string(cols) + "/T" + std::to_string(T);
-          benchmark::RegisterBenchmark(name.c_str(), BM_Int8Act, gemm, type, rows, cols, T)
-              ->Unit(benchmark::kMillisecond);
-        }
+        const std::string name = std::string("Int8Act/gemm/") + (type == WType::kI8 ? "int8/" : "int4/") +
+                                 std::to_string(rows) + "x" + std::to_string(cols) + "/T" + std::to_string(T);
+        benchmark::RegisterBenchmark(name.c_str(), BM_Int8Act, type, rows, cols, T)->Unit(benchmark::kMillisecond);
       }
     }
   }
@@ -335,12 +322,6 @@ int RegisterAll() {
             ->Unit(benchmark::kMillisecond);
       }
       if (T == 1 || vnni) {
-        benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int8/" + t).c_str(), BM_MatMulQ8,
-                                     WType::kI8, T, target)
-            ->Unit(benchmark::kMillisecond);
-        benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int4/" + t).c_str(), BM_MatMulQ8,
-                                     WType::kI4Sym, T, target)
-            ->Unit(benchmark::kMillisecond);
         benchmark::RegisterBenchmark(("MatMulQ8" + ts + "int6/" + t).c_str(), BM_MatMulQ8,
                                      WType::kI6Sym, T, target)
             ->Unit(benchmark::kMillisecond);
