@@ -140,7 +140,7 @@ struct QuantizeArgs {
   int64_t calib_tokens = 0, calib_ctx = 0;
   uint64_t max_bytes = 0;
   double max_bpw = 0;
-  bool awq = false, rotate = false;
+  bool awq = false, rotate = false, rotate_heads = false;
   uint64_t rotate_seed = 0;
   bool asym = false, force = false, type_set = false, group_set = false, quiet = false;
 };
@@ -188,6 +188,8 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   o.awq = a.awq;
   o.rotate = a.rotate;
   o.rotate_seed = a.rotate_seed;
+  o.rotate_heads = a.rotate_heads;
+  if (a.rotate_heads && !a.rotate) return absl::InvalidArgumentError("--rotate-heads needs --rotate");
   if (a.awq && a.calib.empty()) return absl::InvalidArgumentError("--awq needs --calib TEXT");
   if (a.max_bpw < 0) return absl::InvalidArgumentError("--max-bpw must not be negative");
   o.max_bytes = a.max_bytes;
@@ -579,6 +581,8 @@ int main(int argc, char** argv) {
                   "Rotate the residual stream offline before calibrating / quantizing (RMSNorm models): norm gains "
                   "folded into the matrices, a seeded randomized Hadamard (random orthogonal if the width is not a "
                   "power of 2); same function, fewer outlier channels. Unties tied embeddings");
+  quant->add_flag("--rotate-heads", qa.rotate_heads,
+                  "With --rotate: also rotate each value head (attn_v rows, attn_output columns) by its own randomized Hadamard");
   quant->add_option("--rotate-seed", qa.rotate_seed, "Seed of --rotate's signs / matrix")->capture_default_str();
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
   quant->footer("Recipes:\n" + tessera::RecipeHelp() +

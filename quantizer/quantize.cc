@@ -190,7 +190,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     if (out_abs.filename().empty()) out_abs = out_abs.parent_path();
     const std::string tmp =
         (out_abs.parent_path() / absl::StrCat(".", out_abs.filename().string(), ".rotated-", ::getpid())).string();
-    absl::Status st = quant::RotatePackage(src_dir, tmp, o.rotate_seed, /*force=*/true);
+    absl::Status st = quant::RotatePackage(src_dir, tmp, o.rotate_seed, o.rotate_heads, /*force=*/true);
     if (st.ok()) {
       QuantizeOptions o2 = o;
       o2.rotate = false;

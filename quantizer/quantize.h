@@ -39,6 +39,7 @@ struct QuantizeOptions {
   // calibration and quantization; the statistics are collected on the rotated model.
   bool rotate = false;
   uint64_t rotate_seed = 0;
+  bool rotate_heads = false;  // also a per-head rotation of V / O (quant::RotatePackage's `heads`)
   std::string rotated_from;  // internal: set on the rotated intermediate package's quantization
   // Budgets for a budgeted recipe (int4-mixed), replacing its own bits/weight budget when given:
   // the whole output package in bytes (every file, manifest included) and/or the matrices'

@@ -151,8 +151,8 @@ void RotateColumns(std::vector<float>* w, size_t cols, const Rotation& q) {
 }
 }  // namespace
 
-absl::Status RotatePackage(const std::string& src_dir, const std::string& out_dir, uint64_t seed, bool force,
-                           nlohmann::ordered_json* info) {
+absl::Status RotatePackage(const std::string& src_dir, const std::string& out_dir, uint64_t seed, bool heads,
+                           bool force, nlohmann::ordered_json* info) {
   TESSERA_ASSIGN_OR_RETURN(auto pkg, Package::Open(src_dir));
   const ModelConfig& c = pkg->config();
   if (c.norm != "rms")
@@ -165,6 +165,12 @@ absl::Status RotatePackage(const std::string& src_dir, const std::string& out_di
         absl::StrCat(src_dir, ": --rotate needs RoPE positions (this model has '", c.positions, "' position embeddings)"));
   const size_t H = static_cast<size_t>(c.hidden);
   const Rotation q = MakeRotation(H, seed);
+  const size_t hd = static_cast<size_t>(c.head_dim), kvh = static_cast<size_t>(c.kv_heads),
+               nh = static_cast<size_t>(c.heads);
+  // Per-(layer, KV head) value rotations, seeded apart from the residual one.
+  auto head_rotation = [&](int64_t layer, size_t h) {
+    return MakeRotation(hd, seed * 0x9E3779B97F4A7C15ull + 1 + static_cast<uint64_t>(layer) * kvh + h);
+  };
 
   TESSERA_ASSIGN_OR_RETURN(auto writer, PackageWriter::Create(out_dir, force));
   auto need = [&](const TensorPack& p, const std::string& file, const char* name) -> absl::StatusOr<const PackTensor*> {
@@ -206,10 +212,44 @@ absl::Status RotatePackage(const std::string& src_dir, const std::string& out_di
     TESSERA_RETURN_IF_ERROR(check(*an, file, 1, true));
     TESSERA_RETURN_IF_ERROR(check(*fn, file, 1, true));
     const std::vector<float> ga = Vector(*an), gf = Vector(*fn);
+    std::vector<Rotation> hr;
+    if (heads)
+      for (size_t h = 0; h < kvh; ++h) hr.push_back(head_rotation(l, h));
     std::vector<TensorData> out;
     for (const PackTensor& t : p.tensors()) {
       std::vector<float> v = t.ToF32();
       const std::string& n = t.name;
+      if (heads && (n == "attn_v" || n == "attn_v.bias")) {
+        // Rows of KV head h: v_h -> R_h^T v_h, i.e. every column slice c -> (c^T R_h)^T.
+        const size_t cols = t.shape.size() == 2 ? t.logical_cols() : 1;
+        if (t.numel() != kvh * hd * cols)
+          return absl::InvalidArgumentError(absl::StrCat(src_dir, "/", file, ": tensor ", n, " is not ", kvh, " x ", hd, " rows"));
+        ThreadPool::Global().ParallelFor(cols, 16, [&](size_t c0, size_t c1) {
+          std::vector<double> x(hd);
+          for (size_t cc = c0; cc < c1; ++cc)
+            for (size_t h = 0; h < kvh; ++h) {
+              for (size_t i = 0; i < hd; ++i) x[i] = v[(h * hd + i) * cols + cc];
+              hr[h].ApplyRow(x.data());
+              for (size_t i = 0; i < hd; ++i) v[(h * hd + i) * cols + cc] = static_cast<float>(x[i]);
+            }
+        });
+      }
+      if (heads && n == "attn_output") {
+        // Columns of query head i (reading KV head i / (heads / kv_heads)): W_i -> W_i R.
+        if (t.logical_cols() != nh * hd)
+          return absl::InvalidArgumentError(absl::StrCat(src_dir, "/", file, ": tensor ", n, " has K = ", t.logical_cols(), ", not ", nh * hd));
+        const size_t cols = t.logical_cols(), group = nh / kvh;
+        ThreadPool::Global().ParallelFor(t.rows(), 16, [&](size_t r0, size_t r1) {
+          std::vector<double> x(hd);
+          for (size_t r = r0; r < r1; ++r)
+            for (size_t i = 0; i < nh; ++i) {
+              float* seg = v.data() + r * cols + i * hd;
+              for (size_t j = 0; j < hd; ++j) x[j] = seg[j];
+              hr[i / group].ApplyRow(x.data());
+              for (size_t j = 0; j < hd; ++j) seg[j] = static_cast<float>(x[j]);
+            }
+        });
+      }
       if (n == "attn_q" || n == "attn_k" || n == "attn_v" || n == "ffn_gate" || n == "ffn_up") {
         TESSERA_RETURN_IF_ERROR(check(t, file, 2, true));
         RotateRows(&v, t.rows(), n.rfind("attn", 0) == 0 ? ga : gf, q);
@@ -266,7 +306,8 @@ absl::Status RotatePackage(const std::string& src_dir, const std::string& out_di
                              {"seed", seed},
                              {"width", H},
                              {"norms_folded", true},
-                             {"untied_output", c.tie_embeddings}};
+                             {"untied_output", c.tie_embeddings},
+                             {"value_heads", heads ? nlohmann::ordered_json(MakeRotation(hd, 0).KindName()) : nlohmann::ordered_json(false)}};
   nlohmann::ordered_json m;
   for (auto& [k, v] : pkg->manifest().items()) {
     if (k == "format" || k == "format_version" || k == "files" || k == "quant" || k == "rotation") continue;

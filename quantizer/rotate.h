@@ -49,8 +49,12 @@ void Fwht(double* x, size_t n);
 // Writes an f32 package at out_dir: src_dir's model with every norm gain folded and the residual
 // stream rotated by MakeRotation(hidden, seed). Refuses models it cannot rotate exactly (LayerNorm
 // as in GPT-2, learned position embeddings). `info` (may be null) receives the manifest's
-// "rotation" record.
-absl::Status RotatePackage(const std::string& src_dir, const std::string& out_dir, uint64_t seed, bool force,
-                           nlohmann::ordered_json* info = nullptr);
+// "rotation" record. heads: also rotate each KV head's value space by its own randomized Hadamard
+// R (head_dim a power of 2, else random orthogonal): attn_v's rows of head h (and their bias) by
+// R^T, attn_output's columns of every query head reading h by R (attention mixes tokens linearly,
+// so R^T passes through it). This rotates attn_output's input, which the residual rotation does
+// not touch.
+absl::Status RotatePackage(const std::string& src_dir, const std::string& out_dir, uint64_t seed, bool heads,
+                           bool force, nlohmann::ordered_json* info = nullptr);
 
 }  // namespace tessera::quant

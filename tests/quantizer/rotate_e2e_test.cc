@@ -73,11 +73,14 @@ class RotateSameLogits : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(RotateSameLogits, RotatedF32PackageMatchesTheOriginal) {
   const std::string base = Converted(GetParam());
+  for (bool heads : {false, true}) {
+  SCOPED_TRACE(heads ? "--rotate-heads" : "--rotate");
   QuantizeOptions o;
   o.recipe = "f32";
   o.rotate = true;
+  o.rotate_heads = heads;
   o.rotate_seed = 5;
-  const std::string rot = Quantize(base, "rot-f32-" + std::to_string(std::hash<std::string>()(GetParam())), o);
+  const std::string rot = Quantize(base, "rot-f32-" + std::to_string(std::hash<std::string>()(GetParam())) + (heads ? "h" : ""), o);
   EXPECT_TRUE(NoRotatedLeftovers());
   auto a = Model::Load(base), b = Model::Load(rot);
   ASSERT_TRUE(a.ok()) << a.status();
@@ -95,7 +98,7 @@ TEST_P(RotateSameLogits, RotatedF32PackageMatchesTheOriginal) {
   }
   EXPECT_GT(scale, 0.1);
   EXPECT_LE(diff, 2e-4 * scale) << GetParam() << ": max |logit diff| " << diff << " (max |logit| " << scale << ")";
-  std::fprintf(stderr, "%s: max |logit diff| %.3g, max |logit| %.3g\n", GetParam().c_str(), diff, scale);
+  std::fprintf(stderr, "%s%s: max |logit diff| %.3g, max |logit| %.3g\n", GetParam().c_str(), heads ? " (heads)" : "", diff, scale);
 
   const auto m = ReadJson(rot + "/manifest.json"), mb = ReadJson(base + "/manifest.json");
   const int64_t hidden = m["arch"]["hidden"].get<int64_t>();
@@ -114,11 +117,13 @@ TEST_P(RotateSameLogits, RotatedF32PackageMatchesTheOriginal) {
         const std::vector<float> v = t.ToF32();
         for (float x : v) ASSERT_EQ(x, 1.0f) << t.name;
       }
+  EXPECT_EQ(m["rotation"]["value_heads"], heads ? nlohmann::json("randomized-hadamard") : nlohmann::json(false));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, RotateSameLogits,
                          ::testing::Values("kjv6L/hf", "stories260K/hf", "tiny/llama", "tiny/mistral", "tiny/qwen2",
-                                           "tiny/qwen3", "tiny/gemma"),
+                                           "tiny/qwen3", "tiny/gemma", "tiny/phi3"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& c : s)
