@@ -142,6 +142,7 @@ struct QuantizeArgs {
   double max_bpw = 0;
   bool awq = false, rotate = false, rotate_heads = false;
   uint64_t rotate_seed = 0;
+  CLI::Option* rotate_seed_opt = nullptr;
   bool asym = false, force = false, type_set = false, group_set = false, quiet = false;
 };
 absl::Status RunQuantize(const QuantizeArgs& a) {
@@ -189,7 +190,8 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   o.rotate = a.rotate;
   o.rotate_seed = a.rotate_seed;
   o.rotate_heads = a.rotate_heads;
-  if (a.rotate_heads && !a.rotate) return absl::InvalidArgumentError("--rotate-heads needs --rotate");
+  if ((a.rotate_heads || (a.rotate_seed_opt && a.rotate_seed_opt->count() > 0)) && !a.rotate)
+    return absl::InvalidArgumentError("--rotate-heads / --rotate-seed need --rotate");
   if (a.awq && a.calib.empty()) return absl::InvalidArgumentError("--awq needs --calib TEXT");
   if (a.max_bpw < 0) return absl::InvalidArgumentError("--max-bpw must not be negative");
   o.max_bytes = a.max_bytes;
@@ -580,10 +582,12 @@ int main(int argc, char** argv) {
   quant->add_flag("--rotate", qa.rotate,
                   "Rotate the residual stream offline before calibrating / quantizing (RMSNorm models): norm gains "
                   "folded into the matrices, a seeded randomized Hadamard (random orthogonal if the width is not a "
-                  "power of 2); same function, fewer outlier channels. Unties tied embeddings");
+                  "power of 2); same function, outlier channels spread. Unties tied embeddings. Measured: no gain on kjv6L / "
+                  "stories260K (quantizer/README.md \"Rotation\")");
   quant->add_flag("--rotate-heads", qa.rotate_heads,
                   "With --rotate: also rotate each value head (attn_v rows, attn_output columns) by its own randomized Hadamard");
-  quant->add_option("--rotate-seed", qa.rotate_seed, "Seed of --rotate's signs / matrix")->capture_default_str();
+  qa.rotate_seed_opt =
+      quant->add_option("--rotate-seed", qa.rotate_seed, "Seed of --rotate's signs / matrix")->capture_default_str();
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
   quant->footer("Recipes:\n" + tessera::RecipeHelp() +
                 "Schemes: f32, f16, bf16, int8[-gG], int6[-gG] (symmetric, 6.5 bits/weight at g32), int4[-gG][-sym|-asym],\n"
