@@ -119,8 +119,19 @@ absl::Status RunVerify(const VerifyArgs& a) {
   if (base && !a.no_tensors) {
     TESSERA_ASSIGN_OR_RETURN(auto qp, Package::Open(a.pkg, {.verify_checksums = false}));
     TESSERA_ASSIGN_OR_RETURN(auto bp, Package::Open(a.base, {.verify_checksums = false}));
-    TESSERA_ASSIGN_OR_RETURN(DistortionReport d, ComparePackages(*qp, *bp));
-    dist = std::move(d);
+    // A package quantized with --rotate stores its matrices in another basis: comparing them with an
+    // unrotated base's would be meaningless (the KLD above is still exact).
+    auto rotation = [](const Package& p) { return p.manifest().contains("rotation") ? p.manifest()["rotation"] : json(); };
+    if (rotation(*qp) != rotation(*bp)) {
+      std::fprintf(stderr,
+                   "note: per-tensor distortion skipped: %s and %s have different residual-stream rotations (quantize "
+                   "--rotate); for it, compare with a base written by `tessera quantize BASE --recipe f32 --rotate` with the "
+                   "same --rotate-seed\n",
+                   a.pkg.c_str(), a.base.c_str());
+    } else {
+      TESSERA_ASSIGN_OR_RETURN(DistortionReport d, ComparePackages(*qp, *bp));
+      dist = std::move(d);
+    }
   }
 
   const json& man = model->package().manifest();

@@ -5,6 +5,8 @@
 #include <filesystem>
 #include <set>
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "core/half.h"
 #include "core/progress.h"
@@ -16,6 +18,7 @@
 #include "quantizer/imatrix.h"
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/nl4.h"
+#include "quantizer/rotate.h"
 #include "quantizer/search.h"
 
 namespace tessera {
@@ -175,6 +178,28 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
 }
 
 absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o) {
+  if (o.rotate) {
+    // Rotate into an f32 package beside the output, quantize that (calibrating on the rotated model),
+    // then delete it. Arguments that fail without reading the model are checked first.
+    for (const std::string& s : o.overrides) TESSERA_RETURN_IF_ERROR(ParseOverride(s).status());
+    if (!o.recipe.empty()) TESSERA_RETURN_IF_ERROR(FindRecipe(o.recipe).status());
+    std::error_code ec;
+    if (!o.force && fs::exists(out_dir, ec))
+      return absl::AlreadyExistsError(absl::StrCat(out_dir, ": already exists (use --force to replace it)"));
+    fs::path out_abs = fs::absolute(out_dir).lexically_normal();
+    if (out_abs.filename().empty()) out_abs = out_abs.parent_path();
+    const std::string tmp =
+        (out_abs.parent_path() / absl::StrCat(".", out_abs.filename().string(), ".rotated-", ::getpid())).string();
+    absl::Status st = quant::RotatePackage(src_dir, tmp, o.rotate_seed, o.rotate_heads, /*force=*/true);
+    if (st.ok()) {
+      QuantizeOptions o2 = o;
+      o2.rotate = false;
+      o2.rotated_from = src_dir;
+      st = QuantizePackage(tmp, out_dir, o2);
+    }
+    fs::remove_all(tmp, ec);
+    return st;
+  }
   // Resolve the recipe and the overrides before touching anything.
   TensorScheme default_scheme = LegacyScheme(o);
   std::vector<QuantRule> overrides;
@@ -260,6 +285,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     q["tensors"] = tensors;
     q["base"] = {{"path", fs::absolute(src_dir).string()},
                  {"recipe", pkg->manifest().contains("quant") ? pkg->manifest()["quant"].value("recipe", "") : ""}};
+    if (!o.rotated_from.empty()) q["base"] = pkg->manifest()["quant"]["base"];  // the unrotated source
     nlohmann::ordered_json m;
     for (auto& [k, v] : pkg->manifest().items()) {
       if (k == "format" || k == "format_version" || k == "files") continue;

@@ -35,6 +35,12 @@ struct QuantizeOptions {
   int64_t calib_ctx = 0;       // 0: min(512, the model's context)
   // AWQ-style input-channel scaling folded into the norms (quantizer/awq.h); needs calib_text.
   bool awq = false;
+  // Offline rotation of the residual stream (quantizer/rotate.h), applied to the f32 weights before
+  // calibration and quantization; the statistics are collected on the rotated model.
+  bool rotate = false;
+  uint64_t rotate_seed = 0;
+  bool rotate_heads = false;  // also a per-head rotation of V / O (quant::RotatePackage's `heads`)
+  std::string rotated_from;  // internal: set on the rotated intermediate package's quantization
   // Budgets for a budgeted recipe (int4-mixed), replacing its own bits/weight budget when given:
   // the whole output package in bytes (every file, manifest included) and/or the matrices'
   // bits/weight. 0: not given.

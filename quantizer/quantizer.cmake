@@ -7,6 +7,7 @@ add_library(tessera_quantizer STATIC
   ${CMAKE_CURRENT_LIST_DIR}/imatrix.cc
   ${CMAKE_CURRENT_LIST_DIR}/gptq.cc
   ${CMAKE_CURRENT_LIST_DIR}/awq.cc
+  ${CMAKE_CURRENT_LIST_DIR}/rotate.cc
 )
 # tessera_runtime (the forward pass) runs the source model for calibration.
 target_link_libraries(tessera_quantizer PUBLIC tessera_runtime tessera_kernels tessera_formats tessera_core)
