@@ -588,6 +588,8 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
   if (stream) stream_lock.lock();
   std::shared_ptr<Stage> stage;  // stream mode: the resident block (the loader holds the next)
   ActQ8 qa_x, qa_att, qa_hid;    // int8 activations of xn / att / hid (when weights are repacked)
+  ThreadPool& pool = ThreadPool::Global();
+  constexpr size_t kTokenChunk = 4;
   for (size_t l = 0; l < static_cast<size_t>(c.layers); ++l) {
     if (stream) {
       stage.reset();
@@ -595,7 +597,11 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     }
     const Layer& L = stream ? stage->layer : layers_[l];
     const std::string& lk = L.key;
-    for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
+    // The per-token steps between the matmuls run over token ranges on the pool too (each token's
+    // arithmetic is unchanged; T = 1 runs inline).
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
+    });
     qa_x.valid = qa_att.valid = qa_hid.valid = false;
     if (observer_per_matrix_) {
       // Calibration hooks see each matrix's key.
@@ -608,24 +614,27 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
                              {&L.wv, &L.q8v, L.bv, v.data(), KV}};
       LinearMulti(lk + "/attn_qkv", jobs, 3, xn.data(), T, ldh, H, qa_x);
     }
-    for (size_t t = 0; t < T; ++t) {
-      for (size_t h = 0; h < NH; ++h) {
-        float* qh = q.data() + t * Q + h * D;
-        if (L.q_norm) kernels::RMSNorm(qh, L.q_norm, D, eps, qh);
-        rope(qh, t);
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) {
+        for (size_t h = 0; h < NH; ++h) {
+          float* qh = q.data() + t * Q + h * D;
+          if (L.q_norm) kernels::RMSNorm(qh, L.q_norm, D, eps, qh);
+          rope(qh, t);
+        }
+        for (size_t h = 0; h < NKV; ++h) {
+          float* kh = k.data() + t * KV + h * D;
+          if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
+          rope(kh, t);
+          KVCache& cache = *row_seq[t]->cache;
+          const int64_t pos = row_pos[t];
+          std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
+          std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v.data() + t * KV + h * D,
+                      D * 4);
+        }
       }
-      for (size_t h = 0; h < NKV; ++h) {
-        float* kh = k.data() + t * KV + h * D;
-        if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
-        rope(kh, t);
-        KVCache& cache = *row_seq[t]->cache;
-        const int64_t pos = row_pos[t];
-        std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
-        std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v.data() + t * KV + h * D, D * 4);
-      }
-    }
+    });
     // Causal attention, parallel over (token, head).
-    ThreadPool::Global().ParallelFor(T * NH, 4, [&](size_t b, size_t e) {
+    pool.ParallelFor(T * NH, 4, [&](size_t b, size_t e) {
       std::vector<float> scores;
       for (size_t idx = b; idx < e; ++idx) {
         const size_t t = idx / NH, h = idx % NH, kvh = h / group;
@@ -643,8 +652,10 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
       const Q8Job job{&L.wo, &L.q8o, L.bo, proj.data(), H};
       LinearMulti(lk + "/attn_output", &job, 1, att.data(), T, ldq, Q, qa_att);
     }
-    for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
-    for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
+      for (size_t t = b; t < e; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
+    });
     qa_x.valid = false;  // xn now holds the FFN norm
     if (c.mlp == "gated" && !observer_per_matrix_) {
       const Q8Job jobs[2] = {{&L.w_up, &L.q8up, L.b_up, up.data(), F},
@@ -656,29 +667,35 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     }
     if (c.mlp == "gated") {
       if (observer_per_matrix_) Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
-      for (size_t t = 0; t < T; ++t) {
-        const float* g = gate.data() + t * F;
-        const float* u = up.data() + t * F;
-        float* o = hid.data() + t * ldf;
-        if (c.activation == "silu") {
-          kernels::SiluMul(g, u, F, o);
-        } else {
-          for (size_t i = 0; i < F; ++i) o[i] = GeluTanh(g[i]) * u[i];
+      pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+        for (size_t t = b; t < e; ++t) {
+          const float* g = gate.data() + t * F;
+          const float* u = up.data() + t * F;
+          float* o = hid.data() + t * ldf;
+          if (c.activation == "silu") {
+            kernels::SiluMul(g, u, F, o);
+          } else {
+            for (size_t i = 0; i < F; ++i) o[i] = GeluTanh(g[i]) * u[i];
+          }
         }
-      }
+      });
     } else {
-      for (size_t t = 0; t < T; ++t) {
-        const float* u = up.data() + t * F;
-        float* o = hid.data() + t * ldf;
-        for (size_t i = 0; i < F; ++i)
-          o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
-      }
+      pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+        for (size_t t = b; t < e; ++t) {
+          const float* u = up.data() + t * F;
+          float* o = hid.data() + t * ldf;
+          for (size_t i = 0; i < F; ++i)
+            o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
+        }
+      });
     }
     {
       const Q8Job job{&L.w_down, &L.q8down, L.b_down, proj.data(), H};
       LinearMulti(lk + "/ffn_down", &job, 1, hid.data(), T, ldf, F, qa_hid);
     }
-    for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
+    });
   }
   // Only the rows whose logits are wanted go through the head.
   std::vector<size_t> out_rows;
