@@ -413,6 +413,8 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
   }
   if (observer_) observer_(key, x, T, ldx, k);
   const size_t K = jobs[0].w->cols;
+  bool any_gemm = false;
+  for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
   if (!qa.valid) {
     const size_t Kp = kernels::Q8PaddedK(K);
     qa.q.resize(T * Kp);
@@ -422,16 +424,26 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     qa.a.q = qa.q.data();
     qa.a.d = qa.d.data();
     qa.a.sum = qa.sum.data();
-    if (T >= 8) {
+    qa.panel.clear();  // rebuilt below for these activations (capacity kept)
+    if (any_gemm && T >= 8) {
+      // One pass over token tiles: quantize a tile's tokens, then lay out its panel.
+      qa.panel.resize(kernels::GemmPanelSize(T, Kp));
+      const size_t tiles = kernels::GemmTiles(T);
+      ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) {
+        size_t t0 = 0, t1;
+        for (size_t i = 0; i < b; ++i) t0 += kernels::GemmTileTokens(T, i, t0);
+        t1 = t0;
+        for (size_t i = b; i < e; ++i) t1 += kernels::GemmTileTokens(T, i, t1);
+        kernels::QuantizeActsQ8(x, ldx, K, qa.a, t0, t1);
+        kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data());
+      });
+    } else if (T >= 8) {
       ThreadPool::Global().ParallelFor(T, 4, [&](size_t b, size_t e) { kernels::QuantizeActsQ8(x, ldx, K, qa.a, b, e); });
     } else {
       kernels::QuantizeActsQ8(x, ldx, K, qa.a, 0, T);
     }
     qa.valid = true;
-    qa.panel.clear();  // rebuilt below for these activations (capacity kept)
   }
-  bool any_gemm = false;
-  for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
   if (any_gemm && qa.panel.empty()) {
     qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
     const size_t tiles = kernels::GemmTiles(T);
