@@ -450,17 +450,22 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) { kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data()); });
   }
   // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
+  // Prefill: GEMM units are pairs of row groups (the GEMM's 32-row tiles; an odd range would run
+  // its last group through the 16-row tile).
   auto gemm = [&](size_t i) { return GemmLayout(jobs[i].q8->type); };
+  const size_t per_unit = T >= 2 * kernels::kGemmMaxU ? 2 : 1;
   size_t start[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < n; ++i)
-    start[i + 1] = start[i] + (gemm(i) ? kernels::GemmGroups(jobs[i].q8->rows)
+    start[i + 1] = start[i] + (gemm(i) ? (kernels::GemmGroups(jobs[i].q8->rows) + per_unit - 1) / per_unit
                                        : (jobs[i].q8->rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock);
   ThreadPool::Global().ParallelFor(start[n], 1, [&](size_t b, size_t e) {
     for (size_t i = 0; i < n; ++i) {
       const size_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
       if (lo >= hi) continue;
       if (gemm(i)) {
-        kernels::MatMulGemm(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+        const size_t groups = kernels::GemmGroups(jobs[i].q8->rows);
+        kernels::MatMulGemm(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy, (lo - start[i]) * per_unit,
+                            std::min(groups, (hi - start[i]) * per_unit));
       } else {
         kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
       }
