@@ -78,7 +78,9 @@ void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
                              const std::function<void(size_t, size_t)>& fn) {
   if (n == 0) return;
   const size_t threads = workers_.size() + 1;
-  const size_t chunk = std::max<size_t>(min_chunk, 1);
+  // Smallest grab: min_chunk, and at least 1 / (8 threads) of n (about as many grabs as fixed
+  // chunks of n / (4 threads), which decode's ~180 calls per token rely on).
+  const size_t chunk = std::max<size_t>(std::max<size_t>(min_chunk, 1), (n + threads * 8 - 1) / (threads * 8));
   if (workers_.empty() || chunk >= n || (n + threads * 4 - 1) / (threads * 4) >= n) {
     fn(0, n);
     return;
