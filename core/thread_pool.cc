@@ -61,13 +61,14 @@ void ThreadPool::WorkerLoop() {
     seen = generation_;
     while (job_ != nullptr && next_ < n_) {
       const size_t b = next_;
-      const size_t e = std::min(n_, b + chunk_);
+      const size_t e = NextEnd();
       next_ = e;
       const auto* job = job_;
       lock.unlock();
       (*job)(b, e);
       lock.lock();
-      pending_hint_.store(--pending_, std::memory_order_release);
+      pending_ -= e - b;
+      pending_hint_.store(pending_, std::memory_order_release);
       if (pending_ == 0) done_cv_.notify_all();
     }
   }
@@ -77,8 +78,10 @@ void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
                              const std::function<void(size_t, size_t)>& fn) {
   if (n == 0) return;
   const size_t threads = workers_.size() + 1;
-  size_t chunk = std::max<size_t>(std::max<size_t>(min_chunk, 1), (n + threads * 4 - 1) / (threads * 4));
-  if (workers_.empty() || chunk >= n) {
+  // Smallest grab: min_chunk, and at least 1 / (8 threads) of n (about as many grabs as fixed
+  // chunks of n / (4 threads), which decode's ~180 calls per token rely on).
+  const size_t chunk = std::max<size_t>(std::max<size_t>(min_chunk, 1), (n + threads * 8 - 1) / (threads * 8));
+  if (workers_.empty() || chunk >= n || (n + threads * 4 - 1) / (threads * 4) >= n) {
     fn(0, n);
     return;
   }
@@ -87,20 +90,22 @@ void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
   job_ = &fn;
   n_ = n;
   chunk_ = chunk;
+  threads_ = threads;
   next_ = 0;
-  pending_ = (n + chunk - 1) / chunk;
+  pending_ = n;  // items not yet done
   pending_hint_.store(pending_, std::memory_order_relaxed);
   ++generation_;
   generation_hint_.store(generation_, std::memory_order_release);
   cv_.notify_all();
   while (next_ < n_) {
     const size_t b = next_;
-    const size_t e = std::min(n_, b + chunk_);
+    const size_t e = NextEnd();
     next_ = e;
     lock.unlock();
     fn(b, e);
     lock.lock();
-    pending_hint_.store(--pending_, std::memory_order_release);
+    pending_ -= e - b;
+    pending_hint_.store(pending_, std::memory_order_release);
   }
   if (pending_ != 0) {
     lock.unlock();
@@ -109,6 +114,15 @@ void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
   }
   done_cv_.wait(lock, [&] { return pending_ == 0; });
   job_ = nullptr;
+}
+
+// Guided split: each grab takes a 1 / (2 threads) share of what is left (at least chunk_ items),
+// so the first chunks are large (few grabs) and the last ones small (the threads finish close
+// together even when one started late or ran slower).
+size_t ThreadPool::NextEnd() const {
+  const size_t left = n_ - next_;
+  const size_t take = std::max(chunk_, (left + 2 * threads_ - 1) / (2 * threads_));
+  return next_ + std::min(left, take);
 }
 
 ThreadPool& ThreadPool::Global() {

@@ -413,6 +413,8 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
   }
   if (observer_) observer_(key, x, T, ldx, k);
   const size_t K = jobs[0].w->cols;
+  bool any_gemm = false;
+  for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
   if (!qa.valid) {
     const size_t Kp = kernels::Q8PaddedK(K);
     qa.q.resize(T * Kp);
@@ -422,33 +424,48 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     qa.a.q = qa.q.data();
     qa.a.d = qa.d.data();
     qa.a.sum = qa.sum.data();
-    if (T >= 8) {
+    qa.panel.clear();  // rebuilt below for these activations (capacity kept)
+    if (any_gemm && T >= 8) {
+      // One pass over token tiles: quantize a tile's tokens, then lay out its panel.
+      qa.panel.resize(kernels::GemmPanelSize(T, Kp));
+      const size_t tiles = kernels::GemmTiles(T);
+      ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) {
+        size_t t0 = 0, t1;
+        for (size_t i = 0; i < b; ++i) t0 += kernels::GemmTileTokens(T, i, t0);
+        t1 = t0;
+        for (size_t i = b; i < e; ++i) t1 += kernels::GemmTileTokens(T, i, t1);
+        kernels::QuantizeActsQ8(x, ldx, K, qa.a, t0, t1);
+        kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data());
+      });
+    } else if (T >= 8) {
       ThreadPool::Global().ParallelFor(T, 4, [&](size_t b, size_t e) { kernels::QuantizeActsQ8(x, ldx, K, qa.a, b, e); });
     } else {
       kernels::QuantizeActsQ8(x, ldx, K, qa.a, 0, T);
     }
     qa.valid = true;
-    qa.panel.clear();  // rebuilt below for these activations (capacity kept)
   }
-  bool any_gemm = false;
-  for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
   if (any_gemm && qa.panel.empty()) {
     qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
     const size_t tiles = kernels::GemmTiles(T);
     ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) { kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data()); });
   }
   // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
+  // Prefill: GEMM units are pairs of row groups (the GEMM's 32-row tiles; an odd range would run
+  // its last group through the 16-row tile).
   auto gemm = [&](size_t i) { return GemmLayout(jobs[i].q8->type); };
+  const size_t per_unit = T >= 2 * kernels::kGemmMaxU ? 2 : 1;
   size_t start[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < n; ++i)
-    start[i + 1] = start[i] + (gemm(i) ? kernels::GemmGroups(jobs[i].q8->rows)
+    start[i + 1] = start[i] + (gemm(i) ? (kernels::GemmGroups(jobs[i].q8->rows) + per_unit - 1) / per_unit
                                        : (jobs[i].q8->rows + kernels::kQ8RowBlock - 1) / kernels::kQ8RowBlock);
   ThreadPool::Global().ParallelFor(start[n], 1, [&](size_t b, size_t e) {
     for (size_t i = 0; i < n; ++i) {
       const size_t lo = std::max(b, start[i]), hi = std::min(e, start[i + 1]);
       if (lo >= hi) continue;
       if (gemm(i)) {
-        kernels::MatMulGemm(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
+        const size_t groups = kernels::GemmGroups(jobs[i].q8->rows);
+        kernels::MatMulGemm(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy, (lo - start[i]) * per_unit,
+                            std::min(groups, (hi - start[i]) * per_unit));
       } else {
         kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
       }
@@ -588,6 +605,8 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
   if (stream) stream_lock.lock();
   std::shared_ptr<Stage> stage;  // stream mode: the resident block (the loader holds the next)
   ActQ8 qa_x, qa_att, qa_hid;    // int8 activations of xn / att / hid (when weights are repacked)
+  ThreadPool& pool = ThreadPool::Global();
+  constexpr size_t kTokenChunk = 4;
   for (size_t l = 0; l < static_cast<size_t>(c.layers); ++l) {
     if (stream) {
       stage.reset();
@@ -595,7 +614,11 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     }
     const Layer& L = stream ? stage->layer : layers_[l];
     const std::string& lk = L.key;
-    for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
+    // The per-token steps between the matmuls run over token ranges on the pool too (each token's
+    // arithmetic is unchanged; T = 1 runs inline).
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
+    });
     qa_x.valid = qa_att.valid = qa_hid.valid = false;
     if (observer_per_matrix_) {
       // Calibration hooks see each matrix's key.
@@ -608,24 +631,27 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
                              {&L.wv, &L.q8v, L.bv, v.data(), KV}};
       LinearMulti(lk + "/attn_qkv", jobs, 3, xn.data(), T, ldh, H, qa_x);
     }
-    for (size_t t = 0; t < T; ++t) {
-      for (size_t h = 0; h < NH; ++h) {
-        float* qh = q.data() + t * Q + h * D;
-        if (L.q_norm) kernels::RMSNorm(qh, L.q_norm, D, eps, qh);
-        rope(qh, t);
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) {
+        for (size_t h = 0; h < NH; ++h) {
+          float* qh = q.data() + t * Q + h * D;
+          if (L.q_norm) kernels::RMSNorm(qh, L.q_norm, D, eps, qh);
+          rope(qh, t);
+        }
+        for (size_t h = 0; h < NKV; ++h) {
+          float* kh = k.data() + t * KV + h * D;
+          if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
+          rope(kh, t);
+          KVCache& cache = *row_seq[t]->cache;
+          const int64_t pos = row_pos[t];
+          std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
+          std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v.data() + t * KV + h * D,
+                      D * 4);
+        }
       }
-      for (size_t h = 0; h < NKV; ++h) {
-        float* kh = k.data() + t * KV + h * D;
-        if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
-        rope(kh, t);
-        KVCache& cache = *row_seq[t]->cache;
-        const int64_t pos = row_pos[t];
-        std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
-        std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v.data() + t * KV + h * D, D * 4);
-      }
-    }
+    });
     // Causal attention, parallel over (token, head).
-    ThreadPool::Global().ParallelFor(T * NH, 4, [&](size_t b, size_t e) {
+    pool.ParallelFor(T * NH, 4, [&](size_t b, size_t e) {
       std::vector<float> scores;
       for (size_t idx = b; idx < e; ++idx) {
         const size_t t = idx / NH, h = idx % NH, kvh = h / group;
@@ -643,8 +669,10 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
       const Q8Job job{&L.wo, &L.q8o, L.bo, proj.data(), H};
       LinearMulti(lk + "/attn_output", &job, 1, att.data(), T, ldq, Q, qa_att);
     }
-    for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
-    for (size_t t = 0; t < T; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
+      for (size_t t = b; t < e; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
+    });
     qa_x.valid = false;  // xn now holds the FFN norm
     if (c.mlp == "gated" && !observer_per_matrix_) {
       const Q8Job jobs[2] = {{&L.w_up, &L.q8up, L.b_up, up.data(), F},
@@ -656,29 +684,35 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     }
     if (c.mlp == "gated") {
       if (observer_per_matrix_) Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
-      for (size_t t = 0; t < T; ++t) {
-        const float* g = gate.data() + t * F;
-        const float* u = up.data() + t * F;
-        float* o = hid.data() + t * ldf;
-        if (c.activation == "silu") {
-          kernels::SiluMul(g, u, F, o);
-        } else {
-          for (size_t i = 0; i < F; ++i) o[i] = GeluTanh(g[i]) * u[i];
+      pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+        for (size_t t = b; t < e; ++t) {
+          const float* g = gate.data() + t * F;
+          const float* u = up.data() + t * F;
+          float* o = hid.data() + t * ldf;
+          if (c.activation == "silu") {
+            kernels::SiluMul(g, u, F, o);
+          } else {
+            for (size_t i = 0; i < F; ++i) o[i] = GeluTanh(g[i]) * u[i];
+          }
         }
-      }
+      });
     } else {
-      for (size_t t = 0; t < T; ++t) {
-        const float* u = up.data() + t * F;
-        float* o = hid.data() + t * ldf;
-        for (size_t i = 0; i < F; ++i)
-          o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
-      }
+      pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+        for (size_t t = b; t < e; ++t) {
+          const float* u = up.data() + t * F;
+          float* o = hid.data() + t * ldf;
+          for (size_t i = 0; i < F; ++i)
+            o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
+        }
+      });
     }
     {
       const Q8Job job{&L.w_down, &L.q8down, L.b_down, proj.data(), H};
       LinearMulti(lk + "/ffn_down", &job, 1, hid.data(), T, ldf, F, qa_hid);
     }
-    for (size_t i = 0; i < T * H; ++i) x[i] += proj[i];
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
+    });
   }
   // Only the rows whose logits are wanted go through the head.
   std::vector<size_t> out_rows;

@@ -159,11 +159,30 @@ class Model {
   void Linear(const std::string& key, const kernels::WeightMatrix& w, const float* bias, const float* x,
               size_t T, size_t ldx, size_t k, float* y, size_t ldy) const;
   // Activations quantized for the int8 path, shared by the matrices that read the same input.
+  // Scratch vectors whose resize() leaves new elements uninitialised (every element is written
+  // before it is read: no memset of the activations / panel per matmul).
+  template <class T>
+  struct NoInitAlloc : std::allocator<T> {
+    using value_type = T;
+    template <class U>
+    struct rebind {
+      using other = NoInitAlloc<U>;
+    };
+    NoInitAlloc() = default;
+    template <class U>
+    NoInitAlloc(const NoInitAlloc<U>&) noexcept {}
+    template <class U>
+    void construct(U* p) noexcept {
+      ::new (static_cast<void*>(p)) U;
+    }
+  };
+  template <class T>
+  using Scratch = std::vector<T, NoInitAlloc<T>>;
   struct ActQ8 {
-    std::vector<int8_t> q;
-    std::vector<float> d;
-    std::vector<int32_t> sum;
-    std::vector<uint8_t> panel;  // the same activations re-laid for MatMulGemm (I4 sym / I8)
+    Scratch<int8_t> q;
+    Scratch<float> d;
+    Scratch<int32_t> sum;
+    Scratch<uint8_t> panel;  // the same activations re-laid for MatMulGemm (I4 sym / I8)
     kernels::Q8Acts a;
     bool valid = false;
   };

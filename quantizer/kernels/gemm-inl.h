@@ -112,6 +112,80 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
   for (size_t u = 0; u < kU; ++u) _mm512_mask_storeu_ps(y + u * ldy, mask, acc[u]);
 }
 
+// Two row groups x 4 tokens (p: a full panel tile of kGemmMaxU tokens, advanced by 4 u0 bytes for
+// tokens u0 .. u0 + 3; the tile's offsets are then the same for both halves): each
+// activation broadcast is loaded into a register once and feeds 32 rows (GemmTileVnni's memory
+// operand feeds 16), halving the loads per vpdpbusd. Per (row, token, block) the same int32
+// chain (bias first, slices 0..7) and the same convert / multiply / FMA as GemmTileVnni: the
+// results are bit-identical. Registers: 2 x 4 int32 chains + 2 x 4 f32 accumulators + 4
+// broadcasts + 2 weight vectors (+ 2 raw vectors for I4).
+template <bool kI8, bool kNl>
+__attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni2x4(
+    const uint8_t* HWY_RESTRICT w0, size_t nb, const uint8_t* HWY_RESTRICT p, float* y, size_t ldy,
+    size_t nr1) {
+  constexpr size_t kUnit = GemmUnitBytes(kI8);
+  constexpr size_t kCB = GemmCodeBytes(kI8);
+  constexpr size_t kU = kGemmMaxU;
+  constexpr size_t kPB = GemmPanelBytes(kU);
+  const uint8_t* HWY_RESTRICT w1 = w0 + nb * kUnit;
+  const __mmask16 mask1 = static_cast<__mmask16>((uint32_t{1} << nr1) - 1);
+  __m512 acc0[4], acc1[4];
+#pragma GCC unroll 4
+  for (size_t u = 0; u < 4; ++u) acc0[u] = acc1[u] = _mm512_setzero_ps();
+  const __m512i m4 = _mm512_set1_epi8(0x0F);
+  __m512i lut = _mm512_setzero_si512();
+  if (kNl) {
+    alignas(64) uint8_t t[64];
+    for (size_t i = 0; i < 64; ++i) t[i] = static_cast<uint8_t>(tessera::kI4NlLevels[i % 16] + 128);
+    lut = _mm512_load_si512(t);
+  }
+  for (size_t b = 0; b < nb; ++b, w0 += kUnit, w1 += kUnit, p += kPB) {
+    __m512i ia0[4], ia1[4];
+#pragma GCC unroll 4
+    for (size_t u = 0; u < 4; ++u) {
+      const __m512i bias = _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p + 4 * u));
+      ia0[u] = ia1[u] = (kI8 || kNl) ? _mm512_slli_epi32(bias, 4) : bias;
+    }
+#pragma GCC unroll 8
+    for (size_t s = 0; s < 8; ++s) {
+      __m512i wa, wb;
+      if (kI8) {
+        wa = _mm512_loadu_si512(w0 + 64 * s);
+        wb = _mm512_loadu_si512(w1 + 64 * s);
+      } else {
+        const __m512i ra = _mm512_loadu_si512(w0 + 64 * (s % 4));
+        const __m512i rb = _mm512_loadu_si512(w1 + 64 * (s % 4));
+        wa = _mm512_and_si512(s < 4 ? ra : _mm512_srli_epi16(ra, 4), m4);
+        wb = _mm512_and_si512(s < 4 ? rb : _mm512_srli_epi16(rb, 4), m4);
+        if (kNl) {
+          wa = _mm512_shuffle_epi8(lut, wa);
+          wb = _mm512_shuffle_epi8(lut, wb);
+        }
+      }
+#pragma GCC unroll 4
+      for (size_t u = 0; u < 4; ++u) {
+        const __m512i a =
+            _mm512_set1_epi32(*reinterpret_cast<const int32_t*>(p + 8 * kU + 4 * (s * kU + u)));
+        asm("vpdpbusd %1, %2, %0" : "+v"(ia0[u]) : "v"(a), "v"(wa));
+        asm("vpdpbusd %1, %2, %0" : "+v"(ia1[u]) : "v"(a), "v"(wb));
+      }
+    }
+    const __m512 dw0 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + kCB)));
+    const __m512 dw1 = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + kCB)));
+#pragma GCC unroll 4
+    for (size_t u = 0; u < 4; ++u) {
+      const __m512 da = _mm512_set1_ps(*reinterpret_cast<const float*>(p + 4 * kU + 4 * u));
+      acc0[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia0[u]), _mm512_mul_ps(dw0, da), acc0[u]);
+      acc1[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ia1[u]), _mm512_mul_ps(dw1, da), acc1[u]);
+    }
+  }
+#pragma GCC unroll 4
+  for (size_t u = 0; u < 4; ++u) {
+    _mm512_storeu_ps(y + u * ldy, acc0[u]);
+    _mm512_mask_storeu_ps(y + u * ldy + kGemmRows, mask1, acc1[u]);
+  }
+}
+
 template <bool kI8, bool kNl>
 static void GemmTileVnniU(size_t U, const uint8_t* w, size_t nb, const uint8_t* p, float* y,
                           size_t ldy, size_t nr) {
@@ -179,6 +253,26 @@ static void MatMulGemmT(const Q8Weights& w, const uint8_t* panel, size_t T, floa
     const uint8_t* wg = w.data + g * gbytes;
     const size_t r0 = g * kGemmRows;
     const size_t nr = w.rows - r0 < kGemmRows ? w.rows - r0 : kGemmRows;
+#if HWY_TARGET == HWY_AVX3_DL
+    if (T >= 2 * kGemmMaxU && g + 1 < g_end) {
+      // Prefill: row groups in pairs, full token tiles as two 2 x 4 tiles.
+      const size_t nr1 = w.rows - (r0 + kGemmRows) < kGemmRows ? w.rows - (r0 + kGemmRows) : kGemmRows;
+      for (size_t k = 0, t0 = 0; k < tiles; ++k) {
+        const size_t U = GemmTileTokens(T, k, t0);
+        const uint8_t* p = panel + GemmPanelBytes(t0) * nb;
+        if (U == kGemmMaxU) {
+          GemmTileVnni2x4<kI8, kNl>(wg, nb, p, y + t0 * ldy + r0, ldy, nr1);
+          GemmTileVnni2x4<kI8, kNl>(wg, nb, p + 16, y + (t0 + 4) * ldy + r0, ldy, nr1);
+        } else {
+          GemmTileVnniU<kI8, kNl>(U, wg, nb, p, y + t0 * ldy + r0, ldy, kGemmRows);
+          GemmTileVnniU<kI8, kNl>(U, wg + gbytes, nb, p, y + t0 * ldy + r0 + kGemmRows, ldy, nr1);
+        }
+        t0 += U;
+      }
+      ++g;
+      continue;
+    }
+#endif
     // The row group's weights come from memory for the first token tile, from cache for the
     // others (measured: splitting K into chunks so that they stay in L1 was slower).
     for (size_t k = 0, t0 = 0; k < tiles; ++k) {

@@ -13,6 +13,8 @@
 // Padding rows / elements have code "zero" and scale 0. One vpdpbusd of an unpacked weight vector
 // with the 4 activation bytes of a slice broadcast to all lanes gives 16 rows x 1 token; a tile of
 // 16 rows x U tokens (U <= kGemmMaxU) keeps the block's weight vectors in registers for U tokens.
+// Prefill (T >= 2 kGemmMaxU, AVX3_DL) takes the row groups in pairs and each full token tile as
+// two tiles of 32 rows x 4 tokens: a broadcast activation register then feeds two vpdpbusd.
 //
 // Activations: the Q8Acts of T tokens (QuantizeActsQ8) re-laid once per input as a "panel" that
 // every row group reads with one pointer. Tokens are cut into GemmTiles(T) tiles of at most

@@ -7,6 +7,7 @@
 //   in the Q8 figures).
 //   Int8Act/gemm/...: MatMulGemm (int4 / int8 weights, dispatched target) at the model's shapes,
 //   T = 1 / 8 / 64 / 128 (and 32000 x 2048 at T = 1: weights from memory).
+//   AttendPrefill: AttendHead over one layer's causal prefill (T = 128, TinyLlama's heads), per target.
 //   SearchI4 / SearchI6: the error-minimising group scale search (G = 32, unit weights) over
 //   256 x 4096 N(0, 0.02) weights, per target, and its scalar reference (search.cc) as
 //   SearchI4Ref / SearchI6Ref; bytes processed = f32 input bytes.
@@ -286,7 +287,34 @@ void BM_Search(benchmark::State& state, int bits, bool ref, int64_t target) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * static_cast<int64_t>(x.size() * 4));
 }
 
+// Causal attention of one prefill layer (T = 128 queries, 32 heads, 4 KV heads, head_dim 64):
+// AttendHead for every (token, head) with n = t + 1 positions. GFLOP/s counts 4 * D per position.
+void BM_AttendPrefill(benchmark::State& state, int64_t target) {
+  constexpr size_t T = 128, NH = 32, NKV = 4, D = 64;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> q(T * NH * D), k(NKV * T * D), v(NKV * T * D), out(NH * D), scores(T);
+  for (auto* vec : {&q, &k, &v})
+    for (float& x : *vec) x = nd(rng);
+  hwy::SetSupportedTargetsForTest(target);
+  for (auto _ : state) {
+    for (size_t t = 0; t < T; ++t)
+      for (size_t h = 0; h < NH; ++h)
+        AttendHead(q.data() + (t * NH + h) * D, k.data() + h / (NH / NKV) * T * D, v.data() + h / (NH / NKV) * T * D,
+                   t + 1, D, 0.125f, scores.data(), out.data() + h * D);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+  state.counters["GFLOP/s"] = benchmark::Counter(
+      static_cast<double>(state.iterations()) * 4.0 * D * NH * (T * (T + 1) / 2) * 1e-9, benchmark::Counter::kIsRate);
+}
+
 int RegisterAll() {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets())
+    benchmark::RegisterBenchmark(("AttendPrefill/T128/" + std::string(hwy::TargetName(target))).c_str(),
+                                 BM_AttendPrefill, target)
+        ->Unit(benchmark::kMillisecond);
   for (int bits : {4, 6}) {
     const std::string b = "SearchI" + std::to_string(bits);
     benchmark::RegisterBenchmark((b + "Ref").c_str(), BM_Search, bits, true, int64_t{0})->Unit(benchmark::kMillisecond);

@@ -147,10 +147,11 @@ void TestGemmAllT() {
                         Case{WType::kI4Sym, 7, 1024, 64}, Case{WType::kI4Nl, 23, 800, 32}}) {
     for (size_t T = 1; T <= 20; ++T) CheckGemm(c, T, seed += 5);
   }
-  // Prefill-sized batches: many token tiles per row group, a last tile of odd size.
+  // Prefill-sized batches: many token tiles per row group, a last tile of odd size; from T = 16
+  // on AVX3_DL pairs of row groups (the second one partial here) go through the 2 x 4 tile.
   for (const Case& c : {Case{WType::kI4Sym, 50, 2048, 32}, Case{WType::kI8, 40, 1536, 64},
                         Case{WType::kI4Nl, 35, 1024, 64}}) {
-    for (size_t T : {31, 64, 100}) CheckGemm(c, T, seed += 5);
+    for (size_t T : {16, 31, 64, 100, 128}) CheckGemm(c, T, seed += 5);
   }
 }
 
