@@ -138,6 +138,7 @@ struct QuantizeArgs {
   std::vector<std::string> overrides;
   int group = 32;
   int64_t calib_tokens = 0, calib_ctx = 0;
+  bool sequential = false;
   uint64_t max_bytes = 0;
   double max_bpw = 0;
   bool awq = false;
@@ -186,6 +187,9 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   o.calib_ctx = a.calib_ctx;
   o.awq = a.awq;
   if (a.awq && a.calib.empty()) return absl::InvalidArgumentError("--awq needs --calib TEXT");
+  if (a.sequential && a.calib.empty()) return absl::InvalidArgumentError("--sequential needs --calib TEXT");
+  if (a.sequential && a.awq) return absl::InvalidArgumentError("--sequential cannot be combined with --awq");
+  o.sequential = a.sequential;
   if (a.max_bpw < 0) return absl::InvalidArgumentError("--max-bpw must not be negative");
   o.max_bytes = a.max_bytes;
   o.max_bpw = a.max_bpw;
@@ -570,6 +574,9 @@ int main(int argc, char** argv) {
                     "Budgeted recipes: bits/weight over the matrices' stored bytes (default: the recipe's, 4.9)");
   quant->add_option("--calib-tokens", qa.calib_tokens, "Use at most N calibration tokens (default: all)");
   quant->add_option("--calib-ctx", qa.calib_ctx, "Calibration chunk size in tokens (default: min(512, model ctx))");
+  quant->add_flag("--sequential", qa.sequential,
+                  "GPTQ stage by stage in model order, each stage calibrated on the model with the earlier stages "
+                  "quantized and aiming at the source model's outputs (needs --calib)");
   quant->add_flag("--awq", qa.awq,
                   "AWQ-style input-channel scaling folded into the norms (attn_q/k/v, ffn_gate/up, untied output); needs --calib");
   quant->add_flag("--force", qa.force, "Replace OUT if it exists");
