@@ -588,6 +588,7 @@ int main(int argc, char** argv) {
                 "  tessera quantize out/kjv-f32 -o out/kjv-mix --recipe int4-mixed --override 'block_*/attn_v=int8'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4o6 --recipe int4-g32 --override 'lm=int6'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-nl --recipe int4nl-g32 --calib kjv_calib.txt --override 'lm=int6-g64'\n"
+                "  tessera quantize out/kjv-f32 -o out/kjv-seq --recipe int4nl-g32 --calib kjv_calib.txt --sequential\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-mix --recipe int4-mixed --max-bytes 281632 --calib calib.txt\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q4a --type int4 --group 64 --asym\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q8 --type int8");
