@@ -138,6 +138,7 @@ struct QuantizeArgs {
   std::vector<std::string> overrides;
   int group = 32;
   int64_t calib_tokens = 0, calib_ctx = 0;
+  bool sequential = false;
   uint64_t max_bytes = 0;
   double max_bpw = 0;
   bool awq = false, rotate = false, rotate_heads = false;
@@ -193,6 +194,10 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   if ((a.rotate_heads || (a.rotate_seed_opt && a.rotate_seed_opt->count() > 0)) && !a.rotate)
     return absl::InvalidArgumentError("--rotate-heads / --rotate-seed need --rotate");
   if (a.awq && a.calib.empty()) return absl::InvalidArgumentError("--awq needs --calib TEXT");
+  if (a.sequential && a.calib.empty()) return absl::InvalidArgumentError("--sequential needs --calib TEXT");
+  if (a.sequential && a.awq) return absl::InvalidArgumentError("--sequential cannot be combined with --awq");
+  if (a.sequential && a.rotate) return absl::InvalidArgumentError("--sequential cannot be combined with --rotate");
+  o.sequential = a.sequential;
   if (a.max_bpw < 0) return absl::InvalidArgumentError("--max-bpw must not be negative");
   o.max_bytes = a.max_bytes;
   o.max_bpw = a.max_bpw;
@@ -577,6 +582,9 @@ int main(int argc, char** argv) {
                     "Budgeted recipes: bits/weight over the matrices' stored bytes (default: the recipe's, 4.9)");
   quant->add_option("--calib-tokens", qa.calib_tokens, "Use at most N calibration tokens (default: all)");
   quant->add_option("--calib-ctx", qa.calib_ctx, "Calibration chunk size in tokens (default: min(512, model ctx))");
+  quant->add_flag("--sequential", qa.sequential,
+                  "GPTQ stage by stage in model order, each stage calibrated on the model with the earlier stages "
+                  "quantized and aiming at the source model's outputs (needs --calib; not with --awq or --rotate)");
   quant->add_flag("--awq", qa.awq,
                   "AWQ-style input-channel scaling folded into the norms (attn_q/k/v, ffn_gate/up, untied output); needs --calib");
   quant->add_flag("--rotate", qa.rotate,
@@ -597,6 +605,7 @@ int main(int argc, char** argv) {
                 "  tessera quantize out/kjv-f32 -o out/kjv-mix --recipe int4-mixed --override 'block_*/attn_v=int8'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4o6 --recipe int4-g32 --override 'lm=int6'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-nl --recipe int4nl-g32 --calib kjv_calib.txt --override 'lm=int6-g64'\n"
+                "  tessera quantize out/kjv-f32 -o out/kjv-seq --recipe int4nl-g32 --calib kjv_calib.txt --sequential\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-mix --recipe int4-mixed --max-bytes 281632 --calib calib.txt\n"
                 "  tessera quantize out/kjv-f16 -o out/kjv-rot --recipe int4nl-g32 --calib kjv_calib.txt --rotate --rotate-seed 1\n"
                 "  tessera quantize out/kjv-f16 -o out/kjv-rot-f32 --recipe f32 --rotate   (the rotated model, unquantized)\n"

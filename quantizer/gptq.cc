@@ -320,6 +320,54 @@ void QuantizeRowGridGptq_ref(const float* x, size_t k, size_t kp, size_t group, 
   PackI4(q, kp, group, codes);
 }
 
+absl::StatusOr<std::vector<double>> GptqTargetMap(const double* h, const double* cross, size_t k, double damp) {
+  std::vector<double> l(h, h + k * k);
+  double mean_diag = 0.0;
+  for (size_t i = 0; i < k; ++i) mean_diag += l[i * k + i];
+  mean_diag /= static_cast<double>(std::max<size_t>(k, 1));
+  if (!(mean_diag > 0.0)) mean_diag = 1.0;
+  std::vector<bool> dead(k, false);
+  for (size_t i = 0; i < k; ++i) {
+    if (!(l[i * k + i] > 0.0)) {
+      dead[i] = true;
+      for (size_t j = 0; j < k; ++j) l[i * k + j] = l[j * k + i] = 0.0;
+      l[i * k + i] = 1.0;
+    }
+    l[i * k + i] += damp * mean_diag;
+  }
+  if (!CholeskyLower(l, k))
+    return absl::InternalError(absl::StrCat("GPTQ target: the activation covariance (", k, " x ", k, ") is not positive definite"));
+  // Row i of A solves (H + damp) a_i = (C - H)[i, :]^T (H symmetric); a dead input channel x~_j
+  // (always 0) carries nothing, so its column of C - H is dropped.
+  std::vector<double> a(k * k), b(k);
+  for (size_t i = 0; i < k; ++i) {
+    for (size_t j = 0; j < k; ++j) b[j] = dead[j] ? 0.0 : cross[i * k + j] - h[i * k + j];
+    for (size_t r = 0; r < k; ++r) {
+      double s = b[r];
+      for (size_t m = 0; m < r; ++m) s -= l[r * k + m] * b[m];
+      b[r] = s / l[r * k + r];
+    }
+    for (size_t r = k; r-- > 0;) {
+      double s = b[r];
+      for (size_t m = r + 1; m < k; ++m) s -= l[m * k + r] * b[m];
+      b[r] = s / l[r * k + r];
+    }
+    std::copy(b.begin(), b.end(), a.begin() + static_cast<std::ptrdiff_t>(i * k));
+  }
+  return a;
+}
+
+void ApplyTargetMap(const double* a, size_t k, float* row) {
+  std::vector<double> out(row, row + k);
+  for (size_t i = 0; i < k; ++i) {
+    const double wi = static_cast<double>(row[i]);
+    if (wi == 0.0) continue;
+    const double* ar = a + i * k;
+    for (size_t j = 0; j < k; ++j) out[j] += wi * ar[j];
+  }
+  for (size_t j = 0; j < k; ++j) row[j] = static_cast<float>(out[j]);
+}
+
 double HessianError(const float* x, const float* xh, size_t k, const double* h) {
   std::vector<double> e(k);
   for (size_t i = 0; i < k; ++i) e[i] = static_cast<double>(x[i]) - xh[i];

@@ -53,6 +53,15 @@ struct Grid16;
 void QuantizeRowGridGptq_ref(const float* x, size_t k, size_t kp, size_t group, const GptqFactor& f,
                              const float* act2, const Grid16& grid, uint8_t* codes, uint16_t* scales);
 
+// Sequential calibration: h = E[x~ x~^T] of the inputs x~ the quantized model gives a matrix,
+// cross = E[x x~^T] with the source model's inputs x ([i][j] = E[x_i x~_j]), both k x k. Returns A
+// (k x k, row-major) = (C - H) (H + damp)^-1 (the same damping and dead-channel handling as
+// GptqPrepare), so that w' = w + w A = w C (H + damp)^-1 up to the damping term: the row whose
+// output on x~ best matches w's output on x, E[(w x - w' x~)^2] minimal. C = H gives A = 0.
+absl::StatusOr<std::vector<double>> GptqTargetMap(const double* h, const double* cross, size_t k, double damp = 0.01);
+// row[j] += sum_i row[i] A[i][j] (k values, in double).
+void ApplyTargetMap(const double* a, size_t k, float* row);
+
 // Output-error proxy of a dequantized row: (x - xh) H (x - xh)^T.
 double HessianError(const float* x, const float* xh, size_t k, const double* h);
 

@@ -61,6 +61,19 @@ QuantAlgorithm Effective(QuantAlgorithm a, const TensorScheme& s, bool have_cov)
   if (a == QuantAlgorithm::kGptq && !have_cov) return QuantAlgorithm::kSearch;
   return a;
 }
+
+// Sequential GPTQ's stage of a tensor within its pack, in the order the model reads them: -1 for
+// vectors and the embedding (quantized first, with the statistics of the source model).
+int StageOf(const PackTensor& t) {
+  if (t.shape.size() != 2 || t.name == "token_embd") return -1;
+  static const char* const kStages[][3] = {{"attn_q", "attn_k", "attn_v"}, {"attn_output", "", ""},
+                                           {"ffn_up", "ffn_gate", ""},      {"ffn_down", "", ""},
+                                           {"output", "", ""}};
+  for (int s = 0; s < 5; ++s)
+    for (const char* n : kStages[s])
+      if (*n && t.name == n) return s;
+  return 5;
+}
 }  // namespace
 
 std::string RecipeName(const QuantizeOptions& o) {
@@ -73,7 +86,7 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeO
 }
 
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorScheme& scheme, QuantAlgorithm alg,
-                                          const float* act2, const double* cov) {
+                                          const float* act2, const double* cov, const double* cross) {
   TensorData d;
   d.name = src.name;
   d.shape = src.shape;
@@ -107,6 +120,10 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
   if (eff == QuantAlgorithm::kGptq) {
     TESSERA_ASSIGN_OR_RETURN(factor, quant::GptqPrepare(cov, k));
   }
+  std::vector<double> target_map;  // sequential calibration: GPTQ's row is w + w A (quant::GptqTargetMap)
+  if (eff == QuantAlgorithm::kGptq && cross != nullptr) {
+    TESSERA_ASSIGN_OR_RETURN(target_map, quant::GptqTargetMap(cov, cross, k));
+  }
   const size_t kp = (k + g - 1) / g * g;
   d.group = static_cast<uint32_t>(g);
   d.cols = kp;
@@ -129,6 +146,7 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
       uint8_t* codes6 = d.data.data() + r * kp / 4 * 3;
       if (eff == QuantAlgorithm::kSearch) quant::SearchWeights(row.data(), kp, k, act, w.data());
       if (eff == QuantAlgorithm::kGptq) {
+        if (!target_map.empty()) quant::ApplyTargetMap(target_map.data(), k, row.data());
         if (type == QType::kI6Sym) {
           quant::QuantizeRowI6SymGptq_ref(row.data(), k, kp, g, factor, act2, codes6, sc);
         } else if (type == QType::kI4Nl) {
@@ -178,6 +196,10 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
 }
 
 absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o) {
+  if (o.sequential && o.awq) return absl::InvalidArgumentError("sequential GPTQ cannot be combined with --awq");
+  // The sequential target compares the quantized model's inputs with the source model's: both would
+  // have to be in the rotated basis.
+  if (o.sequential && o.rotate) return absl::InvalidArgumentError("--sequential cannot be combined with --rotate");
   if (o.rotate) {
     // Rotate into an f32 package beside the output, quantize that (calibrating on the rotated model),
     // then delete it. Arguments that fail without reading the model are checked first.
@@ -332,6 +354,10 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
                {"path", fs::absolute(o.calib_text).string()},
                {"bytes", num}, {"xxh3_64", hash}, {"tokens", num}, {"ctx", num}, {"chunks", num},
                {"statistic", "mean(x^2) per input channel + E[x x^T] (GPTQ)"}};
+    if (!o.calib_text.empty() && o.sequential) {
+      calib["statistic"] = std::string(200, 'x');
+      calib["sequential"] = true;
+    }
     nlohmann::ordered_json tensors = nlohmann::ordered_json::object();
     std::map<std::string, size_t> by_scheme;
     for (const MatrixShape& m : shapes) {
@@ -366,6 +392,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   // Calibration: activation statistics of the unquantized source model.
   ActivationStats stats;
   nlohmann::ordered_json calib_info;
+  bool sequential = false;
   if (!o.calib_text.empty()) {
     // GPTQ keeps E[x x^T] (K x K doubles, three copies at most: accumulator, result, aliases) for
     // every matrix input at once; by default fall back to search + imatrix when that is too big.
@@ -374,7 +401,56 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     const bool cov_fits = cov_bytes <= 4.0 * (1ull << 30);
     const bool want_cov = o.algorithm == QuantAlgorithm::kGptq || (o.algorithm == QuantAlgorithm::kDefault && cov_fits);
     TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, want_cov, &calib_info));
+    sequential = o.sequential && want_cov;
+    if (sequential) {
+      calib_info["statistic"] = "per stage, on the model with the earlier stages quantized (x~): mean(x~^2) per input "
+                                "channel + E[x~ x~^T] + E[x x~^T] with the source model's inputs x (GPTQ, sequential)";
+      calib_info["sequential"] = true;
+    }
   }
+
+  // Sequential GPTQ: every pack's current tensors (the source as f32, then each tensor as it is
+  // quantized), written to a scratch package next to out_dir before each stage is calibrated.
+  std::map<std::string, std::vector<TensorData>> state;
+  std::string scratch_dir;
+  if (sequential) {
+    fs::path p(out_dir);
+    if (!p.has_filename()) p = p.parent_path();
+    scratch_dir = p.string() + ".sequential-tmp";
+    for (const PackFile& pf : pack_files) {
+      std::vector<TensorData>& v = state[pf.file];
+      for (const auto& t : pf.pack->tensors()) {
+        TESSERA_ASSIGN_OR_RETURN(TensorData d, QuantizeTensor(t, TensorScheme{QType::kF32, 0}, QuantAlgorithm::kRtn));
+        v.push_back(std::move(d));
+      }
+    }
+  }
+  struct RemoveDir {
+    const std::string& dir;
+    ~RemoveDir() {
+      std::error_code ec;
+      if (!dir.empty()) fs::remove_all(dir, ec);
+    }
+  } remove_scratch{scratch_dir};
+  auto collect_stage = [&](const std::string& stem, const std::vector<std::string>& names) -> absl::Status {
+    {
+      TESSERA_ASSIGN_OR_RETURN(auto sw, PackageWriter::Create(scratch_dir, true));
+      for (const PackFile& pf : pack_files) TESSERA_RETURN_IF_ERROR(sw->WritePack(pf.file, pf.role, pf.layer, state[pf.file]));
+      TESSERA_RETURN_IF_ERROR(sw->WriteTokenizer(pkg->tokenizer()));
+      nlohmann::ordered_json m;
+      for (auto& [k, v] : pkg->manifest().items())
+        if (k != "format" && k != "format_version" && k != "files") m[k] = v;
+      TESSERA_RETURN_IF_ERROR(sw->Commit(std::move(m)));
+    }
+    std::set<std::string> keys;
+    for (const std::string& n : names) keys.insert(stem + "/" + n);
+    nlohmann::ordered_json info;
+    TESSERA_ASSIGN_OR_RETURN(ActivationStats st, CollectActivationStats(src_dir, o, true, &info, scratch_dir, &keys));
+    for (auto& [k, v] : st.mean_sq) stats.mean_sq[k] = std::move(v);
+    for (auto& [k, v] : st.cov) stats.cov[k] = std::move(v);
+    for (auto& [k, v] : st.cross) stats.cross[k] = std::move(v);
+    return absl::OkStatus();
+  };
 
   TESSERA_ASSIGN_OR_RETURN(auto writer, PackageWriter::Create(out_dir, o.force));
   Progress progress("quantize", static_cast<size_t>(cfg.layers + 2));
@@ -387,7 +463,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     const std::string stem = fs::path(file).stem().string();
     std::vector<TensorData> out;
     // Activation statistics for a matrix's input (token_embd doubles as the output when tied).
-    auto find_stats = [&](const PackTensor& t, const float** act2, const double** cov) {
+    auto find_stats = [&](const PackTensor& t, const float** act2, const double** cov, const double** cross) {
       const std::string key = stem + "/" + t.name;
       std::string akey = key;
       if (key == "embedding/token_embd" && cfg.tie_embeddings) akey = "lm/output";
@@ -397,6 +473,11 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       if (it != stats.mean_sq.end() && it->second.size() == t.logical_cols()) *act2 = it->second.data();
       auto ic = stats.cov.find(akey);
       if (ic != stats.cov.end() && ic->second.size() == t.logical_cols() * t.logical_cols()) *cov = ic->second.data();
+      // A tied token_embd is also the lookup table: its output-side target is not changed.
+      *cross = nullptr;
+      auto ix = stats.cross.find(akey);
+      if (*cov != nullptr && key == akey && ix != stats.cross.end() && ix->second.size() == t.logical_cols() * t.logical_cols())
+        *cross = ix->second.data();
     };
     // AWQ-style channel scaling folded into the norms (quantizer/awq.h): name -> replacement
     // f32 values (norm vectors divided by s, matrices times diag(s)) and the matrices' scaled stats.
@@ -432,7 +513,8 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
         if (!ok || !any_i4) continue;
         const float* act2 = nullptr;
         const double* cov = nullptr;
-        find_stats(*mats[0], &act2, &cov);
+        const double* cross = nullptr;
+        find_stats(*mats[0], &act2, &cov, &cross);
         if (act2 == nullptr) continue;
         std::vector<std::vector<float>> w;
         std::vector<quant::AwqMatrix> am;
@@ -472,7 +554,25 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
         }
       }
     }
-    for (const auto& t0 : pack.tensors()) {
+    // Sequential GPTQ quantizes the matrices stage by stage (StageOf) and calibrates each stage
+    // on the scratch package of the current state; otherwise the pack's order.
+    const auto& tensors = pack.tensors();
+    std::vector<size_t> order(tensors.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    if (sequential)
+      std::stable_sort(order.begin(), order.end(),
+                       [&](size_t a, size_t b) { return StageOf(tensors[a]) < StageOf(tensors[b]); });
+    out.resize(tensors.size());
+    int collected_stage = -1;
+    for (const size_t idx : order) {
+      const PackTensor& t0 = tensors[idx];
+      if (sequential && StageOf(t0) >= 0 && StageOf(t0) != collected_stage && stats.cov.count(stem + "/" + t0.name)) {
+        collected_stage = StageOf(t0);
+        std::vector<std::string> names;
+        for (const auto& u : tensors)
+          if (StageOf(u) == collected_stage) names.push_back(u.name);
+        TESSERA_RETURN_IF_ERROR(collect_stage(stem, names));
+      }
       // A tensor replaced by AWQ is read from an f32 view of its new values.
       PackTensor view;
       const PackTensor* tp = &t0;
@@ -493,10 +593,11 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       if (matrix) s = plan.scheme.at(key);
       const float* act2 = nullptr;
       const double* cov = nullptr;
-      find_stats(t0, &act2, &cov);
+      const double* cross = nullptr;
+      find_stats(t0, &act2, &cov, &cross);
       if (auto a = act2_scaled.find(t.name); a != act2_scaled.end()) act2 = a->second.data();
       if (auto c = cov_scaled.find(t.name); c != cov_scaled.end()) cov = c->second.data();
-      TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, s, o.algorithm, act2, cov));
+      TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, s, o.algorithm, act2, cov, cross));
       if (matrix) {
         const QuantAlgorithm eff = Effective(o.algorithm, s, cov != nullptr);
         const std::string alg = eff == QuantAlgorithm::kDefault ? "none" : QuantAlgorithmName(eff);
@@ -512,7 +613,8 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
         matrix_weights += t.numel();
         scheme_weights[SchemeName(s)] += t.numel();
       }
-      out.push_back(std::move(q));
+      if (sequential) state[file][idx] = q;
+      out[idx] = std::move(q);
     }
     TESSERA_RETURN_IF_ERROR(writer->WritePack(file, role, layer, out));
     pack.ReleasePages();  // bounded memory: the source block leaves the resident set

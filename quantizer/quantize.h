@@ -41,6 +41,11 @@ struct QuantizeOptions {
   uint64_t rotate_seed = 0;
   bool rotate_heads = false;  // also a per-head rotation of V / O (quant::RotatePackage's `heads`)
   std::string rotated_from;  // internal: set on the rotated intermediate package's quantization
+  // Sequential GPTQ calibration: the matrices are quantized stage by stage in model order (per
+  // block: attn_q/k/v, attn_output, ffn_gate/up, ffn_down; then the output), each stage's
+  // statistics taken on the model whose earlier stages are already quantized (x~), and GPTQ aims
+  // at the source model's outputs (target w E[x x~^T] E[x~ x~^T]^-1, see QuantizeTensor).
+  bool sequential = false;
   // Budgets for a budgeted recipe (int4-mixed), replacing its own bits/weight budget when given:
   // the whole output package in bytes (every file, manifest included) and/or the matrices'
   // bits/weight. 0: not given.
@@ -59,14 +64,23 @@ std::string RecipeName(const QuantizeOptions& o);
 struct ActivationStats {
   std::map<std::string, std::vector<float>> mean_sq;
   std::map<std::string, std::vector<double>> cov;
+  // Sequential calibration: mean_sq / cov are of the inputs x~ in the partly quantized model,
+  // and cross[key] = E[x x~^T] (K x K, row-major: [i][j] = E[x_i x~_j]) with
+  // the source model's inputs x.
+  std::map<std::string, std::vector<double>> cross;
   int64_t tokens = 0;
 };
 
 // Quantizes one tensor with `scheme` (matrices only; vectors stay F32). act2: mean(x^2) per
 // input channel (logical K values) or null; cov: E[x x^T] (K x K), needed by kGptq (which falls
-// back to kSearch without it).
+// back to kSearch without it). cross (kGptq only, or null): E[x x~^T] of the source model's
+// inputs x and the inputs x~ the quantized model gives (cov = E[x~ x~^T]); GPTQ then quantizes
+// the row w' = w C (H + damp)^-1, computed as w + w (C - H) (H + damp)^-1 (so C = H gives w
+// exactly), the minimiser of E[(w x - w' x~)^2]: the quantized row's output error against the
+// source model's output, (q - w') H (q - w')^T + const, is what GPTQ minimises.
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorScheme& scheme, QuantAlgorithm alg,
-                                          const float* act2 = nullptr, const double* cov = nullptr);
+                                          const float* act2 = nullptr, const double* cov = nullptr,
+                                          const double* cross = nullptr);
 // Quantizes one tensor with `o.type` / `o.group` and `o.algorithm`.
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeOptions& o);
 

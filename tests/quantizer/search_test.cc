@@ -241,6 +241,82 @@ TEST(Gptq, Int6BeatsSearchAndInt4OnTheHessianError) {
   EXPECT_LT(e6g * 8, e4g);  // 4x finer steps: about 16x less error
 }
 
+// Sequential GPTQ's target: with H = E[x~ x~^T] and C = E[x x~^T], w + w A (A = GptqTargetMap,
+// no damping) is the least-squares row w' minimising E[(w x - w' x~)^2], checked against the
+// normal equations solved by Gaussian elimination; damping keeps it better than w itself; C = H
+// gives A = 0 exactly.
+TEST(Gptq, TargetMapIsTheLeastSquaresRow) {
+  const size_t k = 12, n = 400;
+  std::mt19937 rng(5);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  std::vector<double> x(n * k), xq(n * k);
+  for (size_t t = 0; t < n; ++t) {
+    const double common = nd(rng);
+    for (size_t i = 0; i < k; ++i) x[t * k + i] = nd(rng) * (1.0 + 0.2 * static_cast<double>(i)) + 0.5 * common;
+    for (size_t i = 0; i < k; ++i)  // x~: x shrunk, leaked into the next channel, plus noise
+      xq[t * k + i] = 0.9 * x[t * k + i] + 0.2 * x[t * k + (i + 1) % k] + 0.1 * nd(rng);
+  }
+  std::vector<double> h(k * k, 0.0), c(k * k, 0.0);
+  for (size_t t = 0; t < n; ++t)
+    for (size_t i = 0; i < k; ++i)
+      for (size_t j = 0; j < k; ++j) {
+        h[i * k + j] += xq[t * k + i] * xq[t * k + j] / n;
+        c[i * k + j] += x[t * k + i] * xq[t * k + j] / n;
+      }
+  std::vector<float> w(k);
+  for (size_t i = 0; i < k; ++i) w[i] = static_cast<float>(nd(rng));
+  // Normal equations H v = E[x~ (w . x)] = C^T w, by Gaussian elimination with partial pivoting.
+  std::vector<double> m(k * (k + 1));
+  for (size_t i = 0; i < k; ++i) {
+    for (size_t j = 0; j < k; ++j) m[i * (k + 1) + j] = h[i * k + j];
+    double r = 0;
+    for (size_t a = 0; a < k; ++a) r += c[a * k + i] * w[a];
+    m[i * (k + 1) + k] = r;
+  }
+  for (size_t col = 0; col < k; ++col) {
+    size_t piv = col;
+    for (size_t r = col + 1; r < k; ++r)
+      if (std::fabs(m[r * (k + 1) + col]) > std::fabs(m[piv * (k + 1) + col])) piv = r;
+    for (size_t j = 0; j <= k; ++j) std::swap(m[col * (k + 1) + j], m[piv * (k + 1) + j]);
+    for (size_t r = 0; r < k; ++r) {
+      if (r == col) continue;
+      const double f = m[r * (k + 1) + col] / m[col * (k + 1) + col];
+      for (size_t j = col; j <= k; ++j) m[r * (k + 1) + j] -= f * m[col * (k + 1) + j];
+    }
+  }
+  auto a0 = quant::GptqTargetMap(h.data(), c.data(), k, 0.0);
+  ASSERT_TRUE(a0.ok()) << a0.status();
+  std::vector<float> wt = w;
+  quant::ApplyTargetMap(a0->data(), k, wt.data());
+  for (size_t i = 0; i < k; ++i) {
+    const double v = m[i * (k + 1) + k] / m[i * (k + 1) + i];
+    EXPECT_NEAR(wt[i], v, 1e-4 * (1.0 + std::fabs(v))) << i;
+  }
+  // The objective E[(w x - w' x~)^2]: the exact row beats the damped one, which beats w.
+  auto objective = [&](const std::vector<float>& v) {
+    double s = 0;
+    for (size_t t = 0; t < n; ++t) {
+      double e = 0;
+      for (size_t i = 0; i < k; ++i) e += w[i] * x[t * k + i] - v[i] * xq[t * k + i];
+      s += e * e;
+    }
+    return s / n;
+  };
+  auto ad = quant::GptqTargetMap(h.data(), c.data(), k);
+  ASSERT_TRUE(ad.ok());
+  std::vector<float> wd = w;
+  quant::ApplyTargetMap(ad->data(), k, wd.data());
+  EXPECT_LE(objective(wt), objective(wd) * (1 + 1e-6));
+  EXPECT_LT(objective(wd), 0.5 * objective(w));
+  // Inputs that agree (C = H): the map is exactly zero, the row unchanged.
+  auto az = quant::GptqTargetMap(h.data(), h.data(), k);
+  ASSERT_TRUE(az.ok());
+  for (double v : *az) EXPECT_EQ(v, 0.0);
+  std::vector<float> wz = w;
+  quant::ApplyTargetMap(az->data(), k, wz.data());
+  EXPECT_EQ(wz, w);
+}
+
 // A PackTensor view over f32 data.
 PackTensor F32Tensor(const std::vector<float>& v, int64_t rows, int64_t k) {
   PackTensor t;
