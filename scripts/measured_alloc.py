@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Measured bit allocation for a byte budget (experiment harness around the tessera CLI).
+"""Measured bit allocation for a byte budget (the method of `tessera quantize --allocate measured`, through the CLI).
 
 For every matrix of a llama-family package and every scheme of a ladder, quantize the package with
 that one matrix changed (all the others at the base scheme), measure the KLD against the source on
