@@ -26,6 +26,7 @@
 #include "formats/package.h"
 #include "nlohmann/json.hpp"
 #include "quantizer/kernels/kernels.h"
+#include "quantizer/allocate.h"
 #include "quantizer/quantize.h"
 #include "quantizer/recipes.h"
 #include "core/thread_pool.h"
@@ -134,7 +135,7 @@ absl::Status RunConvert(const ConvertArgs& a) {
 
 // ---- quantize ----
 struct QuantizeArgs {
-  std::string src, out, type = "int4", recipe, algorithm = "default", calib;
+  std::string src, out, type = "int4", recipe, algorithm = "default", calib, allocate = "fixed";
   std::vector<std::string> overrides;
   int group = 32;
   int64_t calib_tokens = 0, calib_ctx = 0;
@@ -204,7 +205,21 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
   o.group = static_cast<uint32_t>(a.group);
   o.force = a.force;
   o.cmdline = g_cmdline;
-  TESSERA_RETURN_IF_ERROR(tessera::QuantizePackage(a.src, a.out, o));
+  if (a.allocate == "measured") {
+    if (a.max_bpw > 0) return absl::InvalidArgumentError("--allocate measured budgets --max-bytes only (not --max-bpw)");
+    TESSERA_ASSIGN_OR_RETURN(const tessera::AllocationResult r,
+                             tessera::QuantizeMeasuredAllocation(a.src, a.out, o, [&](const std::string& line) {
+                               if (!a.quiet) std::fprintf(stderr, "%s\n", line.c_str());
+                             }));
+    std::fprintf(stderr, "measured allocation: calibration KLD %.6f -> %.6f, %llu bytes; overrides:", r.base_kld, r.kld,
+                 static_cast<unsigned long long>(r.bytes));
+    for (const std::string& ov : r.overrides) std::fprintf(stderr, " '%s'", ov.c_str());
+    std::fprintf(stderr, "\n");
+  } else if (a.allocate != "fixed") {
+    return absl::InvalidArgumentError(absl::StrCat("unknown --allocate '", a.allocate, "' (fixed, measured)"));
+  } else {
+    TESSERA_RETURN_IF_ERROR(tessera::QuantizePackage(a.src, a.out, o));
+  }
   if (!a.quiet) {
     auto pkg = tessera::Package::Open(a.out, {.verify_checksums = false});
     if (pkg.ok()) {
@@ -578,6 +593,11 @@ int main(int argc, char** argv) {
   quant->add_option("--max-bytes", qa.max_bytes,
                     "Budgeted recipes (int4-mixed, int4nl-mixed): the whole output package (all files, manifest included) in bytes; "
                     "upgrades are kept while it fits (replaces the recipe's 4.9 bits/weight)");
+  quant->add_option("--allocate", qa.allocate,
+                    "Budgeted recipes: fixed (the recipe's upgrade order) | measured (needs --calib and --max-bytes: "
+                    "quantizes each matrix at int6-g64 / int6-g32 / int8-g32 alone, measures the calibration-text KLD, "
+                    "picks the plan greedily by KLD drop per byte; one quantization per candidate, slow on big models)")
+      ->capture_default_str();
   quant->add_option("--max-bpw", qa.max_bpw,
                     "Budgeted recipes: bits/weight over the matrices' stored bytes (default: the recipe's, 4.9)");
   quant->add_option("--calib-tokens", qa.calib_tokens, "Use at most N calibration tokens (default: all)");
@@ -607,6 +627,8 @@ int main(int argc, char** argv) {
                 "  tessera quantize out/kjv-f32 -o out/kjv-nl --recipe int4nl-g32 --calib kjv_calib.txt --override 'lm=int6-g64'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-seq --recipe int4nl-g32 --calib kjv_calib.txt --sequential\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-mix --recipe int4-mixed --max-bytes 281632 --calib calib.txt\n"
+                "  tessera quantize out/s260k-f32 -o out/s260k-meas --recipe int4nl-mixed --max-bytes 258656 --calib calib.txt "
+                "--calib-ctx 128 --allocate measured\n"
                 "  tessera quantize out/kjv-f16 -o out/kjv-rot --recipe int4nl-g32 --calib kjv_calib.txt --rotate --rotate-seed 1\n"
                 "  tessera quantize out/kjv-f16 -o out/kjv-rot-f32 --recipe f32 --rotate   (the rotated model, unquantized)\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-q4a --type int4 --group 64 --asym\n"

@@ -1,0 +1,155 @@
+#include "quantizer/allocate.h"
+
+#include <filesystem>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "core/mapped_file.h"
+#include "core/status.h"
+#include "nlohmann/json.hpp"
+#include "quantizer/recipes.h"
+#include "runtime-lite/model.h"
+#include "verify/perplexity.h"
+
+namespace tessera {
+namespace fs = std::filesystem;
+
+std::vector<std::string> AllocationLadder() { return {"int6-g64", "int6-g32", "int8-g32"}; }
+
+std::vector<size_t> SolveAllocation(const std::vector<std::vector<AllocationCandidate>>& options, int64_t budget) {
+  std::vector<size_t> cur(options.size(), 0);
+  int64_t spent = 0;
+  for (;;) {
+    double best_ratio = 0;
+    size_t best_i = 0, best_j = 0;
+    int64_t best_db = 0;
+    for (size_t i = 0; i < options.size(); ++i) {
+      const AllocationCandidate& c = options[i][cur[i]];
+      for (size_t j = 0; j < options[i].size(); ++j) {
+        const double dk = options[i][j].dkld - c.dkld;
+        const int64_t db = options[i][j].dbytes - c.dbytes;
+        if (db <= 0 || dk >= 0 || spent + db > budget) continue;
+        const double ratio = -dk / static_cast<double>(db);
+        if (ratio > best_ratio) best_ratio = ratio, best_i = i, best_j = j, best_db = db;
+      }
+    }
+    if (best_db == 0) return cur;
+    cur[best_i] = best_j;
+    spent += best_db;
+  }
+}
+
+namespace {
+uint64_t DirBytes(const std::string& dir) {
+  uint64_t b = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.is_regular_file()) b += e.file_size();
+  return b;
+}
+}  // namespace
+
+absl::StatusOr<AllocationResult> QuantizeMeasuredAllocation(const std::string& src_dir, const std::string& out_dir,
+                                                            const QuantizeOptions& o,
+                                                            const std::function<void(const std::string&)>& log) {
+  TESSERA_ASSIGN_OR_RETURN(const Recipe recipe, FindRecipe(o.recipe));
+  if (recipe.upgrades.empty())
+    return absl::InvalidArgumentError(
+        absl::StrCat("--allocate measured needs a budgeted recipe (int4-mixed, int4nl-mixed), not ", o.recipe));
+  if (o.max_bytes == 0) return absl::InvalidArgumentError("--allocate measured needs --max-bytes N");
+  if (o.calib_text.empty()) return absl::InvalidArgumentError("--allocate measured needs --calib TEXT");
+  if (o.rotate) return absl::InvalidArgumentError("--allocate measured cannot be combined with --rotate");
+  std::error_code ec;
+  if (!o.force && fs::exists(out_dir, ec))
+    return absl::AlreadyExistsError(absl::StrCat(out_dir, ": already exists (use --force to replace it)"));
+  // The base plan: the recipe's default scheme and rules (no upgrades), then the user's overrides.
+  QuantizeOptions b = o;
+  b.recipe.clear();
+  b.type = recipe.default_scheme.type;
+  b.group = recipe.default_scheme.group;
+  b.max_bytes = 0;
+  b.max_bpw = 0;
+  b.force = true;
+  b.overrides.clear();
+  for (const QuantRule& r : recipe.rules) b.overrides.push_back(r.text);
+  for (const std::string& s : o.overrides) b.overrides.push_back(s);
+  // Candidates go beside the output.
+  fs::path out_abs = fs::absolute(out_dir).lexically_normal();
+  if (out_abs.filename().empty()) out_abs = out_abs.parent_path();
+  const std::string tmp = (out_abs.parent_path() / absl::StrCat(".", out_abs.filename().string(), ".alloc-", ::getpid())).string();
+
+  TESSERA_ASSIGN_OR_RETURN(auto base_model, Model::Load(src_dir));
+  TESSERA_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(o.calib_text));
+  const std::vector<int32_t> tokens = base_model->tokenizer().Encode(text, true);
+  PerplexityOptions po;
+  po.ctx = o.calib_ctx > 0 ? o.calib_ctx : 512;
+  struct Measured {
+    double kld;
+    uint64_t bytes;
+    nlohmann::json tensors;
+  };
+  auto measure = [&](const std::vector<std::string>& extra, const std::string& dir) -> absl::StatusOr<Measured> {
+    QuantizeOptions c = b;
+    for (const std::string& s : extra) c.overrides.push_back(s);
+    TESSERA_RETURN_IF_ERROR(QuantizePackage(src_dir, dir, c));
+    TESSERA_ASSIGN_OR_RETURN(auto q, Model::Load(dir));
+    TESSERA_ASSIGN_OR_RETURN(const PerplexityResult r, Perplexity(*q, tokens, po, base_model.get()));
+    TESSERA_ASSIGN_OR_RETURN(const std::string mtext, ReadFileToString(dir + "/manifest.json"));
+    const nlohmann::json m = nlohmann::json::parse(mtext, nullptr, /*allow_exceptions=*/false);
+    if (m.is_discarded()) return absl::DataLossError(absl::StrCat(dir, "/manifest.json: not JSON"));
+    return Measured{r.kld_mean, DirBytes(dir), m["quant"]["tensors"]};
+  };
+  auto run = [&]() -> absl::StatusOr<AllocationResult> {
+    AllocationResult res;
+    TESSERA_ASSIGN_OR_RETURN(const Measured base, measure({}, tmp));
+    res.base_kld = base.kld;
+    res.base_bytes = base.bytes;
+    if (base.bytes > o.max_bytes)
+      return absl::InvalidArgumentError(absl::StrCat("--max-bytes ", o.max_bytes, " is smaller than the base plan of ",
+                                                     o.recipe, " without any upgrade: ", base.bytes, " bytes"));
+    if (log) log(absl::StrCat("base plan: ", base.bytes, " bytes, calibration KLD ", base.kld));
+    std::vector<std::string> keys;
+    std::vector<std::vector<AllocationCandidate>> options;
+    for (const auto& [key, t] : base.tensors.items()) {
+      const std::string scheme = t["scheme"].get<std::string>();
+      bool forced = false;  // a matrix the user's overrides decide is not reallocated
+      for (const std::string& s : o.overrides) {
+        TESSERA_ASSIGN_OR_RETURN(const QuantRule r, ParseOverride(s));
+        forced = forced || PatternMatchesKey(r.pattern, key);
+      }
+      keys.push_back(key);
+      options.push_back({AllocationCandidate{key, scheme, 0, 0}});
+      if (forced) continue;
+      TESSERA_ASSIGN_OR_RETURN(const TensorScheme cur, ParseScheme(scheme));
+      for (const std::string& s : AllocationLadder()) {
+        TESSERA_ASSIGN_OR_RETURN(const TensorScheme up, ParseScheme(s));
+        if (SchemeBitsPerWeight(up) <= SchemeBitsPerWeight(cur)) continue;
+        TESSERA_ASSIGN_OR_RETURN(const Measured m, measure({absl::StrCat(key, "=", s)}, tmp));
+        AllocationCandidate c{key, s, m.kld - base.kld,
+                              static_cast<int64_t>(m.bytes) - static_cast<int64_t>(base.bytes)};
+        if (log) log(absl::StrCat(key, " -> ", s, ": dKLD ", c.dkld, ", dbytes ", c.dbytes));
+        res.candidates.push_back(c);
+        options.back().push_back(c);
+      }
+    }
+    int64_t budget = static_cast<int64_t>(o.max_bytes - base.bytes);
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      const std::vector<size_t> pick = SolveAllocation(options, budget);
+      res.overrides.clear();
+      for (size_t i = 0; i < keys.size(); ++i)
+        if (pick[i] != 0) res.overrides.push_back(absl::StrCat(keys[i], "=", options[i][pick[i]].scheme));
+      TESSERA_ASSIGN_OR_RETURN(const Measured m, measure(res.overrides, out_dir));
+      res.kld = m.kld;
+      res.bytes = m.bytes;
+      if (m.bytes <= o.max_bytes) return res;
+      budget -= static_cast<int64_t>(m.bytes - o.max_bytes);
+      if (log) log(absl::StrCat("plan of ", m.bytes, " bytes is over --max-bytes: solving again with ", budget));
+    }
+    return absl::InternalError(absl::StrCat("--allocate measured: no plan within --max-bytes ", o.max_bytes));
+  };
+  auto res = run();
+  fs::remove_all(tmp, ec);
+  if (!res.ok()) fs::remove_all(out_dir, ec);
+  return res;
+}
+
+}  // namespace tessera
