@@ -16,6 +16,7 @@
 #include "runtime-lite/chat.h"
 #include "runtime-lite/generate.h"
 #include "runtime-lite/model.h"
+#include "tests/model_test_util.h"
 #include "tests/testutil.h"
 #include "verify/perplexity.h"
 
@@ -73,14 +74,6 @@ std::vector<int32_t> Inputs(const std::string& model, const std::string& key) {
   return ReadJson(Fixture(model + "/golden/inputs.json"))[key].get<std::vector<int32_t>>();
 }
 
-std::vector<float> Logits(const Model& m, const std::vector<int32_t>& ids) {
-  KVCache cache(m.config(), static_cast<int64_t>(ids.size()));
-  std::vector<float> out(ids.size() * static_cast<size_t>(m.vocab()));
-  auto st = m.Forward(cache, ids.data(), ids.size(), 0, out.data(), true);
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
-
 double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   double m = 0;
@@ -103,7 +96,7 @@ void CheckGoldenLogits(const std::string& model_rel, const std::string& hf_rel, 
     auto gold = ReadNpyF32(Fixture(model_rel + "/golden/" + golden_prefix + key + ".npy"));
     ASSERT_TRUE(gold.ok()) << gold.status();
     ASSERT_EQ(gold->shape[0], static_cast<int64_t>(ids.size()));
-    auto got = Logits(*m, ids);
+    auto got = testing::AllLogits(*m, ids);
     const double d = MaxAbsDiff(got, gold->data);
     EXPECT_LE(d, tol) << model_rel << " " << key;
     // Greedy choice identical on every row.
@@ -136,7 +129,7 @@ TEST(Stories260K, ShardedEqualsSingleFile) {
   auto b = LoadModel(Packages::Get().Converted("stories260K/hf-sharded"));
   ASSERT_TRUE(a && b);
   auto ids = Inputs("stories260K", "L64");
-  EXPECT_EQ(Logits(*a, ids), Logits(*b, ids));
+  EXPECT_EQ(testing::AllLogits(*a, ids), testing::AllLogits(*b, ids));
 }
 
 TEST(Stories260K, PerplexityMatchesLlamaCppMethod) {
@@ -485,7 +478,7 @@ TEST_P(TinyModel, LogitsMatchTransformers) {
     auto ids = Inputs(m, key);
     auto gold = ReadNpyF32(Fixture(m + "/golden/logits_hf_fp32_" + key + ".npy"));
     ASSERT_TRUE(gold.ok()) << gold.status();
-    auto got = Logits(*model, ids);
+    auto got = testing::AllLogits(*model, ids);
     EXPECT_LE(MaxAbsDiff(got, gold->data), 1e-4) << m << " " << key;
   }
 }

@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
 #include "runtime-lite/model.h"
+#include "tests/model_test_util.h"
 #include "tests/testutil.h"
 
 namespace tessera {
@@ -55,14 +56,6 @@ std::map<std::string, std::string> TensorSums(const std::string& pkg_dir) {
   return out;
 }
 
-std::vector<float> Logits(const Model& m, const std::vector<int32_t>& ids) {
-  KVCache cache(m.config(), static_cast<int64_t>(ids.size()));
-  std::vector<float> out(ids.size() * static_cast<size_t>(m.vocab()));
-  auto st = m.Forward(cache, ids.data(), ids.size(), 0, out.data(), true);
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
-
 // Max abs diff and top-1 agreement against golden/<prefix><Lk>.npy over L1/L7/L64/L256.
 struct Cmp {
   double max_diff = 0, agree = 1;
@@ -80,7 +73,7 @@ Cmp Compare(const std::string& pkg, const std::string& model_rel, const std::str
     auto gold = ReadNpyF32(Fixture(model_rel + "/golden/" + prefix + key + ".npy"));
     EXPECT_TRUE(gold.ok()) << gold.status();
     if (!gold.ok()) continue;
-    auto got = Logits(**m, ids);
+    auto got = testing::AllLogits(**m, ids);
     EXPECT_EQ(got.size(), gold->data.size());
     if (got.size() != gold->data.size()) continue;
     for (size_t i = 0; i < got.size(); ++i) r.max_diff = std::max(r.max_diff, std::fabs(double(got[i]) - gold->data[i]));

@@ -14,6 +14,7 @@
 #include "quantizer/kernels/kernels.h"
 #include "quantizer/quantize.h"
 #include "runtime-lite/model.h"
+#include "tests/quantizer/quant_e2e_util.h"
 #include "tests/testutil.h"
 #include "verify/distortion.h"
 #include "verify/perplexity.h"
@@ -25,30 +26,9 @@ using testing::ReadJson;
 using testing::RunTessera;
 using testing::TempDir;
 
-TempDir& Dir() {
-  static TempDir* d = new TempDir();
-  return *d;
-}
-
-std::string Converted(const std::string& hf_rel) {
-  static std::mutex mu;
-  static std::map<std::string, std::string> done;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = done.find(hf_rel);
-  if (it != done.end()) return it->second;
-  const std::string out = Dir() / ("conv" + std::to_string(done.size()));
-  auto st = ConvertHuggingFace(Fixture(hf_rel), out, ConvertOptions());
-  EXPECT_TRUE(st.ok()) << st;
-  return done[hf_rel] = out;
-}
-
-std::string Quantize(const std::string& base, const std::string& name, QuantizeOptions o) {
-  const std::string out = Dir() / name;
-  o.force = true;
-  auto st = QuantizePackage(base, out, o);
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
+using quanttest::Converted;
+using quanttest::Dir;
+using quanttest::Quantize;
 
 // Bits per weight of the matrices, from the stored tensors.
 double MatrixBitsPerWeight(const std::string& pkg_dir, uint64_t* bytes_out = nullptr) {
@@ -217,12 +197,7 @@ TEST(Recipes, SearchBeatsRtnOnKjv6L) {
 // Calibrated on the first part of the TinyStories sample, evaluated on the rest.
 TEST(Calibration, Stories260KGptqBeatsRtnAndIsRecorded) {
   const std::string base = Converted("stories260K/hf");
-  auto text = ReadFileToString(Fixture("text/tinystories_valid_sample.txt"));
-  ASSERT_TRUE(text.ok());
-  const size_t cut = text->find('\n', text->size() / 3) + 1;
-  const std::string calib = Dir() / "calib.txt", eval = Dir() / "eval.txt";
-  std::ofstream(calib, std::ios::binary) << text->substr(0, cut);
-  std::ofstream(eval, std::ios::binary) << text->substr(cut);
+  const auto [calib, eval] = quanttest::TinyStoriesSplit("calib.txt", "eval.txt");
   QuantizeOptions o;
   o.recipe = "int4-g32";
   o.algorithm = QuantAlgorithm::kRtn;
@@ -257,12 +232,7 @@ TEST(Calibration, Stories260KGptqBeatsRtnAndIsRecorded) {
 // package is removed, and the result is deterministic.
 TEST(Calibration, Stories260KSequentialGptqBeatsGptq) {
   const std::string base = Converted("stories260K/hf");
-  auto text = ReadFileToString(Fixture("text/tinystories_valid_sample.txt"));
-  ASSERT_TRUE(text.ok());
-  const size_t cut = text->find('\n', text->size() / 3) + 1;
-  const std::string calib = Dir() / "seq-calib.txt", eval = Dir() / "seq-eval.txt";
-  std::ofstream(calib, std::ios::binary) << text->substr(0, cut);
-  std::ofstream(eval, std::ios::binary) << text->substr(cut);
+  const auto [calib, eval] = quanttest::TinyStoriesSplit("seq-calib.txt", "seq-eval.txt");
   QuantizeOptions o;
   o.recipe = "int4nl-g32";
   o.calib_text = calib;
@@ -293,12 +263,7 @@ TEST(Calibration, Stories260KSequentialGptqBeatsGptq) {
 // quality is in the same range.
 TEST(Calibration, Stories260KAwqFoldsScalesIntoTheNorms) {
   const std::string base = Converted("stories260K/hf");
-  auto text = ReadFileToString(Fixture("text/tinystories_valid_sample.txt"));
-  ASSERT_TRUE(text.ok());
-  const size_t cut = text->find('\n', text->size() / 3) + 1;
-  const std::string calib = Dir() / "awq_calib.txt", eval = Dir() / "awq_eval.txt";
-  std::ofstream(calib, std::ios::binary) << text->substr(0, cut);
-  std::ofstream(eval, std::ios::binary) << text->substr(cut);
+  const auto [calib, eval] = quanttest::TinyStoriesSplit("awq_calib.txt", "awq_eval.txt");
   QuantizeOptions o;
   o.recipe = "int4-g32";
   o.algorithm = QuantAlgorithm::kSearch;
@@ -402,10 +367,7 @@ TEST(MeasuredAllocation, GreedyKnapsack) {
 // recipe's fixed upgrade order (measured: 0.0077 vs 0.0130 there, and 0.0081 vs 0.0135 on the rest).
 TEST(MeasuredAllocation, Stories260KWithinBudgetAndNotWorseThanTheFixedOrder) {
   const std::string base = Converted("stories260K/hf");
-  auto text = ReadFileToString(Fixture("text/tinystories_valid_sample.txt"));
-  ASSERT_TRUE(text.ok());
-  const std::string calib = Dir() / "alloc-calib.txt";
-  std::ofstream(calib, std::ios::binary) << text->substr(0, 13367);
+  const std::string calib = quanttest::TinyStoriesSplit("alloc-calib.txt", "alloc-eval.txt").calib;
   QuantizeOptions o;
   o.recipe = "int4nl-mixed";
   o.max_bytes = 258656;

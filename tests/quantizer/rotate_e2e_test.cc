@@ -15,6 +15,8 @@
 #include "gtest/gtest.h"
 #include "quantizer/quantize.h"
 #include "runtime-lite/model.h"
+#include "tests/model_test_util.h"
+#include "tests/quantizer/quant_e2e_util.h"
 #include "tests/testutil.h"
 #include "verify/perplexity.h"
 
@@ -26,38 +28,10 @@ using testing::ReadJson;
 using testing::RunTessera;
 using testing::TempDir;
 
-TempDir& Dir() {
-  static TempDir* d = new TempDir();
-  return *d;
-}
-
-std::string Converted(const std::string& hf_rel) {
-  static std::mutex mu;
-  static std::map<std::string, std::string> done;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = done.find(hf_rel);
-  if (it != done.end()) return it->second;
-  const std::string out = Dir() / ("conv" + std::to_string(done.size()));
-  auto st = ConvertHuggingFace(Fixture(hf_rel), out, ConvertOptions());
-  EXPECT_TRUE(st.ok()) << st;
-  return done[hf_rel] = out;
-}
-
-std::string Quantize(const std::string& base, const std::string& name, QuantizeOptions o) {
-  const std::string out = Dir() / name;
-  o.force = true;
-  auto st = QuantizePackage(base, out, o);
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
-
-std::vector<float> Logits(const Model& m, const std::vector<int32_t>& ids) {
-  KVCache cache(m.config(), static_cast<int64_t>(ids.size()));
-  std::vector<float> out(ids.size() * static_cast<size_t>(m.vocab()));
-  auto st = m.Forward(cache, ids.data(), ids.size(), 0, out.data(), true);
-  EXPECT_TRUE(st.ok()) << st;
-  return out;
-}
+using quanttest::Converted;
+using quanttest::Dir;
+using quanttest::Quantize;
+using testing::AllLogits;
 
 // No leftover ".NAME.rotated-PID" directory beside an output.
 bool NoRotatedLeftovers() {
@@ -89,7 +63,7 @@ TEST_P(RotateSameLogits, RotatedF32PackageMatchesTheOriginal) {
   ASSERT_TRUE(text.ok());
   std::vector<int32_t> ids = (*a)->tokenizer().Encode(text->substr(0, 2000), true);
   ids.resize(std::min<size_t>(ids.size(), 64));
-  const std::vector<float> la = Logits(**a, ids), lb = Logits(**b, ids);
+  const std::vector<float> la = AllLogits(**a, ids), lb = AllLogits(**b, ids);
   ASSERT_EQ(la.size(), lb.size());
   double scale = 0, diff = 0;
   for (size_t i = 0; i < la.size(); ++i) {
