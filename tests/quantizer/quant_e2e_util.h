@@ -9,6 +9,7 @@
 #include <string>
 
 #include "converter/hf_converter.h"
+#include "formats/package.h"
 #include "core/mapped_file.h"
 #include "gtest/gtest.h"
 #include "quantizer/quantize.h"
@@ -57,6 +58,19 @@ inline TextSplit TinyStoriesSplit(const std::string& calib_name, const std::stri
   std::ofstream(s.calib, std::ios::binary) << text->substr(0, cut);
   std::ofstream(s.eval, std::ios::binary) << text->substr(cut);
   return s;
+}
+
+// Packages a and b hold the same tensors with the same checksums (quantization is deterministic).
+inline void ExpectSameTensors(const std::string& a_dir, const std::string& b_dir) {
+  auto a = Package::Open(a_dir), b = Package::Open(b_dir);
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ((*a)->all_packs().size(), (*b)->all_packs().size());
+  for (size_t i = 0; i < (*a)->all_packs().size(); ++i) {
+    const auto& ta = (*a)->all_packs()[i]->tensors();
+    const auto& tb = (*b)->all_packs()[i]->tensors();
+    ASSERT_EQ(ta.size(), tb.size());
+    for (size_t j = 0; j < ta.size(); ++j) EXPECT_EQ(ta[j].checksum, tb[j].checksum) << ta[j].name;
+  }
 }
 
 }  // namespace tessera::quanttest

@@ -216,14 +216,7 @@ TEST(Calibration, Stories260KGptqBeatsRtnAndIsRecorded) {
   EXPECT_LT(c.kld_mean, r.kld_mean);
   // Deterministic: the same command gives the same bytes.
   const std::string cal2 = Quantize(base, "s-cal2", o);
-  auto a = Package::Open(cal), b = Package::Open(cal2);
-  ASSERT_TRUE(a.ok() && b.ok());
-  for (size_t i = 0; i < (*a)->all_packs().size(); ++i) {
-    const auto& ta = (*a)->all_packs()[i]->tensors();
-    const auto& tb = (*b)->all_packs()[i]->tensors();
-    ASSERT_EQ(ta.size(), tb.size());
-    for (size_t j = 0; j < ta.size(); ++j) EXPECT_EQ(ta[j].checksum, tb[j].checksum) << ta[j].name;
-  }
+  quanttest::ExpectSameTensors(cal, cal2);
 }
 
 // Sequential GPTQ (--sequential): each stage calibrated on the model with the earlier stages
@@ -248,14 +241,7 @@ TEST(Calibration, Stories260KSequentialGptqBeatsGptq) {
   const auto p = Quality(base, plain, eval, 128), s = Quality(base, seq, eval, 128);
   EXPECT_LT(s.kld_mean, p.kld_mean);
   const std::string seq2 = Quantize(base, "s-nl-seq2", o);
-  auto a = Package::Open(seq), b = Package::Open(seq2);
-  ASSERT_TRUE(a.ok() && b.ok());
-  for (size_t i = 0; i < (*a)->all_packs().size(); ++i) {
-    const auto& ta = (*a)->all_packs()[i]->tensors();
-    const auto& tb = (*b)->all_packs()[i]->tensors();
-    ASSERT_EQ(ta.size(), tb.size());
-    for (size_t j = 0; j < ta.size(); ++j) EXPECT_EQ(ta[j].checksum, tb[j].checksum) << ta[j].name;
-  }
+  quanttest::ExpectSameTensors(seq, seq2);
 }
 
 // --awq: scales folded into the norms; the float model is unchanged, so the weights verify compares
