@@ -106,19 +106,24 @@ absl::StatusOr<GptqFactor> GptqPrepare(const double* h, size_t k, double damp, b
 
 namespace {
 
-// Small dense SPD solve (Cholesky); false if not positive definite.
-bool SolveSpd(std::vector<double> a, std::vector<double> b, size_t n, std::vector<double>* x) {
-  if (!CholeskyLower(a, n)) return false;
+// Solves L L^T x = b in place (L: n x n lower triangular, row-major, from CholeskyLower).
+void CholeskySolveInPlace(const std::vector<double>& l, size_t n, double* b) {
   for (size_t i = 0; i < n; ++i) {
     double s = b[i];
-    for (size_t m = 0; m < i; ++m) s -= a[i * n + m] * b[m];
-    b[i] = s / a[i * n + i];
+    for (size_t m = 0; m < i; ++m) s -= l[i * n + m] * b[m];
+    b[i] = s / l[i * n + i];
   }
   for (size_t i = n; i-- > 0;) {
     double s = b[i];
-    for (size_t m = i + 1; m < n; ++m) s -= a[m * n + i] * b[m];
-    b[i] = s / a[i * n + i];
+    for (size_t m = i + 1; m < n; ++m) s -= l[m * n + i] * b[m];
+    b[i] = s / l[i * n + i];
   }
+}
+
+// Small dense SPD solve (Cholesky); false if not positive definite.
+bool SolveSpd(std::vector<double> a, std::vector<double> b, size_t n, std::vector<double>* x) {
+  if (!CholeskyLower(a, n)) return false;
+  CholeskySolveInPlace(a, n, b.data());
   *x = std::move(b);
   return true;
 }
@@ -342,16 +347,7 @@ absl::StatusOr<std::vector<double>> GptqTargetMap(const double* h, const double*
   std::vector<double> a(k * k), b(k);
   for (size_t i = 0; i < k; ++i) {
     for (size_t j = 0; j < k; ++j) b[j] = dead[j] ? 0.0 : cross[i * k + j] - h[i * k + j];
-    for (size_t r = 0; r < k; ++r) {
-      double s = b[r];
-      for (size_t m = 0; m < r; ++m) s -= l[r * k + m] * b[m];
-      b[r] = s / l[r * k + r];
-    }
-    for (size_t r = k; r-- > 0;) {
-      double s = b[r];
-      for (size_t m = r + 1; m < k; ++m) s -= l[m * k + r] * b[m];
-      b[r] = s / l[r * k + r];
-    }
+    CholeskySolveInPlace(l, k, b.data());
     std::copy(b.begin(), b.end(), a.begin() + static_cast<std::ptrdiff_t>(i * k));
   }
   return a;
