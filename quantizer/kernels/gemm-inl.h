@@ -30,6 +30,14 @@ HWY_INLINE constexpr size_t GemmUnitBytes(bool i8) { return GemmCodeBytes(i8) + 
 constexpr size_t kGemmPrefetch = 8192;
 
 #if HWY_TARGET == HWY_AVX3_DL
+// I4 nl's byte table: nibble -> level + 128 (unsigned, as I8's codes), the same 16 bytes in each
+// 128-bit lane (a vpshufb operand).
+__attribute__((target(HWY_TARGET_STR ",avx512vnni"))) HWY_INLINE __m512i GemmNlLut() {
+  alignas(64) uint8_t t[64];
+  for (size_t i = 0; i < 64; ++i) t[i] = static_cast<uint8_t>(tessera::kI4NlLevels[i % 16] + 128);
+  return _mm512_load_si512(t);
+}
+
 // One row group x kU tokens over all nb blocks (p: the tile's panel). Per block: the 8 weight
 // vectors (I4: 4 loads, low / high nibbles) and the 16 row scales are loaded once and used for
 // the kU tokens; each token's 4 activation bytes of a slice are a broadcast memory operand of
@@ -50,13 +58,7 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni(
 #pragma GCC unroll 8
   for (size_t u = 0; u < kU; ++u) acc[u] = _mm512_setzero_ps();
   const __m512i m4 = _mm512_set1_epi8(0x0F);
-  // I4 nl: nibble -> level + 128 (unsigned, as I8's codes), the same 16 bytes in each 128-bit lane.
-  __m512i lut = _mm512_setzero_si512();
-  if (kNl) {
-    alignas(64) uint8_t t[64];
-    for (size_t i = 0; i < 64; ++i) t[i] = static_cast<uint8_t>(tessera::kI4NlLevels[i % 16] + 128);
-    lut = _mm512_load_si512(t);
-  }
+  const __m512i lut = kNl ? GemmNlLut() : _mm512_setzero_si512();
   for (size_t b = 0; b < nb; ++b, w += kUnit, p += kPB) {
     if (kU == 1) {
       // Decode streams the weights from memory: request them kGemmPrefetch bytes ahead (row
@@ -133,12 +135,7 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void GemmTileVnni2x
 #pragma GCC unroll 4
   for (size_t u = 0; u < 4; ++u) acc0[u] = acc1[u] = _mm512_setzero_ps();
   const __m512i m4 = _mm512_set1_epi8(0x0F);
-  __m512i lut = _mm512_setzero_si512();
-  if (kNl) {
-    alignas(64) uint8_t t[64];
-    for (size_t i = 0; i < 64; ++i) t[i] = static_cast<uint8_t>(tessera::kI4NlLevels[i % 16] + 128);
-    lut = _mm512_load_si512(t);
-  }
+  const __m512i lut = kNl ? GemmNlLut() : _mm512_setzero_si512();
   for (size_t b = 0; b < nb; ++b, w0 += kUnit, w1 += kUnit, p += kPB) {
     __m512i ia0[4], ia1[4];
 #pragma GCC unroll 4
