@@ -626,6 +626,8 @@ int main(int argc, char** argv) {
                 "  tessera quantize out/kjv-f32 -o out/kjv-q4o6 --recipe int4-g32 --override 'lm=int6'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-nl --recipe int4nl-g32 --calib kjv_calib.txt --override 'lm=int6-g64'\n"
                 "  tessera quantize out/kjv-f32 -o out/kjv-seq --recipe int4nl-g32 --calib kjv_calib.txt --sequential\n"
+                "  tessera quantize out/kjv-f16 -o out/kjv-q4l --recipe int4nl-g32-out6 --calib kjv_calib.txt --calib-ctx 256 "
+                "--sequential   (Q4_0's layout)\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-mix --recipe int4-mixed --max-bytes 281632 --calib calib.txt\n"
                 "  tessera quantize out/s260k-f32 -o out/s260k-meas --recipe int4nl-mixed --max-bytes 258656 --calib calib.txt "
                 "--calib-ctx 128 --allocate measured\n"

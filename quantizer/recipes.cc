@@ -230,10 +230,14 @@ absl::StatusOr<QuantPlan> PlanQuantizationWithBudget(const TensorScheme& default
     for (const MatrixShape& m : matrices) b += SchemeBytes(FitGroup(q.scheme.at(m.key), m.cols), m.rows, m.cols);
     return b;
   };
+  // Recipe rules may name "{output}" (and the per-layer tags) as upgrades do.
+  std::vector<QuantRule> recipe_rules;
+  for (const QuantRule& r : rules)
+    for (const QuantRule& e : Expand(r, n_layers, matrices)) recipe_rules.push_back(e);
   std::set<std::string> forced;
   for (const MatrixShape& m : matrices) {
     std::string why;
-    p.scheme[m.key] = ResolveScheme(default_scheme, rules, {}, m.key, &why);
+    p.scheme[m.key] = ResolveScheme(default_scheme, recipe_rules, {}, m.key, &why);
     p.reason[m.key] = why;
     p.weights += static_cast<uint64_t>(m.rows * m.cols);
     for (const QuantRule& o : overrides)
@@ -324,6 +328,21 @@ const std::vector<Recipe>& AllRecipes() {
           "int4 on IQ4_NL's 16 non-uniform levels (denser near 0), groups of 32, f16 scales: 4.5 bits/weight "
           "everywhere (Q4_0's and IQ4_NL's size)",
           "int4nl-g32");
+    // llama.cpp's Q4_0 files keep the output matrix (or the tied token_embd) at Q6_K, 6.5625
+    // bits/weight (Q8_0 when the width is not a multiple of 256): these recipes do the same with
+    // int6-g32 (6.5 bits/weight) and are never larger than that layout.
+    auto out6 = [&](const char* name, const char* summary, const char* scheme) {
+      plain(name, summary, scheme);
+      v.back().rules = {R("{output}", "int6-g32")};
+    };
+    out6("int4-g32-out6",
+         "int4-g32 everywhere except the output matrix (lm/output, or token_embd when tied) at int6-g32: llama.cpp "
+         "Q4_0's layout (its output is Q6_K), 4.5 bits/weight plus 2 on the output",
+         "int4-g32-sym");
+    out6("int4nl-g32-out6",
+         "int4nl-g32 everywhere except the output matrix (lm/output, or token_embd when tied) at int6-g32: llama.cpp "
+         "Q4_0's layout (its output is Q6_K) on IQ4_NL's levels, 4.5 bits/weight plus 2 on the output",
+         "int4nl-g32");
     plain("int4-g64-asym", "int4 asymmetric, groups of 64, f16 scale + f16 min: 4.5 bits/weight everywhere",
           "int4-g64-asym");
     plain("int4-g128-asym", "int4 asymmetric, groups of 128, f16 scale + f16 min: 4.25 bits/weight everywhere",

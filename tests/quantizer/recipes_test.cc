@@ -93,7 +93,7 @@ TEST(Resolve, LastMatchWinsOverridesAfterRecipe) {
 }
 
 TEST(Recipes, KnownAndUnknown) {
-  for (const char* n : {"int4-g32", "int4-g64-asym", "int4-g128-asym", "int4-mixed", "int8", "f16", "bf16"})
+  for (const char* n : {"int4-g32", "int4-g32-out6", "int4nl-g32-out6", "int4-g64-asym", "int4-g128-asym", "int4-mixed", "int8", "f16", "bf16"})
     EXPECT_TRUE(FindRecipe(n).ok()) << n;
   auto r = FindRecipe("int3");
   ASSERT_FALSE(r.ok());
@@ -157,6 +157,33 @@ TEST(Plan, Int4NlMixedFallsBackToCoarserInt6ForTheOutput) {
   }
   EXPECT_EQ(SchemeName(p.scheme["embedding/token_embd"]), "int4nl-g64");
   EXPECT_EQ(p.reason["embedding/token_embd"], "embedding/token_embd=int4nl-g64");
+}
+
+// The *-out6 recipes (llama.cpp Q4_0's layout): the output matrix at int6-g32 -- lm/output when
+// untied, token_embd when tied -- everything else at the 4-bit default; an override still wins, and
+// the matrices never take more bytes than Q4_0's (Q6_K output at 6.5625 bits/weight, Q4_0 elsewhere).
+TEST(Plan, Out6RecipesPutTheOutputMatrixAtInt6) {
+  for (const char* name : {"int4-g32-out6", "int4nl-g32-out6"}) {
+    const auto r = FindRecipe(name);
+    ASSERT_TRUE(r.ok()) << name;
+    EXPECT_TRUE(r->upgrades.empty());
+    EXPECT_EQ(r->max_bits_per_weight, 0.0);
+    for (bool tied : {false, true}) {
+      const std::vector<MatrixShape> m = Kjv6LShapes(tied);
+      const std::string out = tied ? "embedding/token_embd" : "lm/output";
+      auto p = PlanQuantization(r->default_scheme, r->rules, r->upgrades, 0, {}, m, 6);
+      uint64_t q4_0 = 0;
+      for (const auto& x : m) {
+        const bool is_out = x.key == out;
+        EXPECT_EQ(p.scheme[x.key], is_out ? *ParseScheme("int6-g32") : r->default_scheme) << name << " " << x.key;
+        EXPECT_EQ(p.reason[x.key], is_out ? out + "=int6-g32" : "") << name << " " << x.key;
+        q4_0 += static_cast<uint64_t>(x.rows * x.cols) * (is_out ? 210 : 144) / 256;  // Q6_K / Q4_0 bytes per 256
+      }
+      EXPECT_LE(p.bytes, q4_0) << name;
+      auto o = PlanQuantization(r->default_scheme, r->rules, r->upgrades, 0, {*ParseOverride(out + "=int8")}, m, 6);
+      EXPECT_EQ(SchemeName(o.scheme[out]), "int8-g32");
+    }
+  }
 }
 
 TEST(Plan, BudgetedUpgradesStayWithinBudget) {
