@@ -21,21 +21,12 @@
 
 namespace tessera::app {
 namespace {
-namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 
 uint64_t PeakRss() {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   return static_cast<uint64_t>(ru.ru_maxrss) * 1024;
-}
-
-uint64_t DirBytes(const std::string& dir) {
-  uint64_t n = 0;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec))
-    if (e.is_regular_file(ec)) n += e.file_size(ec);
-  return n;
 }
 
 // JSON numbers cannot be infinite: +inf SNR (identical tensors) is written as null.
@@ -140,7 +131,7 @@ absl::Status RunVerify(const VerifyArgs& a) {
          {"recipe", quant.value("recipe", "")},
          {"algorithm", quant.value("algorithm", "")},
          {"bits_per_weight", quant.contains("bits_per_weight") ? quant["bits_per_weight"] : json(nullptr)},
-         {"package_bytes", DirBytes(a.pkg)},
+         {"package_bytes", PackageDirBytes(a.pkg)},
          {"text", a.text},
          {"ctx", r.ctx},
          {"n_tokens", r.n_tokens},

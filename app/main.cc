@@ -224,8 +224,7 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
     auto pkg = tessera::Package::Open(a.out, {.verify_checksums = false});
     if (pkg.ok()) {
       const auto& q = (*pkg)->manifest()["quant"];
-      uint64_t bytes = 0;
-      for (const auto& f : (*pkg)->manifest()["files"]) bytes += f.value("bytes", uint64_t{0});
+      const uint64_t bytes = tessera::PackageDirBytes(a.out);  // every file, manifest.json included
       std::fprintf(stderr, "wrote %s (%s, %s, %.3f bits/weight, %llu bytes)\n", a.out.c_str(),
                    q.value("recipe", "").c_str(), q.value("algorithm", "").c_str(), q.value("bits_per_weight", 0.0),
                    static_cast<unsigned long long>(bytes));

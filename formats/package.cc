@@ -24,6 +24,14 @@ namespace fs = std::filesystem;
 
 std::string BlockFileName(int64_t layer) { return absl::StrCat("block_", layer, ".bin"); }
 
+uint64_t PackageDirBytes(const std::string& dir) {
+  uint64_t n = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec))
+    if (e.is_regular_file(ec)) n += e.file_size(ec);
+  return n;
+}
+
 absl::StatusOr<std::string> HashFile(const std::string& path) {
   // Streamed in chunks with pread: hashing a multi-GB source never holds it in memory.
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);

@@ -21,6 +21,9 @@ inline constexpr const char* kTesseraVersion = "0.1.0";
 std::string BlockFileName(int64_t layer);
 // xxh3-64 of a whole file as 16 hex digits.
 absl::StatusOr<std::string> HashFile(const std::string& path);
+// Bytes of the regular files directly in dir (a package: its packs, tokenizer.txt and
+// manifest.json), the number `du -b` / `ls -l` give and --max-bytes budgets; 0 if unreadable.
+uint64_t PackageDirBytes(const std::string& dir);
 
 class Package {
  public:

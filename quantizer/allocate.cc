@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/mapped_file.h"
 #include "core/status.h"
+#include "formats/package.h"
 #include "nlohmann/json.hpp"
 #include "quantizer/recipes.h"
 #include "runtime-lite/model.h"
@@ -38,15 +39,6 @@ std::vector<size_t> SolveAllocation(const std::vector<std::vector<AllocationCand
     spent += best_db;
   }
 }
-
-namespace {
-uint64_t DirBytes(const std::string& dir) {
-  uint64_t b = 0;
-  for (const auto& e : fs::directory_iterator(dir))
-    if (e.is_regular_file()) b += e.file_size();
-  return b;
-}
-}  // namespace
 
 absl::StatusOr<AllocationResult> QuantizeMeasuredAllocation(const std::string& src_dir, const std::string& out_dir,
                                                             const QuantizeOptions& o,
@@ -96,7 +88,7 @@ absl::StatusOr<AllocationResult> QuantizeMeasuredAllocation(const std::string& s
     TESSERA_ASSIGN_OR_RETURN(const std::string mtext, ReadFileToString(dir + "/manifest.json"));
     const nlohmann::json m = nlohmann::json::parse(mtext, nullptr, /*allow_exceptions=*/false);
     if (m.is_discarded()) return absl::DataLossError(absl::StrCat(dir, "/manifest.json: not JSON"));
-    return Measured{r.kld_mean, DirBytes(dir), m["quant"]["tensors"]};
+    return Measured{r.kld_mean, PackageDirBytes(dir), m["quant"]["tensors"]};
   };
   auto run = [&]() -> absl::StatusOr<AllocationResult> {
     AllocationResult res;
