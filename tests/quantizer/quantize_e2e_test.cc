@@ -194,21 +194,33 @@ TEST(Recipes, SearchBeatsRtnOnKjv6L) {
   EXPECT_EQ(ReadJson(rtn + "/manifest.json")["quant"]["algorithm"], "rtn");
 }
 
-// Calibrated on the first part of the TinyStories sample, evaluated on the rest.
-TEST(Calibration, Stories260KGptqBeatsRtnAndIsRecorded) {
-  const std::string base = Converted("stories260K/hf");
-  const auto [calib, eval] = quanttest::TinyStoriesSplit("calib.txt", "eval.txt");
-  QuantizeOptions o;
-  o.recipe = "int4-g32";
+// stories260K quantized with `recipe` twice: RTN (TAG-rtn) and calibrated on the first part of the
+// TinyStories sample (TAG-cal; `o` as given, plus the calibration text at ctx 128), evaluated on the rest.
+struct RtnAndCalibrated {
+  std::string base, rtn, cal, eval;
+  QuantizeOptions o;  // the calibrated run's options
+};
+RtnAndCalibrated QuantizeRtnAndCalibrated(const std::string& recipe, const std::string& tag, QuantizeOptions o = {}) {
+  RtnAndCalibrated r;
+  r.base = Converted("stories260K/hf");
+  const auto split = quanttest::TinyStoriesSplit(tag + "-calib.txt", tag + "-eval.txt");
+  r.eval = split.eval;
+  o.recipe = recipe;
   o.algorithm = QuantAlgorithm::kRtn;
-  const std::string rtn = Quantize(base, "s-rtn", o);
+  r.rtn = Quantize(r.base, tag + "-rtn", o);
   o.algorithm = QuantAlgorithm::kDefault;
-  o.calib_text = calib;
+  o.calib_text = split.calib;
   o.calib_ctx = 128;
-  const std::string cal = Quantize(base, "s-cal", o);
+  r.cal = Quantize(r.base, tag + "-cal", o);
+  r.o = o;
+  return r;
+}
+
+TEST(Calibration, Stories260KGptqBeatsRtnAndIsRecorded) {
+  const auto [base, rtn, cal, eval, o] = QuantizeRtnAndCalibrated("int4-g32", "s");
   const auto m = ReadJson(cal + "/manifest.json");
   EXPECT_EQ(m["quant"]["algorithm"], "gptq");
-  EXPECT_EQ(m["quant"]["calibration"]["file"], "calib.txt");
+  EXPECT_EQ(m["quant"]["calibration"]["file"], "s-calib.txt");
   EXPECT_EQ(m["quant"]["calibration"]["xxh3_64"].get<std::string>().size(), 16u);
   EXPECT_GT(m["quant"]["calibration"]["tokens"].get<int64_t>(), 1000);
   EXPECT_EQ(m["quant"]["calibration"]["ctx"], 128);
@@ -249,17 +261,9 @@ TEST(Calibration, Stories260KSequentialGptqBeatsGptq) {
 // llama.cpp's Q4_0 file on this split (0.090210, measured with ../shared/bench's llpeer;
 // quantizer/README.md), which is the quantization issue's target (measured here: 0.0389).
 TEST(Calibration, Stories260KOut6SequentialHalvesQ4_0) {
-  const std::string base = Converted("stories260K/hf");
-  const auto [calib, eval] = quanttest::TinyStoriesSplit("o6-calib.txt", "o6-eval.txt");
-  QuantizeOptions o;
-  o.recipe = "int4nl-g32-out6";
-  o.algorithm = QuantAlgorithm::kRtn;
-  const std::string rtn = Quantize(base, "s-o6-rtn", o);
-  o.algorithm = QuantAlgorithm::kDefault;
-  o.calib_text = calib;
-  o.calib_ctx = 128;
-  o.sequential = true;
-  const std::string seq = Quantize(base, "s-o6-seq", o);
+  QuantizeOptions seq_opts;
+  seq_opts.sequential = true;
+  const auto [base, rtn, seq, eval, o] = QuantizeRtnAndCalibrated("int4nl-g32-out6", "s-o6", seq_opts);
   const auto m = ReadJson(seq + "/manifest.json");
   EXPECT_EQ(m["quant"]["recipe"], "int4nl-g32-out6");
   EXPECT_EQ(m["quant"]["tensors"]["embedding/token_embd"]["scheme"], "int6-g32");
