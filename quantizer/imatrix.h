@@ -7,12 +7,15 @@
 // the scale search (quantizer/search.h). Never calibrate on the evaluation text.
 #pragma once
 
+#include <memory>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 #include "quantizer/quantize.h"
+#include "runtime-lite/model.h"
 
 namespace tessera {
 
@@ -32,5 +35,41 @@ absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_di
                                                        bool want_cov, nlohmann::ordered_json* info,
                                                        const std::string& quant_dir = "",
                                                        const std::set<std::string>* only_keys = nullptr);
+
+class StatsAccumulator;
+
+// Sequential calibration layer by layer (quantize --sequential): the same statistics as
+// CollectActivationStats(src_dir, o, true, info, quant_dir, &keys) on a package quant_dir in the
+// same state, bit for bit, without running every layer for every stage. Per calibration chunk it
+// keeps the residual stream entering the current layer for the source model and for the partly
+// quantized one (2 x tokens x hidden floats); a stage runs that one layer of both models, up to
+// the matrices asked for, and the streams move on one layer at a time.
+class SequentialCalibration {
+ public:
+  // quant_dir: a package of the source's architecture whose embedding is in its final state;
+  // its blocks are replaced with SetBlock as they are quantized (stage files are written there).
+  static absl::StatusOr<std::unique_ptr<SequentialCalibration>> Create(const std::string& src_dir,
+                                                                       const std::string& quant_dir,
+                                                                       const QuantizeOptions& o);
+  ~SequentialCalibration();
+  // Block `layer` of the quantized model now holds `tensors` (a whole block, e.g. partly
+  // quantized). Every block the streams are moved through must hold its final tensors by then.
+  absl::Status SetBlock(int64_t layer, const std::vector<TensorData>& tensors);
+  // The statistics of the matrix inputs `keys` (one block's "block_{i}/...", or "lm/output"),
+  // from that block's (the head's) inputs; the streams first move on to it. Blocks are visited
+  // in order: a block before the streams' layer is an error.
+  absl::StatusOr<ActivationStats> CollectStage(const std::set<std::string>& keys);
+
+ private:
+  SequentialCalibration();
+  absl::Status AdvanceTo(int64_t layer);
+  std::unique_ptr<Model> src_, q_;
+  std::vector<std::vector<int32_t>> chunks_;
+  std::vector<std::vector<float>> src_x_, q_x_;  // per chunk: the residual streams entering layer_
+  int64_t layer_ = 0, ctx_ = 0;
+  size_t tokens_ = 0;
+  std::string stage_file_;
+  StatsAccumulator* acc_ = nullptr;  // while a stage is collected
+};
 
 }  // namespace tessera
