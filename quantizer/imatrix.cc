@@ -20,8 +20,9 @@ std::string Stem(const std::string& key) { return key.substr(0, key.find('/')); 
 // ---- the statistics of one calibration run ----
 class StatsAccumulator {
  public:
-  StatsAccumulator(bool want_cov, bool sequential, const std::set<std::string>* only_keys)
-      : want_cov_(want_cov), sequential_(sequential), only_keys_(only_keys) {}
+  StatsAccumulator(bool want_cov, bool sequential, const std::set<std::string>* only_keys,
+                   const std::set<std::string>* cov_keys = nullptr)
+      : want_cov_(want_cov), sequential_(sequential), only_keys_(only_keys), cov_keys_(cov_keys) {}
 
   // Sequential: the source model's input of each matrix for the current chunk (T x k, dense).
   void Source(const std::string& key, const float* x, size_t T, size_t ldx, size_t k) {
@@ -53,7 +54,7 @@ class StatsAccumulator {
       for (size_t i = 0; i < k; ++i) a.sum[i] += static_cast<double>(row[i]) * row[i];
     }
     a.n += static_cast<int64_t>(T);
-    if (!want_cov_) return;
+    if (!want_cov_ || (cov_keys_ != nullptr && !cov_keys_->count(key))) return;
     // X^T X for this chunk with the SIMD matmul: W = X^T (k rows of T), activations = X^T.
     xt_.assign(k * T, 0.0f);
     for (size_t t = 0; t < T; ++t)
@@ -141,6 +142,7 @@ class StatsAccumulator {
 
   const bool want_cov_, sequential_;
   const std::set<std::string>* only_keys_;
+  const std::set<std::string>* cov_keys_;
   std::map<std::string, std::vector<float>> src_x_;
   const float* src_last_ = nullptr;
   std::string src_last_key_;
@@ -188,7 +190,8 @@ absl::StatusOr<Chunks> CalibrationChunks(const Model& model, const QuantizeOptio
 absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_dir, const QuantizeOptions& o,
                                                        bool want_cov, nlohmann::ordered_json* info,
                                                        const std::string& quant_dir,
-                                                       const std::set<std::string>* only_keys) {
+                                                       const std::set<std::string>* only_keys,
+                                                       const std::set<std::string>* cov_keys) {
   const bool sequential = !quant_dir.empty();
   if (sequential && !want_cov) return absl::InvalidArgumentError("sequential calibration needs the covariances (GPTQ)");
   TESSERA_ASSIGN_OR_RETURN(auto model, Model::Load(src_dir));
@@ -201,7 +204,7 @@ absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_di
   TESSERA_ASSIGN_OR_RETURN(std::string text, ReadFileToString(o.calib_text));
   TESSERA_ASSIGN_OR_RETURN(std::string hash, HashFile(o.calib_text));
   TESSERA_ASSIGN_OR_RETURN(const Chunks chunks, CalibrationChunks(*model, o, text));
-  StatsAccumulator acc(want_cov, sequential, only_keys);
+  StatsAccumulator acc(want_cov, sequential, only_keys, cov_keys);
   if (sequential) {
     model->SetActivationObserver([&](const std::string& key, const float* x, size_t T, size_t ldx, size_t k) {
       acc.Source(key, x, T, ldx, k);
@@ -295,9 +298,11 @@ absl::Status SequentialCalibration::AdvanceTo(int64_t layer) {
   for (; layer_ < layer; ++layer_) {
     for (size_t ch = 0; ch < chunks_.size(); ++ch) {
       const size_t T = chunks_[ch].size();
-      TESSERA_RETURN_IF_ERROR(src_->ForwardLayers(cache, T, layer_, layer_ + 1, src_x_[ch].data()));
+      if (src_layer_ == layer_)
+        TESSERA_RETURN_IF_ERROR(src_->ForwardLayers(cache, T, layer_, layer_ + 1, src_x_[ch].data()));
       TESSERA_RETURN_IF_ERROR(q_->ForwardLayers(cache, T, layer_, layer_ + 1, q_x_[ch].data()));
     }
+    src_layer_ = layer_ + 1;
   }
   return absl::OkStatus();
 }
@@ -333,6 +338,12 @@ absl::StatusOr<ActivationStats> SequentialCalibration::CollectStage(const std::s
   }
   const Model::LayerStop layer_stop = whole ? Model::LayerStop::kNone : static_cast<Model::LayerStop>(stop);
   TESSERA_RETURN_IF_ERROR(AdvanceTo(layer));
+  if (src_layer_ != layer)
+    return absl::FailedPreconditionError(
+        absl::StrCat("sequential calibration: ", stem, " after the source stream moved past it"));
+  // The source layer never changes: when its whole layer runs anyway (up to ffn_down), it runs in
+  // place and its stream moves on (the observer calls are the same: ffn_down's input is the last).
+  const bool src_moves = layer < c.layers && (layer_stop == Model::LayerStop::kFfnDown || layer_stop == Model::LayerStop::kNone);
   StatsAccumulator acc(/*want_cov=*/true, /*sequential=*/true, &keys);
   acc_ = &acc;
   struct Reset {
@@ -341,16 +352,17 @@ absl::StatusOr<ActivationStats> SequentialCalibration::CollectStage(const std::s
   } reset{&acc_};
   KVCache cache(c, ctx_);
   const size_t H = static_cast<size_t>(c.hidden);
-  std::vector<float> x, logits;
+  std::vector<float> x;
   for (size_t ch = 0; ch < chunks_.size(); ++ch) {
     const size_t T = chunks_[ch].size();
     for (int m = 0; m < 2; ++m) {  // the source model, then the partly quantized one
       const Model& model = m == 0 ? *src_ : *q_;
-      const std::vector<float>& in = m == 0 ? src_x_[ch] : q_x_[ch];
+      std::vector<float>& in = m == 0 ? src_x_[ch] : q_x_[ch];
       acc.NewRun();
       if (layer == c.layers) {
-        logits.resize(T * static_cast<size_t>(c.vocab));
-        TESSERA_RETURN_IF_ERROR(model.ForwardHead(in.data(), T, logits.data()));
+        TESSERA_RETURN_IF_ERROR(model.ForwardHead(in.data(), T, nullptr));
+      } else if (m == 0 && src_moves) {
+        TESSERA_RETURN_IF_ERROR(model.ForwardLayers(cache, T, layer, layer + 1, in.data()));
       } else {
         x.assign(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(T * H));
         TESSERA_RETURN_IF_ERROR(model.ForwardLayers(cache, T, layer, layer + 1, x.data(), layer_stop));
@@ -358,6 +370,7 @@ absl::StatusOr<ActivationStats> SequentialCalibration::CollectStage(const std::s
     }
     TESSERA_RETURN_IF_ERROR(acc.EndChunk());
   }
+  if (src_moves) src_layer_ = layer + 1;
   return acc.Finish(static_cast<int64_t>(tokens_));
 }
 

@@ -30,11 +30,13 @@ namespace tessera {
 // input x of the same matrix and token (ActivationStats::cross), from which GPTQ's target
 // compensates the upstream error (quantize.h). One chunk's source activations are held at a time.
 // only_keys: accumulate only these matrix inputs (the first of matrices sharing an input, e.g.
-// attn_q, ffn_up; the others are copied from it when listed too).
+// attn_q, ffn_up; the others are copied from it when listed too). cov_keys (with want_cov): E[x x^T]
+// only for these (the others get mean(x^2) only).
 absl::StatusOr<ActivationStats> CollectActivationStats(const std::string& src_dir, const QuantizeOptions& o,
                                                        bool want_cov, nlohmann::ordered_json* info,
                                                        const std::string& quant_dir = "",
-                                                       const std::set<std::string>* only_keys = nullptr);
+                                                       const std::set<std::string>* only_keys = nullptr,
+                                                       const std::set<std::string>* cov_keys = nullptr);
 
 class StatsAccumulator;
 
@@ -65,8 +67,9 @@ class SequentialCalibration {
   absl::Status AdvanceTo(int64_t layer);
   std::unique_ptr<Model> src_, q_;
   std::vector<std::vector<int32_t>> chunks_;
-  std::vector<std::vector<float>> src_x_, q_x_;  // per chunk: the residual streams entering layer_
-  int64_t layer_ = 0, ctx_ = 0;
+  // Per chunk: the residual streams entering layer_ (the source's: src_layer_, layer_ or one more).
+  std::vector<std::vector<float>> src_x_, q_x_;
+  int64_t layer_ = 0, src_layer_ = 0, ctx_ = 0;
   size_t tokens_ = 0;
   std::string stage_file_;
   StatsAccumulator* acc_ = nullptr;  // while a stage is collected

@@ -400,8 +400,14 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     for (const MatrixShape& m : shapes) cov_bytes += 3.0 * 8.0 * static_cast<double>(m.cols) * static_cast<double>(m.cols);
     const bool cov_fits = cov_bytes <= 4.0 * (1ull << 30);
     const bool want_cov = o.algorithm == QuantAlgorithm::kGptq || (o.algorithm == QuantAlgorithm::kDefault && cov_fits);
-    TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, want_cov, &calib_info));
     sequential = o.sequential && want_cov;
+    // Sequential: every matrix input's covariance is collected again per stage; from the source
+    // model only a tied output's (the embedding's, quantized first), and mean(x^2) for every input
+    // (which matrices have statistics).
+    const std::set<std::string> source_cov = {cfg.tie_embeddings ? "lm/output" : ""};
+    const bool fewer_cov = sequential && !o.sequential_reference;
+    TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, want_cov, &calib_info, "", nullptr,
+                                                           fewer_cov ? &source_cov : nullptr));
     if (sequential) {
       calib_info["statistic"] = "per stage, on the model with the earlier stages quantized (x~): mean(x~^2) per input "
                                 "channel + E[x~ x~^T] + E[x x~^T] with the source model's inputs x (GPTQ, sequential)";
@@ -578,7 +584,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     int collected_stage = -1;
     for (const size_t idx : order) {
       const PackTensor& t0 = tensors[idx];
-      if (sequential && StageOf(t0) >= 0 && StageOf(t0) != collected_stage && stats.cov.count(stem + "/" + t0.name)) {
+      if (sequential && StageOf(t0) >= 0 && StageOf(t0) != collected_stage && stats.mean_sq.count(stem + "/" + t0.name)) {
         collected_stage = StageOf(t0);
         std::vector<std::string> names;
         for (const auto& u : tensors)

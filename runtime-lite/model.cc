@@ -733,6 +733,10 @@ void Model::RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop
 void Model::RunHead(const Head& head, const float* x, const size_t* rows, size_t n, Pass& p, float* logits) const {
   const size_t H = static_cast<size_t>(config().hidden), ldh = Padded(H);
   for (size_t i = 0; i < n; ++i) Norm(x + rows[i] * H, head.norm, head.norm_b, H, p.xn.data() + i * ldh);
+  if (logits == nullptr) {  // the observer call of the multiply below
+    Observe("lm/output", p.xn.data(), n, ldh, H);
+    return;
+  }
   p.qa_x.valid = false;
   const size_t V = static_cast<size_t>(config().vocab);
   const Q8Job job{&head.output, &head.q8out, nullptr, logits, V};

@@ -102,7 +102,8 @@ class Model {
   // Runs layers [first, last) on x in place; the cache receives their K / V for positions 0..T-1.
   absl::Status ForwardLayers(KVCache& cache, size_t T, int64_t first, int64_t last, float* x,
                              LayerStop stop = LayerStop::kNone) const;
-  // The final norm and the LM head on the T rows of x: logits [T][vocab].
+  // The final norm and the LM head on the T rows of x: logits [T][vocab]; logits null: the
+  // activation observer is only given the head's input.
   absl::Status ForwardHead(const float* x, size_t T, float* logits) const;
   // Rebinds block i to the tensors of `pack` (a block of the same architecture, e.g. partly
   // quantized), repacked for the int8-activation path as Load does. Not in stream mode; not while
@@ -232,7 +233,8 @@ class Model {
   void Observe(const std::string& key, const float* x, size_t T, size_t ldx, size_t k) const;
   // Layer l on x (p.T rows, in place), or up to `stop`.
   void RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop) const;
-  // Norm + LM head of rows[0..n) of x into logits ([n][vocab]), with p.xn / p.qa_x as scratch.
+  // Norm + LM head of rows[0..n) of x into logits ([n][vocab]; null: only the observer call), with
+  // p.xn / p.qa_x as scratch.
   void RunHead(const Head& head, const float* x, const size_t* rows, size_t n, Pass& p, float* logits) const;
   using RepackList = std::vector<std::pair<kernels::WeightMatrix*, kernels::Q8Weights*>>;
   static RepackList Matrices(Layer* layers, size_t n, Head* head);

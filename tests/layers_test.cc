@@ -142,6 +142,17 @@ TEST(LayerByLayer, StopsAfterTheGroupsInput) {
     ASSERT_EQ(calls.size(), n);
     for (size_t i = 0; i < n; ++i) EXPECT_TRUE(calls[i] == whole[i]) << whole[i].key;
   }
+  // The head without logits: only the observer call, the same as with them.
+  std::vector<Call> head, head_only;
+  std::vector<float> logits(T * static_cast<size_t>(m->vocab()));
+  Record(*m, &head);
+  ASSERT_TRUE(m->ForwardHead(x0.data(), T, logits.data()).ok());
+  Record(*m, &head_only);
+  ASSERT_TRUE(m->ForwardHead(x0.data(), T, nullptr).ok());
+  ASSERT_EQ(head.size(), 1u);
+  EXPECT_EQ(head[0].key, "lm/output");
+  ASSERT_EQ(head_only.size(), 1u);
+  EXPECT_TRUE(head_only[0] == head[0]);
   // Out of range.
   EXPECT_FALSE(m->ForwardLayers(cache, T, 1, m->config().layers + 1, x.data()).ok());
   EXPECT_FALSE(m->ForwardLayers(cache, T, 2, 1, x.data()).ok());
