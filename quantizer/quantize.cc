@@ -400,8 +400,14 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     for (const MatrixShape& m : shapes) cov_bytes += 3.0 * 8.0 * static_cast<double>(m.cols) * static_cast<double>(m.cols);
     const bool cov_fits = cov_bytes <= 4.0 * (1ull << 30);
     const bool want_cov = o.algorithm == QuantAlgorithm::kGptq || (o.algorithm == QuantAlgorithm::kDefault && cov_fits);
-    TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, want_cov, &calib_info));
     sequential = o.sequential && want_cov;
+    // Sequential: every matrix input's covariance is collected again per stage; from the source
+    // model only a tied output's (the embedding's, quantized first), and mean(x^2) for every input
+    // (which matrices have statistics).
+    const std::set<std::string> source_cov = {cfg.tie_embeddings ? "lm/output" : ""};
+    const bool fewer_cov = sequential && !o.sequential_reference;
+    TESSERA_ASSIGN_OR_RETURN(stats, CollectActivationStats(src_dir, o, want_cov, &calib_info, "", nullptr,
+                                                           fewer_cov ? &source_cov : nullptr));
     if (sequential) {
       calib_info["statistic"] = "per stage, on the model with the earlier stages quantized (x~): mean(x~^2) per input "
                                 "channel + E[x~ x~^T] + E[x x~^T] with the source model's inputs x (GPTQ, sequential)";
@@ -410,7 +416,8 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   }
 
   // Sequential GPTQ: every pack's current tensors (the source as f32, then each tensor as it is
-  // quantized), written to a scratch package next to out_dir before each stage is calibrated.
+  // quantized). A scratch package next to out_dir holds them once the embedding is quantized (the
+  // partly quantized model, whose blocks the SequentialCalibration then replaces as they change).
   std::map<std::string, std::vector<TensorData>> state;
   std::string scratch_dir;
   if (sequential) {
@@ -432,20 +439,31 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       if (!dir.empty()) fs::remove_all(dir, ec);
     }
   } remove_scratch{scratch_dir};
-  auto collect_stage = [&](const std::string& stem, const std::vector<std::string>& names) -> absl::Status {
-    {
-      TESSERA_ASSIGN_OR_RETURN(auto sw, PackageWriter::Create(scratch_dir, true));
-      for (const PackFile& pf : pack_files) TESSERA_RETURN_IF_ERROR(sw->WritePack(pf.file, pf.role, pf.layer, state[pf.file]));
-      TESSERA_RETURN_IF_ERROR(sw->WriteTokenizer(pkg->tokenizer()));
-      nlohmann::ordered_json m;
-      for (auto& [k, v] : pkg->manifest().items())
-        if (k != "format" && k != "format_version" && k != "files") m[k] = v;
-      TESSERA_RETURN_IF_ERROR(sw->Commit(std::move(m)));
-    }
+  auto write_scratch = [&]() -> absl::Status {
+    TESSERA_ASSIGN_OR_RETURN(auto sw, PackageWriter::Create(scratch_dir, true));
+    for (const PackFile& pf : pack_files) TESSERA_RETURN_IF_ERROR(sw->WritePack(pf.file, pf.role, pf.layer, state[pf.file]));
+    TESSERA_RETURN_IF_ERROR(sw->WriteTokenizer(pkg->tokenizer()));
+    nlohmann::ordered_json m;
+    for (auto& [k, v] : pkg->manifest().items())
+      if (k != "format" && k != "format_version" && k != "files") m[k] = v;
+    return sw->Commit(std::move(m));
+  };
+  std::unique_ptr<SequentialCalibration> seq_calib;
+  // The statistics of one stage (matrices `names` of pack `stem`, in its current state).
+  auto collect_stage = [&](const std::string& stem, const std::string& file, int64_t layer,
+                           const std::vector<std::string>& names) -> absl::Status {
     std::set<std::string> keys;
     for (const std::string& n : names) keys.insert(stem + "/" + n);
-    nlohmann::ordered_json info;
-    TESSERA_ASSIGN_OR_RETURN(ActivationStats st, CollectActivationStats(src_dir, o, true, &info, scratch_dir, &keys));
+    ActivationStats st;
+    if (o.sequential_reference) {
+      TESSERA_RETURN_IF_ERROR(write_scratch());
+      nlohmann::ordered_json info;
+      TESSERA_ASSIGN_OR_RETURN(st, CollectActivationStats(src_dir, o, true, &info, scratch_dir, &keys));
+    } else {
+      if (seq_calib == nullptr) return absl::InternalError(absl::StrCat("sequential calibration of ", stem, " before the blocks"));
+      if (layer >= 0) TESSERA_RETURN_IF_ERROR(seq_calib->SetBlock(layer, state[file]));
+      TESSERA_ASSIGN_OR_RETURN(st, seq_calib->CollectStage(keys));
+    }
     for (auto& [k, v] : st.mean_sq) stats.mean_sq[k] = std::move(v);
     for (auto& [k, v] : st.cov) stats.cov[k] = std::move(v);
     for (auto& [k, v] : st.cross) stats.cross[k] = std::move(v);
@@ -566,12 +584,12 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
     int collected_stage = -1;
     for (const size_t idx : order) {
       const PackTensor& t0 = tensors[idx];
-      if (sequential && StageOf(t0) >= 0 && StageOf(t0) != collected_stage && stats.cov.count(stem + "/" + t0.name)) {
+      if (sequential && StageOf(t0) >= 0 && StageOf(t0) != collected_stage && stats.mean_sq.count(stem + "/" + t0.name)) {
         collected_stage = StageOf(t0);
         std::vector<std::string> names;
         for (const auto& u : tensors)
           if (StageOf(u) == collected_stage) names.push_back(u.name);
-        TESSERA_RETURN_IF_ERROR(collect_stage(stem, names));
+        TESSERA_RETURN_IF_ERROR(collect_stage(stem, file, role == "block" ? layer : -1, names));
       }
       // A tensor replaced by AWQ is read from an f32 view of its new values.
       PackTensor view;
@@ -617,11 +635,17 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       out[idx] = std::move(q);
     }
     TESSERA_RETURN_IF_ERROR(writer->WritePack(file, role, layer, out));
+    // Sequential: the block's final tensors, for the streams to move through it.
+    if (seq_calib != nullptr && role == "block") TESSERA_RETURN_IF_ERROR(seq_calib->SetBlock(layer, out));
     pack.ReleasePages();  // bounded memory: the source block leaves the resident set
     progress.Add();
     return absl::OkStatus();
   };
   TESSERA_RETURN_IF_ERROR(do_pack(pkg->embedding(), "embedding.bin", "embedding", -1));
+  if (sequential && !o.sequential_reference) {
+    TESSERA_RETURN_IF_ERROR(write_scratch());
+    TESSERA_ASSIGN_OR_RETURN(seq_calib, SequentialCalibration::Create(src_dir, scratch_dir, o));
+  }
   for (int64_t i = 0; i < cfg.layers; ++i)
     TESSERA_RETURN_IF_ERROR(do_pack(pkg->block(i), BlockFileName(i), "block", i));
   TESSERA_RETURN_IF_ERROR(do_pack(pkg->lm(), "lm.bin", "lm", -1));

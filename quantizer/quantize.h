@@ -45,7 +45,12 @@ struct QuantizeOptions {
   // block: attn_q/k/v, attn_output, ffn_gate/up, ffn_down; then the output), each stage's
   // statistics taken on the model whose earlier stages are already quantized (x~), and GPTQ aims
   // at the source model's outputs (target w E[x x~^T] E[x~ x~^T]^-1, see QuantizeTensor).
+  // The statistics are those of a full forward pass per stage (the source and the partly quantized
+  // model over the calibration text), computed layer by layer (SequentialCalibration, imatrix.h).
   bool sequential = false;
+  // Internal (tests): the reference implementation of `sequential`, which writes the whole scratch
+  // package and runs both models through every layer for every stage; the same bytes, slower.
+  bool sequential_reference = false;
   // Budgets for a budgeted recipe (int4-mixed), replacing its own bits/weight budget when given:
   // the whole output package in bytes (every file, manifest included) and/or the matrices'
   // bits/weight. 0: not given.

@@ -512,6 +512,237 @@ absl::Status Model::Forward(KVCache& cache, const int32_t* ids, size_t T, int64_
   return ForwardBatch({in});
 }
 
+absl::Status Model::CheckIds(const int32_t* ids, size_t n) const {
+  const int64_t vocab = config().vocab;
+  for (size_t t = 0; t < n; ++t)
+    if (ids[t] < 0 || ids[t] >= vocab)
+      return absl::InvalidArgumentError(absl::StrCat("token id ", ids[t], " out of range [0, ", vocab, ")"));
+  return absl::OkStatus();
+}
+
+void Model::InitPass(Pass& p) const {
+  const ModelConfig& c = config();
+  const size_t T = p.T;
+  const size_t H = static_cast<size_t>(c.hidden), D = static_cast<size_t>(c.head_dim);
+  const size_t Q = static_cast<size_t>(c.heads) * D, KV = static_cast<size_t>(c.kv_heads) * D;
+  const size_t F = static_cast<size_t>(c.ffn);
+  p.xn.assign(T * Padded(H), 0.0f);
+  p.q.assign(T * Q, 0.0f);
+  p.k.assign(T * KV, 0.0f);
+  p.v.assign(T * KV, 0.0f);
+  p.att.assign(T * Padded(Q), 0.0f);
+  p.proj.assign(T * H, 0.0f);
+  p.gate.assign(c.mlp == "gated" ? T * F : 0, 0.0f);
+  p.up.assign(T * F, 0.0f);
+  p.hid.assign(T * Padded(F), 0.0f);
+  // RoPE tables for these positions.
+  const size_t half = D / 2;
+  p.cosv.assign(T * half, 0.0f);
+  p.sinv.assign(T * half, 0.0f);
+  for (size_t t = 0; t < T && c.positions == "rope"; ++t) {
+    const float pos = static_cast<float>(p.pos[t]);
+    for (size_t i = 0; i < half; ++i) {
+      const float ang = pos * rope_inv_freq_[i];
+      p.cosv[t * half + i] = static_cast<float>(std::cos(static_cast<double>(ang)));
+      p.sinv[t * half + i] = static_cast<float>(std::sin(static_cast<double>(ang)));
+    }
+  }
+}
+
+absl::Status Model::EmbedRows(const int32_t* ids, const int64_t* pos, size_t T, float* x) const {
+  const ModelConfig& c = config();
+  const size_t H = static_cast<size_t>(c.hidden);
+  std::vector<float> row(H);
+  for (size_t t = 0; t < T; ++t) {
+    float* xt = x + t * H;
+    if (pkg_->streaming()) {
+      TESSERA_RETURN_IF_ERROR(ReadEmbeddingRow(*embedding_, static_cast<size_t>(ids[t]), xt));
+    } else {
+      embedding_->RowToF32(static_cast<size_t>(ids[t]), xt);
+    }
+    if (c.embed_scale != 1.0) {
+      const float s = static_cast<float>(c.embed_scale);
+      for (size_t i = 0; i < H; ++i) xt[i] *= s;
+    }
+    if (pos_embd_ != nullptr) {
+      if (pkg_->streaming()) {
+        TESSERA_RETURN_IF_ERROR(ReadEmbeddingRow(*pos_embd_, static_cast<size_t>(pos[t]), row.data()));
+      } else {
+        pos_embd_->RowToF32(static_cast<size_t>(pos[t]), row.data());
+      }
+      for (size_t i = 0; i < H; ++i) xt[i] += row[i];
+    }
+  }
+  return absl::OkStatus();
+}
+
+void Model::Observe(const std::string& key, const float* x, size_t T, size_t ldx, size_t k) const {
+  if (observer_) observer_(key, x, T, ldx, k);
+}
+
+void Model::RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop) const {
+  const ModelConfig& c = config();
+  const size_t T = p.T;
+  const size_t H = static_cast<size_t>(c.hidden), D = static_cast<size_t>(c.head_dim);
+  const size_t NH = static_cast<size_t>(c.heads), NKV = static_cast<size_t>(c.kv_heads);
+  const size_t Q = NH * D, KV = NKV * D, F = static_cast<size_t>(c.ffn);
+  const size_t ldh = Padded(H), ldq = Padded(Q), ldf = Padded(F);
+  float *xn = p.xn.data(), *q = p.q.data(), *k = p.k.data(), *v = p.v.data(), *att = p.att.data();
+  float *proj = p.proj.data(), *gate = p.gate.data(), *up = p.up.data(), *hid = p.hid.data();
+  const bool use_rope = c.positions == "rope";
+  const size_t half = D / 2;
+  const bool interleaved = c.rope_convention == "interleaved";
+  auto rope = [&](float* vec, size_t t) {
+    if (!use_rope) return;
+    const float* cs = p.cosv.data() + t * half;
+    const float* sn = p.sinv.data() + t * half;
+    for (size_t i = 0; i < half; ++i) {
+      const size_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
+      const float x0 = vec[a], x1 = vec[b];
+      vec[a] = x0 * cs[i] - x1 * sn[i];
+      vec[b] = x0 * sn[i] + x1 * cs[i];
+    }
+  };
+  const float eps = static_cast<float>(c.norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const size_t group = NH / NKV;
+  ThreadPool& pool = ThreadPool::Global();
+  constexpr size_t kTokenChunk = 4;
+  const std::string& lk = L.key;
+  // The per-token steps between the matmuls run over token ranges on the pool too (each token's
+  // arithmetic is unchanged; T = 1 runs inline).
+  pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+    for (size_t t = b; t < e; ++t) Norm(x + t * H, L.attn_norm, L.attn_norm_b, H, xn + t * ldh);
+  });
+  p.qa_x.valid = p.qa_att.valid = p.qa_hid.valid = false;
+  if (stop == LayerStop::kQkv) {  // the observer calls of the multiplies below
+    if (observer_per_matrix_) {
+      for (const char* m : {"/attn_q", "/attn_k", "/attn_v"}) Observe(lk + m, xn, T, ldh, H);
+    } else {
+      Observe(lk + "/attn_qkv", xn, T, ldh, H);
+    }
+    return;
+  }
+  if (observer_per_matrix_) {
+    // Calibration hooks see each matrix's key.
+    Linear(lk + "/attn_q", L.wq, L.bq, xn, T, ldh, H, q, Q);
+    Linear(lk + "/attn_k", L.wk, L.bk, xn, T, ldh, H, k, KV);
+    Linear(lk + "/attn_v", L.wv, L.bv, xn, T, ldh, H, v, KV);
+  } else {
+    const Q8Job jobs[3] = {{&L.wq, &L.q8q, L.bq, q, Q}, {&L.wk, &L.q8k, L.bk, k, KV}, {&L.wv, &L.q8v, L.bv, v, KV}};
+    LinearMulti(lk + "/attn_qkv", jobs, 3, xn, T, ldh, H, p.qa_x);
+  }
+  pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+    for (size_t t = b; t < e; ++t) {
+      for (size_t h = 0; h < NH; ++h) {
+        float* qh = q + t * Q + h * D;
+        if (L.q_norm) kernels::RMSNorm(qh, L.q_norm, D, eps, qh);
+        rope(qh, t);
+      }
+      for (size_t h = 0; h < NKV; ++h) {
+        float* kh = k + t * KV + h * D;
+        if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
+        rope(kh, t);
+        KVCache& cache = *p.cache[t];
+        const int64_t pos = p.pos[t];
+        std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
+        std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v + t * KV + h * D, D * 4);
+      }
+    }
+  });
+  // Causal attention, parallel over (token, head).
+  pool.ParallelFor(T * NH, 4, [&](size_t b, size_t e) {
+    std::vector<float> scores;
+    for (size_t idx = b; idx < e; ++idx) {
+      const size_t t = idx / NH, h = idx % NH, kvh = h / group;
+      KVCache& cache = *p.cache[t];
+      const int64_t n = p.pos[t] + 1;
+      scores.resize(static_cast<size_t>(n));
+      const float* qv = q + t * Q + h * D;
+      // K / V rows of consecutive positions are contiguous ([layer][kv_head][pos][head_dim]).
+      kernels::AttendHead(qv, cache.k(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0),
+                          cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0), static_cast<size_t>(n), D,
+                          scale, scores.data(), att + t * ldq + h * D);
+    }
+  });
+  if (stop == LayerStop::kAttnOutput) {
+    Observe(lk + "/attn_output", att, T, ldq, Q);
+    return;
+  }
+  {
+    const Q8Job job{&L.wo, &L.q8o, L.bo, proj, H};
+    LinearMulti(lk + "/attn_output", &job, 1, att, T, ldq, Q, p.qa_att);
+  }
+  pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+    for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
+    for (size_t t = b; t < e; ++t) Norm(x + t * H, L.ffn_norm, L.ffn_norm_b, H, xn + t * ldh);
+  });
+  p.qa_x.valid = false;  // xn now holds the FFN norm
+  if (stop == LayerStop::kFfnUp) {
+    if (c.mlp == "gated" && !observer_per_matrix_) {
+      Observe(lk + "/ffn_up_gate", xn, T, ldh, H);
+    } else {
+      Observe(lk + "/ffn_up", xn, T, ldh, H);
+      if (c.mlp == "gated") Observe(lk + "/ffn_gate", xn, T, ldh, H);
+    }
+    return;
+  }
+  if (c.mlp == "gated" && !observer_per_matrix_) {
+    const Q8Job jobs[2] = {{&L.w_up, &L.q8up, L.b_up, up, F}, {&L.w_gate, &L.q8gate, L.b_gate, gate, F}};
+    LinearMulti(lk + "/ffn_up_gate", jobs, 2, xn, T, ldh, H, p.qa_x);
+  } else {
+    const Q8Job job{&L.w_up, &L.q8up, L.b_up, up, F};
+    LinearMulti(lk + "/ffn_up", &job, 1, xn, T, ldh, H, p.qa_x);
+  }
+  if (c.mlp == "gated") {
+    if (observer_per_matrix_) Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn, T, ldh, H, gate, F);
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) {
+        const float* g = gate + t * F;
+        const float* u = up + t * F;
+        float* o = hid + t * ldf;
+        if (c.activation == "silu") {
+          kernels::SiluMul(g, u, F, o);
+        } else {
+          for (size_t i = 0; i < F; ++i) o[i] = GeluTanh(g[i]) * u[i];
+        }
+      }
+    });
+  } else {
+    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+      for (size_t t = b; t < e; ++t) {
+        const float* u = up + t * F;
+        float* o = hid + t * ldf;
+        for (size_t i = 0; i < F; ++i) o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
+      }
+    });
+  }
+  if (stop == LayerStop::kFfnDown) {
+    Observe(lk + "/ffn_down", hid, T, ldf, F);
+    return;
+  }
+  {
+    const Q8Job job{&L.w_down, &L.q8down, L.b_down, proj, H};
+    LinearMulti(lk + "/ffn_down", &job, 1, hid, T, ldf, F, p.qa_hid);
+  }
+  pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
+    for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
+  });
+}
+
+void Model::RunHead(const Head& head, const float* x, const size_t* rows, size_t n, Pass& p, float* logits) const {
+  const size_t H = static_cast<size_t>(config().hidden), ldh = Padded(H);
+  for (size_t i = 0; i < n; ++i) Norm(x + rows[i] * H, head.norm, head.norm_b, H, p.xn.data() + i * ldh);
+  if (logits == nullptr) {  // the observer call of the multiply below
+    Observe("lm/output", p.xn.data(), n, ldh, H);
+    return;
+  }
+  p.qa_x.valid = false;
+  const size_t V = static_cast<size_t>(config().vocab);
+  const Q8Job job{&head.output, &head.q8out, nullptr, logits, V};
+  LinearMulti("lm/output", &job, 1, p.xn.data(), n, ldh, H, p.qa_x);
+}
+
 absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
   const ModelConfig& c = config();
   size_t T = 0;
@@ -524,195 +755,40 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     if (c.positions == "learned" && sq.pos0 + static_cast<int64_t>(sq.n) > c.max_ctx)
       return absl::OutOfRangeError(absl::StrCat("position ", sq.pos0 + static_cast<int64_t>(sq.n) - 1,
                                                 " exceeds the model's learned positions (", c.max_ctx, ")"));
-    for (size_t t = 0; t < sq.n; ++t)
-      if (sq.ids[t] < 0 || sq.ids[t] >= c.vocab)
-        return absl::InvalidArgumentError(absl::StrCat("token id ", sq.ids[t], " out of range [0, ", c.vocab, ")"));
+    TESSERA_RETURN_IF_ERROR(CheckIds(sq.ids, sq.n));
     T += sq.n;
   }
   if (T == 0) return absl::OkStatus();
-  // Row r of the batch: which sequence, which position.
-  std::vector<const SeqInput*> row_seq(T);
-  std::vector<int64_t> row_pos(T);
+  // Row r of the batch: which sequence (cache), which position.
+  Pass p;
+  p.T = T;
+  p.cache.resize(T);
+  p.pos.resize(T);
   std::vector<int32_t> row_id(T);
   {
     size_t r = 0;
     for (const auto& sq : seqs)
       for (size_t t = 0; t < sq.n; ++t, ++r) {
-        row_seq[r] = &sq;
-        row_pos[r] = sq.pos0 + static_cast<int64_t>(t);
+        p.cache[r] = sq.cache;
+        p.pos[r] = sq.pos0 + static_cast<int64_t>(t);
         row_id[r] = sq.ids[t];
       }
   }
-  const size_t H = static_cast<size_t>(c.hidden), D = static_cast<size_t>(c.head_dim);
-  const size_t NH = static_cast<size_t>(c.heads), NKV = static_cast<size_t>(c.kv_heads);
-  const size_t Q = NH * D, KV = NKV * D, F = static_cast<size_t>(c.ffn);
-  const size_t ldh = Padded(H), ldq = Padded(Q), ldf = Padded(F);
-  std::vector<float> x(T * H), xn(T * ldh, 0.0f), q(T * Q), k(T * KV), v(T * KV), att(T * ldq, 0.0f),
-      proj(T * H), gate(c.mlp == "gated" ? T * F : 0), up(T * F), hid(T * ldf, 0.0f);
-
-  std::vector<float> row(H);
-  for (size_t t = 0; t < T; ++t) {
-    float* xt = x.data() + t * H;
-    if (pkg_->streaming()) {
-      TESSERA_RETURN_IF_ERROR(ReadEmbeddingRow(*embedding_, static_cast<size_t>(row_id[t]), xt));
-    } else {
-      embedding_->RowToF32(static_cast<size_t>(row_id[t]), xt);
-    }
-    if (c.embed_scale != 1.0) {
-      const float s = static_cast<float>(c.embed_scale);
-      for (size_t i = 0; i < H; ++i) xt[i] *= s;
-    }
-    if (pos_embd_ != nullptr) {
-      if (pkg_->streaming()) {
-        TESSERA_RETURN_IF_ERROR(ReadEmbeddingRow(*pos_embd_, static_cast<size_t>(row_pos[t]), row.data()));
-      } else {
-        pos_embd_->RowToF32(static_cast<size_t>(row_pos[t]), row.data());
-      }
-      for (size_t i = 0; i < H; ++i) xt[i] += row[i];
-    }
-  }
-
-  // RoPE tables for these positions.
-  const bool use_rope = c.positions == "rope";
-  const size_t half = D / 2;
-  std::vector<float> cosv(T * half), sinv(T * half);
-  for (size_t t = 0; t < T && use_rope; ++t) {
-    const float pos = static_cast<float>(row_pos[t]);
-    for (size_t i = 0; i < half; ++i) {
-      const float ang = pos * rope_inv_freq_[i];
-      cosv[t * half + i] = static_cast<float>(std::cos(static_cast<double>(ang)));
-      sinv[t * half + i] = static_cast<float>(std::sin(static_cast<double>(ang)));
-    }
-  }
-  const bool interleaved = c.rope_convention == "interleaved";
-  auto rope = [&](float* vec, size_t t) {
-    if (!use_rope) return;
-    const float* cs = cosv.data() + t * half;
-    const float* sn = sinv.data() + t * half;
-    for (size_t i = 0; i < half; ++i) {
-      const size_t a = interleaved ? 2 * i : i, b = interleaved ? 2 * i + 1 : i + half;
-      const float x0 = vec[a], x1 = vec[b];
-      vec[a] = x0 * cs[i] - x1 * sn[i];
-      vec[b] = x0 * sn[i] + x1 * cs[i];
-    }
-  };
-  const float eps = static_cast<float>(c.norm_eps);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const size_t group = NH / NKV;
+  const size_t H = static_cast<size_t>(c.hidden);
+  std::vector<float> x(T * H);
+  TESSERA_RETURN_IF_ERROR(EmbedRows(row_id.data(), p.pos.data(), T, x.data()));
+  InitPass(p);
 
   const bool stream = pkg_->streaming();
   std::unique_lock<std::mutex> stream_lock(stream_mu_, std::defer_lock);
   if (stream) stream_lock.lock();
   std::shared_ptr<Stage> stage;  // stream mode: the resident block (the loader holds the next)
-  ActQ8 qa_x, qa_att, qa_hid;    // int8 activations of xn / att / hid (when weights are repacked)
-  ThreadPool& pool = ThreadPool::Global();
-  constexpr size_t kTokenChunk = 4;
   for (size_t l = 0; l < static_cast<size_t>(c.layers); ++l) {
     if (stream) {
       stage.reset();
       TESSERA_ASSIGN_OR_RETURN(stage, streamer_->Acquire(static_cast<int>(l)));
     }
-    const Layer& L = stream ? stage->layer : layers_[l];
-    const std::string& lk = L.key;
-    // The per-token steps between the matmuls run over token ranges on the pool too (each token's
-    // arithmetic is unchanged; T = 1 runs inline).
-    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
-      for (size_t t = b; t < e; ++t) Norm(x.data() + t * H, L.attn_norm, L.attn_norm_b, H, xn.data() + t * ldh);
-    });
-    qa_x.valid = qa_att.valid = qa_hid.valid = false;
-    if (observer_per_matrix_) {
-      // Calibration hooks see each matrix's key.
-      Linear(lk + "/attn_q", L.wq, L.bq, xn.data(), T, ldh, H, q.data(), Q);
-      Linear(lk + "/attn_k", L.wk, L.bk, xn.data(), T, ldh, H, k.data(), KV);
-      Linear(lk + "/attn_v", L.wv, L.bv, xn.data(), T, ldh, H, v.data(), KV);
-    } else {
-      const Q8Job jobs[3] = {{&L.wq, &L.q8q, L.bq, q.data(), Q},
-                             {&L.wk, &L.q8k, L.bk, k.data(), KV},
-                             {&L.wv, &L.q8v, L.bv, v.data(), KV}};
-      LinearMulti(lk + "/attn_qkv", jobs, 3, xn.data(), T, ldh, H, qa_x);
-    }
-    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
-      for (size_t t = b; t < e; ++t) {
-        for (size_t h = 0; h < NH; ++h) {
-          float* qh = q.data() + t * Q + h * D;
-          if (L.q_norm) kernels::RMSNorm(qh, L.q_norm, D, eps, qh);
-          rope(qh, t);
-        }
-        for (size_t h = 0; h < NKV; ++h) {
-          float* kh = k.data() + t * KV + h * D;
-          if (L.k_norm) kernels::RMSNorm(kh, L.k_norm, D, eps, kh);
-          rope(kh, t);
-          KVCache& cache = *row_seq[t]->cache;
-          const int64_t pos = row_pos[t];
-          std::memcpy(cache.k(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), kh, D * 4);
-          std::memcpy(cache.v(static_cast<int64_t>(l), static_cast<int64_t>(h), pos), v.data() + t * KV + h * D,
-                      D * 4);
-        }
-      }
-    });
-    // Causal attention, parallel over (token, head).
-    pool.ParallelFor(T * NH, 4, [&](size_t b, size_t e) {
-      std::vector<float> scores;
-      for (size_t idx = b; idx < e; ++idx) {
-        const size_t t = idx / NH, h = idx % NH, kvh = h / group;
-        KVCache& cache = *row_seq[t]->cache;
-        const int64_t n = row_pos[t] + 1;
-        scores.resize(static_cast<size_t>(n));
-        const float* qv = q.data() + t * Q + h * D;
-        // K / V rows of consecutive positions are contiguous ([layer][kv_head][pos][head_dim]).
-        kernels::AttendHead(qv, cache.k(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0),
-                            cache.v(static_cast<int64_t>(l), static_cast<int64_t>(kvh), 0), static_cast<size_t>(n), D,
-                            scale, scores.data(), att.data() + t * ldq + h * D);
-      }
-    });
-    {
-      const Q8Job job{&L.wo, &L.q8o, L.bo, proj.data(), H};
-      LinearMulti(lk + "/attn_output", &job, 1, att.data(), T, ldq, Q, qa_att);
-    }
-    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
-      for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
-      for (size_t t = b; t < e; ++t) Norm(x.data() + t * H, L.ffn_norm, L.ffn_norm_b, H, xn.data() + t * ldh);
-    });
-    qa_x.valid = false;  // xn now holds the FFN norm
-    if (c.mlp == "gated" && !observer_per_matrix_) {
-      const Q8Job jobs[2] = {{&L.w_up, &L.q8up, L.b_up, up.data(), F},
-                             {&L.w_gate, &L.q8gate, L.b_gate, gate.data(), F}};
-      LinearMulti(lk + "/ffn_up_gate", jobs, 2, xn.data(), T, ldh, H, qa_x);
-    } else {
-      const Q8Job job{&L.w_up, &L.q8up, L.b_up, up.data(), F};
-      LinearMulti(lk + "/ffn_up", &job, 1, xn.data(), T, ldh, H, qa_x);
-    }
-    if (c.mlp == "gated") {
-      if (observer_per_matrix_) Linear(lk + "/ffn_gate", L.w_gate, L.b_gate, xn.data(), T, ldh, H, gate.data(), F);
-      pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
-        for (size_t t = b; t < e; ++t) {
-          const float* g = gate.data() + t * F;
-          const float* u = up.data() + t * F;
-          float* o = hid.data() + t * ldf;
-          if (c.activation == "silu") {
-            kernels::SiluMul(g, u, F, o);
-          } else {
-            for (size_t i = 0; i < F; ++i) o[i] = GeluTanh(g[i]) * u[i];
-          }
-        }
-      });
-    } else {
-      pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
-        for (size_t t = b; t < e; ++t) {
-          const float* u = up.data() + t * F;
-          float* o = hid.data() + t * ldf;
-          for (size_t i = 0; i < F; ++i)
-            o[i] = c.activation == "silu" ? u[i] / (1.0f + std::exp(-u[i])) : GeluTanh(u[i]);
-        }
-      });
-    }
-    {
-      const Q8Job job{&L.w_down, &L.q8down, L.b_down, proj.data(), H};
-      LinearMulti(lk + "/ffn_down", &job, 1, hid.data(), T, ldf, F, qa_hid);
-    }
-    pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
-      for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
-    });
+    RunLayer(stream ? stage->layer : layers_[l], l, p, x.data(), LayerStop::kNone);
   }
   // Only the rows whose logits are wanted go through the head.
   std::vector<size_t> out_rows;
@@ -729,25 +805,97 @@ absl::Status Model::ForwardBatch(const std::vector<SeqInput>& seqs) const {
     TESSERA_ASSIGN_OR_RETURN(stage, streamer_->Acquire(static_cast<int>(c.layers)));
   }
   const Head& head = stream ? stage->head : head_;
-  const kernels::WeightMatrix& output_ = head.output;
-  for (size_t i = 0; i < n_out; ++i)
-    Norm(x.data() + out_rows[i] * H, head.norm, head.norm_b, H, xn.data() + i * ldh);
-  const size_t V = static_cast<size_t>(c.vocab);
-  qa_x.valid = false;
   if (seqs.size() == 1 && seqs[0].n > 0) {
-    const Q8Job job{&output_, &head.q8out, nullptr, seqs[0].logits, V};
-    LinearMulti("lm/output", &job, 1, xn.data(), n_out, ldh, H, qa_x);
+    RunHead(head, x.data(), out_rows.data(), n_out, p, seqs[0].logits);
     return absl::OkStatus();
   }
+  const size_t V = static_cast<size_t>(c.vocab);
   std::vector<float> lg(n_out * V);
-  const Q8Job job{&output_, &head.q8out, nullptr, lg.data(), V};
-  LinearMulti("lm/output", &job, 1, xn.data(), n_out, ldh, H, qa_x);
+  RunHead(head, x.data(), out_rows.data(), n_out, p, lg.data());
   size_t i = 0;
   for (const auto& sq : seqs) {
     const size_t k = sq.n == 0 ? 0 : (sq.all_logits ? sq.n : 1);
     if (k) std::memcpy(sq.logits, lg.data() + i * V, k * V * 4);
     i += k;
   }
+  return absl::OkStatus();
+}
+
+// ---- layer by layer (sequential calibration) ----
+absl::Status Model::Embed(const int32_t* ids, size_t T, float* x) const {
+  const ModelConfig& c = config();
+  if (config().positions == "learned" && static_cast<int64_t>(T) > c.max_ctx)
+    return absl::OutOfRangeError(
+        absl::StrCat("position ", T - 1, " exceeds the model's learned positions (", c.max_ctx, ")"));
+  TESSERA_RETURN_IF_ERROR(CheckIds(ids, T));
+  std::vector<int64_t> pos(T);
+  for (size_t t = 0; t < T; ++t) pos[t] = static_cast<int64_t>(t);
+  return EmbedRows(ids, pos.data(), T, x);
+}
+
+absl::Status Model::ForwardLayers(KVCache& cache, size_t T, int64_t first, int64_t last, float* x,
+                                  LayerStop stop) const {
+  const ModelConfig& c = config();
+  if (first < 0 || first > last || last > c.layers)
+    return absl::InvalidArgumentError(absl::StrCat("layers [", first, ", ", last, ") not within [0, ", c.layers, ")"));
+  if (static_cast<int64_t>(T) > cache.n_ctx())
+    return absl::OutOfRangeError(absl::StrCat("context overflow: ", T, " tokens exceed the context size ", cache.n_ctx()));
+  if (T == 0 || first == last) return absl::OkStatus();
+  Pass p;
+  p.T = T;
+  p.cache.assign(T, &cache);
+  p.pos.resize(T);
+  for (size_t t = 0; t < T; ++t) p.pos[t] = static_cast<int64_t>(t);
+  InitPass(p);
+  const bool stream = pkg_->streaming();
+  std::unique_lock<std::mutex> stream_lock(stream_mu_, std::defer_lock);
+  if (stream) stream_lock.lock();
+  std::shared_ptr<Stage> stage;
+  for (int64_t l = first; l < last; ++l) {
+    if (stream) {
+      stage.reset();
+      TESSERA_ASSIGN_OR_RETURN(stage, streamer_->Acquire(static_cast<int>(l)));
+    }
+    RunLayer(stream ? stage->layer : layers_[static_cast<size_t>(l)], static_cast<size_t>(l), p, x,
+             l + 1 == last ? stop : LayerStop::kNone);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Model::ForwardHead(const float* x, size_t T, float* logits) const {
+  if (T == 0) return absl::OkStatus();
+  Pass p;
+  p.T = T;
+  p.xn.assign(T * Padded(static_cast<size_t>(config().hidden)), 0.0f);
+  std::vector<size_t> rows(T);
+  for (size_t t = 0; t < T; ++t) rows[t] = t;
+  const bool stream = pkg_->streaming();
+  std::unique_lock<std::mutex> stream_lock(stream_mu_, std::defer_lock);
+  if (stream) stream_lock.lock();
+  std::shared_ptr<Stage> stage;
+  if (stream) {
+    TESSERA_ASSIGN_OR_RETURN(stage, streamer_->Acquire(static_cast<int>(config().layers)));
+  }
+  RunHead(stream ? stage->head : head_, x, rows.data(), T, p, logits);
+  return absl::OkStatus();
+}
+
+absl::Status Model::ReplaceBlock(int64_t i, std::unique_ptr<TensorPack> pack) {
+  if (pkg_->streaming()) return absl::FailedPreconditionError("ReplaceBlock: not in stream mode");
+  if (i < 0 || i >= config().layers)
+    return absl::InvalidArgumentError(absl::StrCat("ReplaceBlock: no block ", i, " (", config().layers, " layers)"));
+  TESSERA_ASSIGN_OR_RETURN(Layer L, BindLayer(*pack, i));
+  Arena arena;
+  TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(&L, 1, nullptr), &arena, true, false));
+  const size_t n = static_cast<size_t>(config().layers);
+  replaced_packs_.resize(n);
+  replaced_arenas_.resize(n);
+  layers_[static_cast<size_t>(i)] = L;
+  replaced_packs_[static_cast<size_t>(i)] = std::move(pack);
+  replaced_arenas_[static_cast<size_t>(i)] = std::move(arena);
+  rows_independent_ = true;
+  for (const auto& [w, q] : Matrices(layers_.data(), layers_.size(), &head_))
+    rows_independent_ = rows_independent_ && q->data != nullptr;
   return absl::OkStatus();
 }
 

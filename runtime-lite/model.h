@@ -90,6 +90,26 @@ class Model {
   absl::Status Forward(KVCache& cache, const int32_t* ids, size_t T, int64_t pos0, float* logits,
                        bool all_logits) const;
 
+  // One sequence layer by layer (sequential calibration): positions 0..T-1 (`Embed` checks the
+  // ids), x = the residual stream, T rows of `hidden` floats. Embed, ForwardLayers over [0, layers)
+  // in any number of calls (each layer runs the same code as ForwardBatch) and ForwardHead give
+  // Forward's logits bit for bit, and the activation observer the same calls.
+  absl::Status Embed(const int32_t* ids, size_t T, float* x) const;
+  // Where ForwardLayers' last layer may stop: right after the activation observer was given the
+  // input of a group of matrices, before they multiply (x is then not the layer's output): attn_q /
+  // attn_k / attn_v, attn_output, ffn_up (+ ffn_gate), ffn_down.
+  enum class LayerStop { kNone, kQkv, kAttnOutput, kFfnUp, kFfnDown };
+  // Runs layers [first, last) on x in place; the cache receives their K / V for positions 0..T-1.
+  absl::Status ForwardLayers(KVCache& cache, size_t T, int64_t first, int64_t last, float* x,
+                             LayerStop stop = LayerStop::kNone) const;
+  // The final norm and the LM head on the T rows of x: logits [T][vocab]; logits null: the
+  // activation observer is only given the head's input.
+  absl::Status ForwardHead(const float* x, size_t T, float* logits) const;
+  // Rebinds block i to the tensors of `pack` (a block of the same architecture, e.g. partly
+  // quantized), repacked for the int8-activation path as Load does. Not in stream mode; not while
+  // another thread runs the model.
+  absl::Status ReplaceBlock(int64_t i, std::unique_ptr<TensorPack> pack);
+
  private:
   struct Layer {
     const float* attn_norm = nullptr;
@@ -197,6 +217,25 @@ class Model {
   // have repacked weights (int8 activations), else one Linear each.
   void LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, const float* x, size_t T, size_t ldx,
                    size_t k, ActQ8& qa) const;
+  // One forward pass's rows (cache, position) and scratch activations: ForwardBatch's rows, or
+  // one sequence layer by layer.
+  struct Pass {
+    size_t T = 0;
+    std::vector<KVCache*> cache;
+    std::vector<int64_t> pos;
+    std::vector<float> xn, q, k, v, att, proj, gate, up, hid, cosv, sinv;
+    ActQ8 qa_x, qa_att, qa_hid;  // int8 activations of xn / att / hid (when weights are repacked)
+  };
+  absl::Status CheckIds(const int32_t* ids, size_t n) const;
+  // Sizes the activations (zeroed) and the RoPE tables of p.T rows at positions p.pos.
+  void InitPass(Pass& p) const;
+  absl::Status EmbedRows(const int32_t* ids, const int64_t* pos, size_t T, float* x) const;
+  void Observe(const std::string& key, const float* x, size_t T, size_t ldx, size_t k) const;
+  // Layer l on x (p.T rows, in place), or up to `stop`.
+  void RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop) const;
+  // Norm + LM head of rows[0..n) of x into logits ([n][vocab]; null: only the observer call), with
+  // p.xn / p.qa_x as scratch.
+  void RunHead(const Head& head, const float* x, const size_t* rows, size_t n, Pass& p, float* logits) const;
   using RepackList = std::vector<std::pair<kernels::WeightMatrix*, kernels::Q8Weights*>>;
   static RepackList Matrices(Layer* layers, size_t n, Head* head);
   // Repacks every supported matrix of `todo` into a new arena (no-op when the int8-activation
@@ -221,6 +260,9 @@ class Model {
   mutable StreamStats stream_stats_;
   std::vector<float> rope_inv_freq_;
   std::unique_ptr<uint8_t, FreeDeleter> repacked_;  // arena of the runtime-repacked weights
+  // ReplaceBlock's packs and repacked weights, by layer.
+  std::vector<std::unique_ptr<TensorPack>> replaced_packs_;
+  std::vector<Arena> replaced_arenas_;
 };
 
 }  // namespace tessera

@@ -234,7 +234,8 @@ TEST(Calibration, Stories260KGptqBeatsRtnAndIsRecorded) {
 // Sequential GPTQ (--sequential): each stage calibrated on the model with the earlier stages
 // quantized, aiming at the source model's outputs. On stories260K int4nl-g32 it lowers GPTQ's
 // KLD (measured 0.066 -> 0.056 with the README's split); recorded in the manifest, the scratch
-// package is removed, and the result is deterministic.
+// package is removed, and the result is deterministic: the same bytes as the reference
+// implementation (a scratch package and a full forward pass of both models per stage).
 TEST(Calibration, Stories260KSequentialGptqBeatsGptq) {
   const std::string base = Converted("stories260K/hf");
   const auto [calib, eval] = quanttest::TinyStoriesSplit("seq-calib.txt", "seq-eval.txt");
@@ -252,8 +253,34 @@ TEST(Calibration, Stories260KSequentialGptqBeatsGptq) {
   EXPECT_FALSE(ReadJson(plain + "/manifest.json")["quant"]["calibration"].contains("sequential"));
   const auto p = Quality(base, plain, eval, 128), s = Quality(base, seq, eval, 128);
   EXPECT_LT(s.kld_mean, p.kld_mean);
-  const std::string seq2 = Quantize(base, "s-nl-seq2", o);
-  quanttest::ExpectSameTensors(seq, seq2);
+  o.sequential_reference = true;
+  const std::string ref = Quantize(base, "s-nl-seq-ref", o);
+  EXPECT_FALSE(std::filesystem::exists(ref + ".sequential-tmp"));
+  quanttest::ExpectSameTensors(seq, ref);
+}
+
+// Sequential calibration layer by layer gives the reference implementation's bytes on the other
+// layer types too: an untied output matrix (its own stage, on the head's input), LayerNorm with
+// biases, learned positions and a plain GELU MLP (gpt2), qkv biases (qwen2), int6 / int4 / int4-nl.
+TEST(Calibration, SequentialEqualsReferenceOnTinyModels) {
+  const auto [calib, eval] = quanttest::TinyStoriesSplit("seqref-calib.txt", "seqref-eval.txt");
+  for (const char* model : {"tiny/llama", "tiny/gpt2", "tiny/qwen2"}) {
+    const std::string base = Converted(model);
+    for (const char* recipe : {"int4nl-g32-out6", "int4-g32"}) {
+      QuantizeOptions o;
+      o.recipe = recipe;
+      o.calib_text = calib;
+      o.calib_ctx = 64;
+      o.sequential = true;
+      const std::string name = std::string("seqref-") + (model + 5) + "-" + recipe;
+      const std::string seq = Quantize(base, name, o);
+      o.sequential_reference = true;
+      const std::string ref = Quantize(base, name + "-ref", o);
+      SCOPED_TRACE(name);
+      quanttest::ExpectSameTensors(seq, ref);
+      EXPECT_EQ(ReadJson(seq + "/manifest.json")["quant"]["calibration"]["sequential"], true);
+    }
+  }
 }
 
 // int4nl-g32-out6 (llama.cpp Q4_0's layout: the tied token_embd, stories260K's output matrix, at
