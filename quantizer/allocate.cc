@@ -69,11 +69,19 @@ absl::StatusOr<AllocationResult> QuantizeMeasuredAllocation(const std::string& s
   if (out_abs.filename().empty()) out_abs = out_abs.parent_path();
   const std::string tmp = (out_abs.parent_path() / absl::StrCat(".", out_abs.filename().string(), ".alloc-", ::getpid())).string();
 
-  TESSERA_ASSIGN_OR_RETURN(auto base_model, Model::Load(src_dir));
   TESSERA_ASSIGN_OR_RETURN(const std::string text, ReadFileToString(o.calib_text));
-  const std::vector<int32_t> tokens = base_model->tokenizer().Encode(text, true);
   PerplexityOptions po;
   po.ctx = o.calib_ctx > 0 ? o.calib_ctx : 512;
+  std::vector<int32_t> tokens;
+  // The source model's logits on the calibration text: the reference of every candidate's KLD.
+  BaseLogits base_logits;
+  {
+    TESSERA_ASSIGN_OR_RETURN(auto base_model, Model::Load(src_dir));
+    tokens = base_model->tokenizer().Encode(text, true);
+    TESSERA_ASSIGN_OR_RETURN(base_logits, ComputeBaseLogits(*base_model, tokens, po));
+  }
+  // Calibration statistics and each (matrix, scheme)'s quantized tensor, shared by the candidates.
+  QuantizeCache cache;
   struct Measured {
     double kld;
     uint64_t bytes;
@@ -82,9 +90,9 @@ absl::StatusOr<AllocationResult> QuantizeMeasuredAllocation(const std::string& s
   auto measure = [&](const std::vector<std::string>& extra, const std::string& dir) -> absl::StatusOr<Measured> {
     QuantizeOptions c = b;
     for (const std::string& s : extra) c.overrides.push_back(s);
-    TESSERA_RETURN_IF_ERROR(QuantizePackage(src_dir, dir, c));
+    TESSERA_RETURN_IF_ERROR(QuantizePackage(src_dir, dir, c, &cache));
     TESSERA_ASSIGN_OR_RETURN(auto q, Model::Load(dir));
-    TESSERA_ASSIGN_OR_RETURN(const PerplexityResult r, Perplexity(*q, tokens, po, base_model.get()));
+    TESSERA_ASSIGN_OR_RETURN(const PerplexityResult r, Perplexity(*q, tokens, po, base_logits));
     TESSERA_ASSIGN_OR_RETURN(const std::string mtext, ReadFileToString(dir + "/manifest.json"));
     const nlohmann::json m = nlohmann::json::parse(mtext, nullptr, /*allow_exceptions=*/false);
     if (m.is_discarded()) return absl::DataLossError(absl::StrCat(dir, "/manifest.json: not JSON"));
