@@ -375,6 +375,27 @@ TEST(MeasuredAllocation, GreedyKnapsack) {
   // Then b -> int8 (6e-5 per byte) before a's last step (5e-5 per byte), which no longer fits.
   EXPECT_EQ(SolveAllocation(options, 310), (std::vector<size_t>{1, 2, 0}));
   EXPECT_EQ(SolveAllocation(options, 320), (std::vector<size_t>{2, 2, 0}));
+  // The exact solver agrees here (a then b at 310 is also the best sum: -0.022)...
+  EXPECT_EQ(SolveAllocationExact(options, 0), (std::vector<size_t>{0, 0, 0}));
+  EXPECT_EQ(SolveAllocationExact(options, 100), (std::vector<size_t>{1, 0, 0}));
+  EXPECT_EQ(SolveAllocationExact(options, 310), (std::vector<size_t>{1, 2, 0}));
+  EXPECT_EQ(SolveAllocationExact(options, 320), (std::vector<size_t>{2, 2, 0}));
+  // ... but not where a large step with a good ratio is crowded out by a small one with a better
+  // ratio (kjv6L's output matrix): greedy buys d (2e-4 per byte), then e no longer fits.
+  const std::vector<std::vector<C>> big{{C{"d", "int4nl-g32", 0, 0}, C{"d", "int6-g64", -0.002, 10}},
+                                        {C{"e", "int4nl-g32", 0, 0}, C{"e", "int6-g64", -0.010, 100}}};
+  EXPECT_EQ(SolveAllocation(big, 100), (std::vector<size_t>{1, 0}));
+  EXPECT_EQ(SolveAllocationExact(big, 100), (std::vector<size_t>{0, 1}));
+  EXPECT_EQ(SolveAllocationExact(big, 110), (std::vector<size_t>{1, 1}));
+  // Large budgets are solved in steps of bytes rounded up: never over the budget.
+  const std::vector<std::vector<C>> wide{{C{"f", "a", 0, 0}, C{"f", "b", -0.5, 50001}},
+                                         {C{"g", "a", 0, 0}, C{"g", "b", -0.4, 49999}},
+                                         {C{"h", "a", 0, 0}, C{"h", "b", -0.3, 30000}}};
+  const std::vector<size_t> w = SolveAllocationExact(wide, 100000);
+  int64_t spent = 0;
+  for (size_t i = 0; i < w.size(); ++i) spent += wide[i][w[i]].dbytes;
+  EXPECT_LE(spent, 100000);
+  EXPECT_EQ(w, (std::vector<size_t>{1, 0, 1}));  // -0.8 (f + h): f + g, exactly 100,000 bytes, is 25,001 steps of 4
 }
 
 // stories260K at llama.cpp Q4_0's file size, calibrated on the first 13,367 bytes of the TinyStories
@@ -398,6 +419,7 @@ TEST(MeasuredAllocation, Stories260KWithinBudgetAndNotWorseThanTheFixedOrder) {
   // 36 matrices; token_embd starts at int4nl-g64 (the recipe's rule), so it has 3 candidates, as all.
   EXPECT_EQ(r->candidates.size(), 36u * 3u);
   EXPECT_FALSE(r->overrides.empty());
+  EXPECT_TRUE(r->solver == "greedy" || r->solver == "exact") << r->solver;
   const auto fq = Quality(base, fixed, calib, 128), mq = Quality(base, out, calib, 128);
   EXPECT_NEAR(mq.kld_mean, r->kld, 1e-12);
   EXPECT_LT(r->kld, r->base_kld);
