@@ -597,7 +597,7 @@ int main(int argc, char** argv) {
                     "quantizes each matrix at int6-g64 / int6-g32 / int8-g32 alone, measures the calibration-text KLD, "
                     "solves for the plan greedily by KLD drop per byte and exactly (knapsack), keeps the better measured one; "
                     "calibration and each matrix's quantization are done once, then one calibration-text pass per "
-                    "candidate: ~1 min on stories260K, ~6 min on kjv6L with 2 cores)")
+                    "candidate: ~1 min on stories260K, 6-9 min on kjv6L with 2 cores)")
       ->capture_default_str();
   quant->add_option("--max-bpw", qa.max_bpw,
                     "Budgeted recipes: bits/weight over the matrices' stored bytes (default: the recipe's, 4.9)");
