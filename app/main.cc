@@ -211,8 +211,8 @@ absl::Status RunQuantize(const QuantizeArgs& a) {
                              tessera::QuantizeMeasuredAllocation(a.src, a.out, o, [&](const std::string& line) {
                                if (!a.quiet) std::fprintf(stderr, "%s\n", line.c_str());
                              }));
-    std::fprintf(stderr, "measured allocation: calibration KLD %.6f -> %.6f, %llu bytes; overrides:", r.base_kld, r.kld,
-                 static_cast<unsigned long long>(r.bytes));
+    std::fprintf(stderr, "measured allocation (%s plan): calibration KLD %.6f -> %.6f, %llu bytes; overrides:",
+                 r.solver.c_str(), r.base_kld, r.kld, static_cast<unsigned long long>(r.bytes));
     for (const std::string& ov : r.overrides) std::fprintf(stderr, " '%s'", ov.c_str());
     std::fprintf(stderr, "\n");
   } else if (a.allocate != "fixed") {
@@ -595,7 +595,9 @@ int main(int argc, char** argv) {
   quant->add_option("--allocate", qa.allocate,
                     "Budgeted recipes: fixed (the recipe's upgrade order) | measured (needs --calib and --max-bytes: "
                     "quantizes each matrix at int6-g64 / int6-g32 / int8-g32 alone, measures the calibration-text KLD, "
-                    "picks the plan greedily by KLD drop per byte; one quantization per candidate, slow on big models)")
+                    "solves for the plan greedily by KLD drop per byte and exactly (knapsack), keeps the better measured one; "
+                    "calibration and each matrix's quantization are done once, then one calibration-text pass per "
+                    "candidate: ~1 min on stories260K, 6-9 min on kjv6L with 2 cores)")
       ->capture_default_str();
   quant->add_option("--max-bpw", qa.max_bpw,
                     "Budgeted recipes: bits/weight over the matrices' stored bytes (default: the recipe's, 4.9)");

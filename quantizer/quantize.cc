@@ -196,6 +196,19 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
 }
 
 absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o) {
+  return QuantizePackage(src_dir, out_dir, o, nullptr);
+}
+
+absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o,
+                             QuantizeCache* cache) {
+  if (cache != nullptr && (o.sequential || o.awq || o.rotate)) cache = nullptr;  // see QuantizeCache
+  if (cache != nullptr) {
+    const std::string sig = absl::StrCat(fs::absolute(src_dir).lexically_normal().string(), "\n", o.calib_text, "\n",
+                                         o.calib_tokens, " ", o.calib_ctx, " ", QuantAlgorithmName(o.algorithm));
+    if (cache->signature.empty()) cache->signature = sig;
+    if (cache->signature != sig)
+      return absl::InternalError(absl::StrCat("quantize cache filled for ", cache->signature, ", used for ", sig));
+  }
   if (o.sequential && o.awq) return absl::InvalidArgumentError("sequential GPTQ cannot be combined with --awq");
   // The sequential target compares the quantized model's inputs with the source model's: both would
   // have to be in the rotated basis.
@@ -389,11 +402,13 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
   TESSERA_ASSIGN_OR_RETURN(const QuantPlan plan, PlanQuantizationWithBudget(default_scheme, rules, upgrades, budget,
                                                                              overrides, shapes, cfg.layers));
 
-  // Calibration: activation statistics of the unquantized source model.
-  ActivationStats stats;
-  nlohmann::ordered_json calib_info;
+  // Calibration: activation statistics of the unquantized source model (once per cache).
+  ActivationStats own_stats;
+  ActivationStats& stats = cache != nullptr ? cache->stats : own_stats;
+  nlohmann::ordered_json own_calib_info;
+  nlohmann::ordered_json& calib_info = cache != nullptr ? cache->calib_info : own_calib_info;
   bool sequential = false;
-  if (!o.calib_text.empty()) {
+  if (!o.calib_text.empty() && !(cache != nullptr && cache->have_stats)) {
     // GPTQ keeps E[x x^T] (K x K doubles, three copies at most: accumulator, result, aliases) for
     // every matrix input at once; by default fall back to search + imatrix when that is too big.
     double cov_bytes = 0;
@@ -413,6 +428,7 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
                                 "channel + E[x~ x~^T] + E[x x~^T] with the source model's inputs x (GPTQ, sequential)";
       calib_info["sequential"] = true;
     }
+    if (cache != nullptr) cache->have_stats = true;
   }
 
   // Sequential GPTQ: every pack's current tensors (the source as f32, then each tensor as it is
@@ -615,7 +631,21 @@ absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_
       find_stats(t0, &act2, &cov, &cross);
       if (auto a = act2_scaled.find(t.name); a != act2_scaled.end()) act2 = a->second.data();
       if (auto c = cov_scaled.find(t.name); c != cov_scaled.end()) cov = c->second.data();
-      TESSERA_ASSIGN_OR_RETURN(auto q, QuantizeTensor(t, s, o.algorithm, act2, cov, cross));
+      TensorData q;
+      if (cache != nullptr) {
+        const std::string ck = absl::StrCat(key, " ", SchemeName(s));
+        auto hit = cache->tensors.find(ck);
+        if (hit == cache->tensors.end()) {
+          TESSERA_ASSIGN_OR_RETURN(TensorData fresh, QuantizeTensor(t, s, o.algorithm, act2, cov, cross));
+          hit = cache->tensors.emplace(ck, std::move(fresh)).first;
+          ++cache->misses;
+        } else {
+          ++cache->hits;
+        }
+        q = hit->second;
+      } else {
+        TESSERA_ASSIGN_OR_RETURN(q, QuantizeTensor(t, s, o.algorithm, act2, cov, cross));
+      }
       if (matrix) {
         const QuantAlgorithm eff = Effective(o.algorithm, s, cov != nullptr);
         const std::string alg = eff == QuantAlgorithm::kDefault ? "none" : QuantAlgorithmName(eff);

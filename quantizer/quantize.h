@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "formats/tensor_pack.h"
+#include "nlohmann/json.hpp"
 #include "quantizer/recipes.h"
 
 namespace tessera {
@@ -90,5 +91,24 @@ absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const TensorSch
 absl::StatusOr<TensorData> QuantizeTensor(const PackTensor& src, const QuantizeOptions& o);
 
 absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o);
+
+// Internal (quantizer/allocate.cc): what QuantizePackage repeats when it quantizes one source into
+// many plans that differ only in their schemes (o.recipe / o.overrides / budgets). The first call
+// fills it; later calls reuse the calibration statistics (computed once, as every call would
+// compute the same) and every (tensor, scheme) already quantized, since a tensor's quantization
+// depends only on its own weights, its scheme, the algorithm and those statistics. Not used with
+// --sequential (statistics of the partly quantized model) or --awq (scales chosen per group of
+// matrices); a cache filled for one source / calibration / algorithm refuses any other.
+struct QuantizeCache {
+  std::string signature;  // src_dir, calibration options and algorithm it was filled with
+  bool have_stats = false;
+  ActivationStats stats;
+  nlohmann::ordered_json calib_info;
+  std::map<std::string, TensorData> tensors;  // "KEY SCHEME" -> the quantized tensor
+  size_t hits = 0, misses = 0;                // tensors reused / quantized
+};
+// The same package as QuantizePackage(src_dir, out_dir, o); cache may be null.
+absl::Status QuantizePackage(const std::string& src_dir, const std::string& out_dir, const QuantizeOptions& o,
+                             QuantizeCache* cache);
 
 }  // namespace tessera

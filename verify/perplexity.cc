@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <tuple>
 
 #include "absl/strings/str_cat.h"
@@ -33,14 +35,17 @@ std::pair<double, double> MeanAndStderr(const std::vector<double>& xs) {
   return {mean, std::sqrt(v / n / (n - 1.0))};
 }
 
-absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
-                                            const PerplexityOptions& opts, const Model* base) {
+namespace {
+// Supplies the base model's logits for chunk `ch` (the chunk's token ids as scored): a pointer to
+// row ctx/2 of [ctx][vocab] floats (rows ctx/2 .. ctx-2 are read).
+using BaseRows = std::function<absl::StatusOr<const float*>(int64_t ch, const std::vector<int32_t>& chunk)>;
+
+absl::StatusOr<PerplexityResult> PerplexityImpl(const Model& model, const std::vector<int32_t>& tokens,
+                                                const PerplexityOptions& opts, const BaseRows* base) {
   const ModelConfig& c = model.config();
   if (opts.ctx < 4) return absl::InvalidArgumentError("--ctx must be at least 4");
   if (opts.ctx > c.max_ctx)
     return absl::InvalidArgumentError(absl::StrCat("--ctx ", opts.ctx, " exceeds the model's context ", c.max_ctx));
-  if (base != nullptr && base->config().vocab != c.vocab)
-    return absl::InvalidArgumentError("base model has a different vocabulary size");
   PerplexityResult r;
   r.ctx = opts.ctx;
   r.n_tokens = static_cast<int64_t>(tokens.size());
@@ -52,11 +57,8 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
   r.has_base = base != nullptr;
   const int64_t V = c.vocab, ctx = opts.ctx, first = ctx / 2;
   const int32_t bos = model.tokenizer().bos_id() >= 0 ? model.tokenizer().bos_id() : c.bos_id;
-  std::vector<float> logits(static_cast<size_t>(ctx * V)), base_logits;
-  if (base) base_logits.resize(logits.size());
+  std::vector<float> logits(static_cast<size_t>(ctx * V));
   KVCache cache(c, ctx);
-  std::unique_ptr<KVCache> base_cache;
-  if (base) base_cache = std::make_unique<KVCache>(base->config(), ctx);
   double nll = 0, nll2 = 0, base_nll = 0;
   int64_t count = 0, same_top = 0;
   std::vector<double> klds, dnll;  // per scored token: KLD, NLL - base NLL
@@ -65,8 +67,10 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
     std::vector<int32_t> chunk(tokens.begin() + ch * ctx, tokens.begin() + (ch + 1) * ctx);
     if (bos >= 0 && model.tokenizer().add_bos()) chunk[0] = bos;
     TESSERA_RETURN_IF_ERROR(model.Forward(cache, chunk.data(), chunk.size(), 0, logits.data(), true));
-    if (base)
-      TESSERA_RETURN_IF_ERROR(base->Forward(*base_cache, chunk.data(), chunk.size(), 0, base_logits.data(), true));
+    const float* base_rows = nullptr;  // row `first` of the base model's logits
+    if (base) {
+      TESSERA_ASSIGN_OR_RETURN(base_rows, (*base)(ch, chunk));
+    }
     for (int64_t j = first; j < ctx - 1; ++j) {
       const int32_t target = tokens[static_cast<size_t>(ch * ctx + j + 1)];
       LogSoftmax(logits.data() + j * V, V, &lp);
@@ -75,7 +79,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
       nll2 += l * l;
       ++count;
       if (base) {
-        LogSoftmax(base_logits.data() + j * V, V, &blp);
+        LogSoftmax(base_rows + (j - first) * V, V, &blp);
         base_nll += -blp[static_cast<size_t>(target)];
         dnll.push_back(l + blp[static_cast<size_t>(target)]);
         double kl = 0;
@@ -123,6 +127,73 @@ absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vecto
     r.kld = std::move(klds);
   }
   return r;
+}
+}  // namespace
+
+absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
+                                            const PerplexityOptions& opts, const Model* base) {
+  if (base == nullptr) return PerplexityImpl(model, tokens, opts, nullptr);
+  if (base->config().vocab != model.config().vocab)
+    return absl::InvalidArgumentError("base model has a different vocabulary size");
+  // Allocated at the first chunk, after PerplexityImpl has checked opts.ctx.
+  const size_t V = static_cast<size_t>(base->config().vocab);
+  std::vector<float> base_logits;
+  std::unique_ptr<KVCache> base_cache;
+  const BaseRows rows = [&](int64_t, const std::vector<int32_t>& chunk) -> absl::StatusOr<const float*> {
+    if (!base_cache) {
+      base_logits.resize(static_cast<size_t>(opts.ctx) * V);
+      base_cache = std::make_unique<KVCache>(base->config(), opts.ctx);
+    }
+    TESSERA_RETURN_IF_ERROR(base->Forward(*base_cache, chunk.data(), chunk.size(), 0, base_logits.data(), true));
+    return base_logits.data() + static_cast<size_t>(opts.ctx / 2) * V;
+  };
+  return PerplexityImpl(model, tokens, opts, &rows);
+}
+
+absl::StatusOr<BaseLogits> ComputeBaseLogits(const Model& base, const std::vector<int32_t>& tokens,
+                                             const PerplexityOptions& opts) {
+  const ModelConfig& c = base.config();
+  if (opts.ctx < 4) return absl::InvalidArgumentError("--ctx must be at least 4");
+  if (opts.ctx > c.max_ctx)
+    return absl::InvalidArgumentError(absl::StrCat("--ctx ", opts.ctx, " exceeds the model's context ", c.max_ctx));
+  BaseLogits b;
+  b.ctx = opts.ctx;
+  b.vocab = c.vocab;
+  b.n_tokens = static_cast<int64_t>(tokens.size());
+  b.n_chunks = b.n_tokens / opts.ctx;
+  if (opts.max_chunks > 0) b.n_chunks = std::min(b.n_chunks, opts.max_chunks);
+  if (b.n_chunks == 0)
+    return absl::InvalidArgumentError(absl::StrCat("the text has ", b.n_tokens, " tokens, fewer than one chunk of ", opts.ctx));
+  const size_t V = static_cast<size_t>(c.vocab), ctx = static_cast<size_t>(opts.ctx), first = ctx / 2;
+  const size_t per_chunk = (ctx - 1 - first) * V;
+  b.logits.resize(static_cast<size_t>(b.n_chunks) * per_chunk);
+  std::vector<float> logits(ctx * V);
+  KVCache cache(c, opts.ctx);
+  const int32_t bos = base.tokenizer().bos_id() >= 0 ? base.tokenizer().bos_id() : c.bos_id;
+  for (int64_t ch = 0; ch < b.n_chunks; ++ch) {
+    std::vector<int32_t> chunk(tokens.begin() + ch * opts.ctx, tokens.begin() + (ch + 1) * opts.ctx);
+    if (bos >= 0 && base.tokenizer().add_bos()) chunk[0] = bos;
+    TESSERA_RETURN_IF_ERROR(base.Forward(cache, chunk.data(), chunk.size(), 0, logits.data(), true));
+    std::copy(logits.begin() + static_cast<std::ptrdiff_t>(first * V),
+              logits.begin() + static_cast<std::ptrdiff_t>(first * V + per_chunk),
+              b.logits.begin() + static_cast<std::ptrdiff_t>(static_cast<size_t>(ch) * per_chunk));
+  }
+  return b;
+}
+
+absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
+                                            const PerplexityOptions& opts, const BaseLogits& base) {
+  if (base.vocab != model.config().vocab)
+    return absl::InvalidArgumentError("base model has a different vocabulary size");
+  if (base.ctx != opts.ctx || base.n_tokens != static_cast<int64_t>(tokens.size()))
+    return absl::InvalidArgumentError(absl::StrCat("base logits of ", base.n_tokens, " tokens at ctx ", base.ctx,
+                                                   ", asked for ", tokens.size(), " at ctx ", opts.ctx));
+  const size_t per_chunk = static_cast<size_t>(opts.ctx - 1 - opts.ctx / 2) * static_cast<size_t>(base.vocab);
+  const BaseRows rows = [&](int64_t ch, const std::vector<int32_t>&) -> absl::StatusOr<const float*> {
+    if (ch >= base.n_chunks) return absl::InternalError(absl::StrCat("no base logits for chunk ", ch));
+    return base.logits.data() + static_cast<size_t>(ch) * per_chunk;
+  };
+  return PerplexityImpl(model, tokens, opts, &rows);
 }
 
 }  // namespace tessera

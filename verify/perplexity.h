@@ -40,4 +40,18 @@ std::pair<double, double> MeanAndStderr(const std::vector<double>& xs);
 absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
                                             const PerplexityOptions& opts, const Model* base = nullptr);
 
+// The base model's logits at the scored positions of every chunk (rows ctx/2 .. ctx-2), computed
+// once for several Perplexity runs against the same base, tokens and options (`--allocate
+// measured` compares every candidate with the source model). n_chunks * (ctx/2 - 1) * vocab floats.
+struct BaseLogits {
+  int64_t ctx = 0, n_chunks = 0, vocab = 0, n_tokens = 0;
+  std::vector<float> logits;
+};
+absl::StatusOr<BaseLogits> ComputeBaseLogits(const Model& base, const std::vector<int32_t>& tokens,
+                                             const PerplexityOptions& opts);
+// The same result as Perplexity(model, tokens, opts, &base_model) when base = ComputeBaseLogits(base_model,
+// tokens, opts).
+absl::StatusOr<PerplexityResult> Perplexity(const Model& model, const std::vector<int32_t>& tokens,
+                                            const PerplexityOptions& opts, const BaseLogits& base);
+
 }  // namespace tessera

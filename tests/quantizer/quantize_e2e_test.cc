@@ -406,6 +406,27 @@ TEST(MeasuredAllocation, GreedyKnapsack) {
   // Then b -> int8 (6e-5 per byte) before a's last step (5e-5 per byte), which no longer fits.
   EXPECT_EQ(SolveAllocation(options, 310), (std::vector<size_t>{1, 2, 0}));
   EXPECT_EQ(SolveAllocation(options, 320), (std::vector<size_t>{2, 2, 0}));
+  // The exact solver agrees here (a then b at 310 is also the best sum: -0.022)...
+  EXPECT_EQ(SolveAllocationExact(options, 0), (std::vector<size_t>{0, 0, 0}));
+  EXPECT_EQ(SolveAllocationExact(options, 100), (std::vector<size_t>{1, 0, 0}));
+  EXPECT_EQ(SolveAllocationExact(options, 310), (std::vector<size_t>{1, 2, 0}));
+  EXPECT_EQ(SolveAllocationExact(options, 320), (std::vector<size_t>{2, 2, 0}));
+  // ... but not where a large step with a good ratio is crowded out by a small one with a better
+  // ratio (kjv6L's output matrix): greedy buys d (2e-4 per byte), then e no longer fits.
+  const std::vector<std::vector<C>> big{{C{"d", "int4nl-g32", 0, 0}, C{"d", "int6-g64", -0.002, 10}},
+                                        {C{"e", "int4nl-g32", 0, 0}, C{"e", "int6-g64", -0.010, 100}}};
+  EXPECT_EQ(SolveAllocation(big, 100), (std::vector<size_t>{1, 0}));
+  EXPECT_EQ(SolveAllocationExact(big, 100), (std::vector<size_t>{0, 1}));
+  EXPECT_EQ(SolveAllocationExact(big, 110), (std::vector<size_t>{1, 1}));
+  // Large budgets are solved in steps of bytes rounded up: never over the budget.
+  const std::vector<std::vector<C>> wide{{C{"f", "a", 0, 0}, C{"f", "b", -0.5, 50001}},
+                                         {C{"g", "a", 0, 0}, C{"g", "b", -0.4, 49999}},
+                                         {C{"h", "a", 0, 0}, C{"h", "b", -0.3, 30000}}};
+  const std::vector<size_t> w = SolveAllocationExact(wide, 100000);
+  int64_t spent = 0;
+  for (size_t i = 0; i < w.size(); ++i) spent += wide[i][w[i]].dbytes;
+  EXPECT_LE(spent, 100000);
+  EXPECT_EQ(w, (std::vector<size_t>{1, 0, 1}));  // -0.8 (f + h): f + g, exactly 100,000 bytes, is 25,001 steps of 4
 }
 
 // stories260K at llama.cpp Q4_0's file size, calibrated on the first 13,367 bytes of the TinyStories
@@ -429,6 +450,7 @@ TEST(MeasuredAllocation, Stories260KWithinBudgetAndNotWorseThanTheFixedOrder) {
   // 36 matrices; token_embd starts at int4nl-g64 (the recipe's rule), so it has 3 candidates, as all.
   EXPECT_EQ(r->candidates.size(), 36u * 3u);
   EXPECT_FALSE(r->overrides.empty());
+  EXPECT_TRUE(r->solver == "greedy" || r->solver == "exact") << r->solver;
   const auto fq = Quality(base, fixed, calib, 128), mq = Quality(base, out, calib, 128);
   EXPECT_NEAR(mq.kld_mean, r->kld, 1e-12);
   EXPECT_LT(r->kld, r->base_kld);
@@ -449,6 +471,76 @@ TEST(MeasuredAllocation, Stories260KWithinBudgetAndNotWorseThanTheFixedOrder) {
   bad = o;
   bad.calib_text.clear();
   EXPECT_FALSE(QuantizeMeasuredAllocation(base, Dir() / "alloc-bad", bad, {}).ok());
+}
+
+// What --allocate measured reuses across its candidates gives what a fresh run gives: a cached
+// (tensor, scheme) and the cached calibration statistics the same tensors and manifest as an
+// uncached QuantizePackage, and the base model's logits computed once the same KLD per token.
+TEST(MeasuredAllocation, CachedQuantizationAndBaseLogitsMatchTheUncachedPath) {
+  const std::string base = Converted("stories260K/hf");
+  const std::string calib = quanttest::TinyStoriesSplit("cache-calib.txt", "cache-eval.txt").calib;
+  QuantizeOptions o;
+  o.recipe = "int4nl-g32";
+  o.overrides = {"embedding/token_embd=int4nl-g64"};
+  o.calib_text = calib;
+  o.calib_ctx = 128;
+  o.force = true;
+  QuantizeCache cache;
+  ASSERT_TRUE(QuantizePackage(base, Dir() / "cache-base", o, &cache).ok());
+  ASSERT_TRUE(cache.have_stats);
+  const size_t n = cache.misses;  // every tensor of the model, quantized once
+  EXPECT_EQ(cache.hits, 0u);
+  EXPECT_GT(n, 36u);
+  // One matrix moved to int6-g64: only it is quantized; the rest comes from the cache.
+  QuantizeOptions c = o;
+  c.overrides.push_back("block_1/attn_k=int6-g64");
+  const std::string cached = Dir() / "cache-cand";
+  ASSERT_TRUE(QuantizePackage(base, cached, c, &cache).ok());
+  EXPECT_EQ(cache.misses, n + 1);
+  EXPECT_EQ(cache.hits, n - 1);
+  const std::string fresh = Quantize(base, "cache-cand-ref", c);
+  quanttest::ExpectSameTensors(fresh, cached);
+  auto mf = ReadJson(fresh + "/manifest.json"), mc = ReadJson(cached + "/manifest.json");
+  EXPECT_EQ(mf["quant"], mc["quant"]);
+  EXPECT_EQ(mc["quant"]["tensors"]["block_1/attn_k"]["scheme"], "int6-g64");
+  EXPECT_EQ(mc["quant"]["tensors"]["block_1/attn_k"]["algorithm"], "gptq");
+  // A cache filled with other calibration options is refused, not silently reused.
+  QuantizeOptions other = c;
+  other.calib_ctx = 64;
+  EXPECT_EQ(QuantizePackage(base, Dir() / "cache-other", other, &cache).code(), absl::StatusCode::kInternal);
+  // --sequential does not use it (its statistics depend on the plan).
+  QuantizeCache unused;
+  QuantizeOptions seq = c;
+  seq.sequential = true;
+  ASSERT_TRUE(QuantizePackage(base, Dir() / "cache-seq", seq, &unused).ok());
+  EXPECT_FALSE(unused.have_stats);
+  EXPECT_EQ(unused.misses + unused.hits, 0u);
+
+  // The base model's logits, once, give bit-identical KLD / PPL / top-1 to running the base alongside.
+  auto src = Model::Load(base);
+  auto q = Model::Load(cached);
+  ASSERT_TRUE(src.ok() && q.ok());
+  auto text = ReadFileToString(calib);
+  ASSERT_TRUE(text.ok());
+  const auto tokens = (*src)->tokenizer().Encode(*text, true);
+  PerplexityOptions po;
+  po.ctx = 128;
+  auto ref = Perplexity(**q, tokens, po, src->get());
+  auto bl = ComputeBaseLogits(**src, tokens, po);
+  ASSERT_TRUE(ref.ok() && bl.ok());
+  EXPECT_EQ(bl->logits.size(), static_cast<size_t>(bl->n_chunks * (128 / 2 - 1) * bl->vocab));
+  auto got = Perplexity(**q, tokens, po, *bl);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_GT(ref->kld_mean, 0);
+  EXPECT_EQ(got->kld, ref->kld);
+  EXPECT_EQ(got->kld_mean, ref->kld_mean);
+  EXPECT_EQ(got->ppl, ref->ppl);
+  EXPECT_EQ(got->base_ppl, ref->base_ppl);
+  EXPECT_EQ(got->top1, ref->top1);
+  // Logits of other options are refused.
+  PerplexityOptions po2 = po;
+  po2.ctx = 64;
+  EXPECT_FALSE(Perplexity(**q, tokens, po2, *bl).ok());
 }
 
 }  // namespace
