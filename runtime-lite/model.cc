@@ -171,6 +171,7 @@ absl::Status Model::Bind() {
   // Only a file mapping may drop its pages (MADV_DONTNEED would zero the --memory full copy).
   const bool drop = pkg_->memory() == Package::Memory::kMmap;
   TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(layers_.data(), layers_.size(), &head_), &repacked_, true, drop));
+  if (drop) TESSERA_RETURN_IF_ERROR(CopyPlainToHugePages(Matrices(layers_.data(), layers_.size(), &head_), &plain_));
   rows_independent_ = true;
   for (const auto& [w, q] : Matrices(layers_.data(), layers_.size(), &head_)) rows_independent_ = rows_independent_ && q->data != nullptr;
   return absl::OkStatus();
@@ -255,6 +256,54 @@ absl::Status Model::RepackInto(const RepackList& todo, Arena* arena, bool parall
       DropPages(w.data, w.rows * row_bytes);
       DropPages(w.scales, w.rows * (w.cols / w.group) * 2);
     }
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+size_t PlainBytes(const kernels::WeightMatrix& w) {
+  switch (w.type) {
+    case kernels::WType::kF16:
+    case kernels::WType::kBF16:
+      return w.rows * w.cols * 2;
+    case kernels::WType::kF32:
+      return w.rows * w.cols * 4;
+    default:
+      return 0;
+  }
+}
+}  // namespace
+
+// Decode reads every weight once per token. Read through 4 KiB pages of the file mapping, the
+// f16 matrices of the 1.1B benchmark model decode ~9 % slower on the Xeon than from 2 MiB pages
+// (one TLB entry per 2 MiB instead of per 4 KiB), so they get the same huge-page arena as the
+// repacked int4 / int8 weights. The bytes are copied unchanged.
+absl::Status Model::CopyPlainToHugePages(const RepackList& todo, Arena* arena) {
+  const char* env = std::getenv("TESSERA_HUGEPAGE_COPY");
+  if (env != nullptr && std::string(env) == "0") return absl::OkStatus();
+  size_t total = 0;
+  for (auto& [w, q8] : todo)
+    if (q8->data == nullptr) total += (PlainBytes(*w) + 63) / 64 * 64;
+  if (total == 0) return absl::OkStatus();
+  constexpr size_t kAlign = size_t{2} << 20;
+  const size_t size = (total + kAlign - 1) / kAlign * kAlign;
+  arena->reset(static_cast<uint8_t*>(std::aligned_alloc(kAlign, size)));
+  if (!*arena) return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", size, " bytes for the weights"));
+  ::madvise(arena->get(), size, MADV_HUGEPAGE);
+  size_t used = 0;
+  for (auto& [wp, q8] : todo) {
+    kernels::WeightMatrix& w = *wp;
+    const size_t n = PlainBytes(w);
+    if (q8->data != nullptr || n == 0) continue;
+    uint8_t* dst = arena->get() + used;
+    used += (n + 63) / 64 * 64;
+    const uint8_t* src = static_cast<const uint8_t*>(w.data);
+    constexpr size_t kChunk = size_t{1} << 20;
+    ThreadPool::Global().ParallelFor((n + kChunk - 1) / kChunk, 1, [&](size_t b, size_t e) {
+      std::memcpy(dst + b * kChunk, src + b * kChunk, std::min(n, e * kChunk) - b * kChunk);
+    });
+    DropPages(w.data, n);
+    w.data = dst;
   }
   return absl::OkStatus();
 }

@@ -241,6 +241,9 @@ class Model {
   // Repacks every supported matrix of `todo` into a new arena (no-op when the int8-activation
   // path is off). `parallel`: use the global pool; `drop`: release the canonical pages after.
   static absl::Status RepackInto(const RepackList& todo, Arena* arena, bool parallel, bool drop);
+  // Copies the f16 / bf16 / f32 matrices of `todo` (read as they are by the f32-activation kernels)
+  // from the file mapping into one arena backed by huge pages, and drops the mapped pages.
+  static absl::Status CopyPlainToHugePages(const RepackList& todo, Arena* arena);
   void Norm(const float* x, const float* w, const float* b, size_t n, float* out) const;
   ActivationObserver observer_;
   bool observer_per_matrix_ = false;
@@ -260,6 +263,7 @@ class Model {
   mutable StreamStats stream_stats_;
   std::vector<float> rope_inv_freq_;
   std::unique_ptr<uint8_t, FreeDeleter> repacked_;  // arena of the runtime-repacked weights
+  Arena plain_;  // --memory mmap: the f16 / bf16 / f32 matrices on huge pages
   // ReplaceBlock's packs and repacked weights, by layer.
   std::vector<std::unique_ptr<TensorPack>> replaced_packs_;
   std::vector<Arena> replaced_arenas_;

@@ -29,10 +29,11 @@ HWY_BEFORE_NAMESPACE();
 namespace tessera::kernels::HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
-// Decode streams f16 / bf16 rows from memory: prefetch this many elements (16 KiB) ahead, which
-// runs on into the next rows (rows are contiguous). kernels_bench MatMulT1/f16 (4096 x 4096, 1
-// thread): 29-30 GB/s without, 31 / 37 / 40 GB/s at 4 / 8 / 16 KiB.
-constexpr size_t kF16Prefetch = 8192;
+// Decode streams f16 / bf16 rows from memory: prefetch this many elements (8 KiB) ahead, which
+// runs on into the next rows (rows are contiguous). AMD EPYC, kernels_bench MatMulT1/f16 (4096 x
+// 4096, 1 thread): 29-30 GB/s without, 31 / 37 / 40 GB/s at 4 / 8 / 16 KiB. Xeon (AMX machine),
+// 1.1B f16 decode on 2 threads from huge pages, tok/s: 14.5 at 4-8 KiB, 13.8 at 16, 13.2 at 32.
+constexpr size_t kF16Prefetch = 4096;
 
 // f16 weights (finite) . x
 template <class DF>
