@@ -188,6 +188,10 @@ bool Int8ActivationsEnabled() {
 
 namespace {
 // Whether an int8-activation matrix of this type was repacked into the GEMM layout (gemm.h).
+// From this many tokens on, GEMM-layout matrices go through the AMX tiles where the CPU has them
+// (16 tokens per tile; fewer would leave most of each tile empty).
+constexpr size_t kAmxMinTokens = 16;
+
 bool GemmLayout(kernels::WType t) {
   return t == kernels::WType::kI4Sym || t == kernels::WType::kI4Nl || t == kernels::WType::kI8;
 }
@@ -464,6 +468,8 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
   const size_t K = jobs[0].w->cols;
   bool any_gemm = false;
   for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
+  // Prefill on AMX-INT8 CPUs: the AMX tiles (bit-identical results, gemm.h).
+  const bool amx = any_gemm && T >= kAmxMinTokens && kernels::GemmAmxAvailable();
   if (!qa.valid) {
     const size_t Kp = kernels::Q8PaddedK(K);
     qa.q.resize(T * Kp);
@@ -474,7 +480,15 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     qa.a.d = qa.d.data();
     qa.a.sum = qa.sum.data();
     qa.panel.clear();  // rebuilt below for these activations (capacity kept)
-    if (any_gemm && T >= 8) {
+    if (amx) {
+      // One pass over 16-token tiles: quantize a tile's tokens, then lay out its AMX panel.
+      qa.panel.resize(kernels::GemmAmxPanelSize(T, Kp));
+      ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
+        kernels::QuantizeActsQ8(x, ldx, K, qa.a, b * kernels::kGemmAmxTokens,
+                                std::min(T, e * kernels::kGemmAmxTokens));
+        kernels::BuildGemmAmxPanel(qa.a, T, b, e, qa.panel.data());
+      });
+    } else if (any_gemm && T >= 8) {
       // One pass over token tiles: quantize a tile's tokens, then lay out its panel.
       qa.panel.resize(kernels::GemmPanelSize(T, Kp));
       const size_t tiles = kernels::GemmTiles(T);
@@ -494,15 +508,22 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     qa.valid = true;
   }
   if (any_gemm && qa.panel.empty()) {
-    qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
-    const size_t tiles = kernels::GemmTiles(T);
-    ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) { kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data()); });
+    if (amx) {
+      qa.panel.resize(kernels::GemmAmxPanelSize(T, qa.a.Kp));
+      ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
+        kernels::BuildGemmAmxPanel(qa.a, T, b, e, qa.panel.data());
+      });
+    } else {
+      qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
+      const size_t tiles = kernels::GemmTiles(T);
+      ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) { kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data()); });
+    }
   }
   // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
   // Prefill: GEMM units are pairs of row groups (the GEMM's 32-row tiles; an odd range would run
   // its last group through the 16-row tile).
   auto gemm = [&](size_t i) { return GemmLayout(jobs[i].q8->type); };
-  const size_t per_unit = T >= 2 * kernels::kGemmMaxU ? 2 : 1;
+  const size_t per_unit = !amx && T >= 2 * kernels::kGemmMaxU ? 2 : 1;
   size_t start[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < n; ++i)
     start[i + 1] = start[i] + (gemm(i) ? (kernels::GemmGroups(jobs[i].q8->rows) + per_unit - 1) / per_unit
@@ -513,8 +534,9 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
       if (lo >= hi) continue;
       if (gemm(i)) {
         const size_t groups = kernels::GemmGroups(jobs[i].q8->rows);
-        kernels::MatMulGemm(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy, (lo - start[i]) * per_unit,
-                            std::min(groups, (hi - start[i]) * per_unit));
+        (amx ? kernels::MatMulGemmAmx : kernels::MatMulGemm)(*jobs[i].q8, qa.panel.data(), T, jobs[i].y,
+                                                             jobs[i].ldy, (lo - start[i]) * per_unit,
+                                                             std::min(groups, (hi - start[i]) * per_unit));
       } else {
         kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
       }

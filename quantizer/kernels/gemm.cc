@@ -45,6 +45,28 @@ void BuildGemmPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile_en
   }
 }
 
+void BuildGemmAmxPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile_end, uint8_t* panel) {
+  const size_t nb = a.Kp / kQ8Block, per_sb = kQ8Super / kQ8Block, bytes = GemmAmxPanelBytesPerBlock();
+  for (size_t j = tile_begin; j < tile_end; ++j) {
+    for (size_t b = 0; b < nb; ++b) {
+      uint8_t* pb = panel + (j * nb + b) * bytes;
+      float* d = reinterpret_cast<float*>(pb + 16 * 32);
+      for (size_t u = 0; u < kGemmAmxTokens; ++u) {
+        const size_t t = j * kGemmAmxTokens + u;
+        if (t >= T) {
+          std::memset(pb + 32 * u, 0, 32);
+          d[u] = 0.0f;
+          continue;
+        }
+        // Q8Acts slice layout: slice s of block b at superblock offset 64 s + 4 (b % 16).
+        const int8_t* q = a.q + t * a.Kp + (b / per_sb) * kQ8Super + (b % per_sb) * 4;
+        for (size_t s = 0; s < 8; ++s) std::memcpy(pb + 32 * u + 4 * s, q + 64 * s, 4);
+        d[u] = a.d[t * nb + b];
+      }
+    }
+  }
+}
+
 bool GemmSupported(const WeightMatrix& w) {
   return (w.type == WType::kI4Sym || w.type == WType::kI4Nl || w.type == WType::kI8) && Q8Supported(w);
 }

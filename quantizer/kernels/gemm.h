@@ -65,4 +65,26 @@ void BuildGemmPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile_en
 void MatMulGemm(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy,
                 size_t g_begin, size_t g_end);
 
+// ---- AMX (Intel AMX-INT8, prefill) --------------------------------------------------------
+// The same product with TDPBSSD tiles: per row group, the 16 rows' codes are unpacked once to
+// signed bytes (I4 sym: q - 8; I4 nl: the level; I8: w), which are already the AMX B-tile layout
+// (slice s = tile row s); tokens go 16 at a time (A tile: 16 tokens x the block's 32 int8
+// activations). One TDPBSSD per (16 rows, 16 tokens, block) gives the exact int32 block sums S
+// (with signed weights no bias term), then the GEMM's own f32 step, acc = fma(float(S), d_w * d_a,
+// acc), blocks in order: results are bit-identical to MatMulGemm's.
+// Whether the CPU has AMX-INT8 (+ AVX-512), Linux granted the tile state, and TESSERA_AMX != 0.
+bool GemmAmxAvailable();
+constexpr size_t kGemmAmxTokens = 16;
+inline size_t GemmAmxTiles(size_t T) { return (T + kGemmAmxTokens - 1) / kGemmAmxTokens; }
+// AMX panel: token tile j (tokens 16 j .. 16 j + 15; past T: zeros), block b at byte
+// (j * nb + b) * 576: int8 q[16][32] (token u's elements 32 b .. 32 b + 31), float d[16].
+inline constexpr size_t GemmAmxPanelBytesPerBlock() { return 16 * 32 + 16 * 4; }
+inline size_t GemmAmxPanelSize(size_t T, size_t Kp) {
+  return GemmAmxTiles(T) * (Kp / kQ8Block) * GemmAmxPanelBytesPerBlock();
+}
+void BuildGemmAmxPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile_end, uint8_t* panel);
+// MatMulGemm's contract with the AMX panel; only when GemmAmxAvailable().
+void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy, size_t g_begin,
+                   size_t g_end);
+
 }  // namespace tessera::kernels

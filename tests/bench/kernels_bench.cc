@@ -206,7 +206,7 @@ const ShapeMatrix& GetShape(WType type, size_t rows, size_t cols) {
   return *m;
 }
 
-void BM_Int8Act(benchmark::State& state, WType type, size_t rows, size_t cols, size_t T) {
+void BM_Int8Act(benchmark::State& state, WType type, size_t rows, size_t cols, size_t T, bool amx) {
   const WeightMatrix& w = GetShape(type, rows, cols).w;
   std::vector<uint8_t> packed(GemmRepackedBytes(w));
   const size_t units = GemmGroups(rows);
@@ -220,13 +220,18 @@ void BM_Int8Act(benchmark::State& state, WType type, size_t rows, size_t cols, s
   std::vector<float> ad(T * q8.Kp / kQ8Block);
   std::vector<int32_t> as(T * q8.Kp / kQ8Block);
   const Q8Acts a{q8.Kp, aq.data(), ad.data(), as.data()};
-  std::vector<uint8_t> panel(GemmPanelSize(T, q8.Kp));
+  std::vector<uint8_t> panel(amx ? GemmAmxPanelSize(T, q8.Kp) : GemmPanelSize(T, q8.Kp));
   std::vector<float> y(T * rows);
-  state.SetLabel(ActiveTargetName());
+  state.SetLabel(amx ? "AMX" : ActiveTargetName());
   for (auto _ : state) {
     QuantizeActsQ8(x.data(), cols, cols, a, 0, T);
-    BuildGemmPanel(a, T, 0, GemmTiles(T), panel.data());
-    MatMulGemm(q8, panel.data(), T, y.data(), rows, 0, units);
+    if (amx) {
+      BuildGemmAmxPanel(a, T, 0, GemmAmxTiles(T), panel.data());
+      MatMulGemmAmx(q8, panel.data(), T, y.data(), rows, 0, units);
+    } else {
+      BuildGemmPanel(a, T, 0, GemmTiles(T), panel.data());
+      MatMulGemm(q8, panel.data(), T, y.data(), rows, 0, units);
+    }
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -244,7 +249,10 @@ void RegisterInt8Act() {
       for (WType type : {WType::kI4Sym, WType::kI8}) {
         const std::string name = std::string("Int8Act/gemm/") + (type == WType::kI8 ? "int8/" : "int4/") +
                                  std::to_string(rows) + "x" + std::to_string(cols) + "/T" + std::to_string(T);
-        benchmark::RegisterBenchmark(name.c_str(), BM_Int8Act, type, rows, cols, T)->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(name.c_str(), BM_Int8Act, type, rows, cols, T, false)->Unit(benchmark::kMillisecond);
+        if (T >= 16 && GemmAmxAvailable())
+          benchmark::RegisterBenchmark((name + "/amx").c_str(), BM_Int8Act, type, rows, cols, T, true)
+              ->Unit(benchmark::kMillisecond);
       }
     }
   }

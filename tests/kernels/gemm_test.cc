@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #undef HWY_TARGET_INCLUDE
@@ -164,5 +165,38 @@ namespace tessera::kernels {
 HWY_BEFORE_TEST(GemmTest);
 HWY_EXPORT_AND_TEST_P(GemmTest, TestGemmAllShapes);
 HWY_EXPORT_AND_TEST_P(GemmTest, TestGemmAllT);
+
+// The AMX prefill GEMM (gemm.h) is bit-identical to MatMulGemm_ref: every type, partial row
+// groups, a row-group sub-range, T from 1 (one padded token tile) to several tiles with a partial
+// last one, the panel built in two tile ranges.
+TEST(GemmAmx, BitIdenticalToReference) {
+  if (!GemmAmxAvailable()) GTEST_SKIP() << "no AMX-INT8 on this CPU (or TESSERA_AMX=0)";
+  uint32_t seed = 4000;
+  for (const auto& [type, rows, cols, group] :
+       {std::tuple{WType::kI4Sym, 50, 2048, 32}, std::tuple{WType::kI8, 40, 1536, 64},
+        std::tuple{WType::kI4Nl, 35, 1024, 64}, std::tuple{WType::kI4Sym, 16, 544, 32},
+        std::tuple{WType::kI8, 19, 96, 32}, std::tuple{WType::kI4Nl, 11, 160, 32}}) {
+    gemmtest::OwnedMatrix m = gemmtest::MakeMatrix(type, rows, cols, group, seed += 7);
+    for (size_t T : {1, 5, 16, 17, 31, 64, 100, 128}) {
+      const size_t ldx = cols + 3, ldy = rows + 2;
+      std::vector<float> x(T * ldx);
+      ktest::FillUniform(x.data(), x.size(), seed += 3, -2.0f, 2.0f);
+      gemmtest::OwnedActs a(T, cols);
+      QuantizeActsQ8(x.data(), ldx, cols, a.a, 0, T);
+      std::vector<uint8_t> panel(GemmAmxPanelSize(T, a.a.Kp), 0xEE);
+      const size_t tiles = GemmAmxTiles(T);
+      BuildGemmAmxPanel(a.a, T, tiles / 2, tiles, panel.data());
+      BuildGemmAmxPanel(a.a, T, 0, tiles / 2, panel.data());
+      const size_t groups = GemmGroups(rows), g0 = 1, r0 = g0 * kGemmRows;
+      std::vector<float> y(T * ldy, -777.0f), yref(T * ldy, -777.0f);
+      MatMulGemmAmx(m.q8, panel.data(), T, y.data(), ldy, g0, groups);
+      MatMulGemm_ref(m.w, a.a, T, yref.data(), ldy, r0, rows);
+      const std::string what = ktest::Q8CaseName(type, rows, cols, group, T);
+      for (size_t t = 0; t < T; ++t)
+        for (size_t r = 0; r < ldy; ++r)
+          ASSERT_EQ(ktest::Bits(y[t * ldy + r]), ktest::Bits(yref[t * ldy + r])) << what << " t=" << t << " r=" << r;
+    }
+  }
+}
 }  // namespace tessera::kernels
 #endif

@@ -1,0 +1,194 @@
+// Intel AMX-INT8 version of the int8-activation GEMM for prefill (gemm.h: "AMX"). Not a Highway
+// translation unit: Highway 1.0.3 has no AMX target, so the kernel is compiled for AMX + AVX-512
+// by the pragma below and only called after GemmAmxAvailable() checked the CPU and the kernel.
+// Everything that is not the kernel (includes, helpers) stays above the pragma, so no inline
+// function of a shared header is compiled for AMX.
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/iq4nl.h"
+#include "quantizer/kernels/gemm.h"
+
+namespace tessera::kernels {
+namespace {
+
+constexpr size_t kBlockBytes = 16 * 32 + 16 * 4;  // one (token tile, block) of the AMX panel
+static_assert(GemmAmxPanelBytesPerBlock() == kBlockBytes, "panel layout");
+
+// Per thread: the row group's weights unpacked to signed bytes (B tiles) and its block scales.
+struct Scratch {
+  uint8_t* p = nullptr;
+  size_t cap = 0;
+  ~Scratch() { std::free(p); }
+  uint8_t* Get(size_t n) {
+    if (n > cap) {
+      std::free(p);
+      cap = (n + 4095) / 4096 * 4096;
+      p = static_cast<uint8_t*>(std::aligned_alloc(64, cap));
+      if (p == nullptr) cap = 0;
+    }
+    return p;
+  }
+};
+thread_local Scratch tls_scratch;
+
+// The 64-byte LDTILECFG operand (palette 1).
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+
+bool CpuHasAmxInt8() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool amx_tile = (d >> 24) & 1, amx_int8 = (d >> 25) & 1;
+  const bool avx512bw = (b >> 30) & 1, avx512vl = (b >> 31) & 1, avx512f = (b >> 16) & 1;
+  return amx_tile && amx_int8 && avx512bw && avx512vl && avx512f;
+}
+
+}  // namespace
+
+bool GemmAmxAvailable() {
+  static const bool ok = [] {
+    const char* env = std::getenv("TESSERA_AMX");
+    if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+    if (!CpuHasAmxInt8()) return false;
+    // Linux hands out the 8 KiB tile state only on request (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA).
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return ok;
+}
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma,amx-tile,amx-int8")
+// Lambdas do not inherit the pragma's target in every GCC version: say it again.
+#define HWY_AMX_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma,amx-tile,amx-int8")))
+
+namespace {
+
+// Row group g's units -> nb B tiles of signed bytes (8 rows x 64: slice s, byte 4 r + i =
+// element 4 s + i of row r, the unit's own interleaving) followed by nb x 16 float block scales.
+void UnpackGroup(const uint8_t* wg, size_t nb, WType type, uint8_t* tiles, float* scales) {
+  const bool i8 = type == WType::kI8, nl = type == WType::kI4Nl;
+  const size_t cb = i8 ? 512 : 256, unit = cb + kGemmRows * 2;
+  alignas(64) int8_t lut_bytes[64];
+  for (size_t i = 0; i < 64; ++i) lut_bytes[i] = static_cast<int8_t>(nl ? int{tessera::kI4NlLevels[i % 16]} : int(i % 16) - 8);
+  const __m512i lut = _mm512_load_si512(lut_bytes);
+  const __m512i m4 = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (size_t b = 0; b < nb; ++b) {
+    const uint8_t* u = wg + b * unit;
+    uint8_t* t = tiles + b * 512;
+    if (i8) {
+      for (size_t s = 0; s < 8; ++s)
+        _mm512_store_si512(t + 64 * s, _mm512_xor_si512(_mm512_loadu_si512(u + 64 * s), flip));
+    } else {
+      for (size_t m = 0; m < 4; ++m) {
+        const __m512i raw = _mm512_loadu_si512(u + 64 * m);
+        const __m512i lo = _mm512_and_si512(raw, m4), hi = _mm512_and_si512(_mm512_srli_epi16(raw, 4), m4);
+        _mm512_store_si512(t + 64 * m, _mm512_shuffle_epi8(lut, lo));
+        _mm512_store_si512(t + 64 * (4 + m), _mm512_shuffle_epi8(lut, hi));
+      }
+    }
+    _mm512_store_ps(scales + 16 * b, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(u + cb))));
+  }
+}
+
+}  // namespace
+
+void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy, size_t g_begin,
+                   size_t g_end) {
+  if (T == 0 || g_begin >= g_end) return;
+  const size_t nb = w.Kp / kQ8Block;
+  const bool i8 = w.type == WType::kI8;
+  const size_t gbytes = nb * ((i8 ? 512 : 256) + kGemmRows * 2);
+  uint8_t* scratch = tls_scratch.Get(nb * (512 + 64));
+  if (scratch == nullptr) std::abort();
+  uint8_t* btiles = scratch;
+  float* scales = reinterpret_cast<float*>(scratch + nb * 512);
+  TileConfig cfg;
+  for (int i = 0; i < 4; ++i) {  // C: 16 tokens x 16 rows, int32 (4 blocks)
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 64;
+  }
+  for (int i = 4; i < 6; ++i) {  // A: 16 tokens x 32 int8 activations (one block)
+    cfg.rows[i] = 16;
+    cfg.colsb[i] = 32;
+  }
+  for (int i = 6; i < 8; ++i) {  // B: the block's 32 elements of 16 rows, 4 consecutive per int32
+    cfg.rows[i] = 8;
+    cfg.colsb[i] = 64;
+  }
+  _tile_loadconfig(&cfg);
+  // C tiles of 4 consecutive blocks (tmm0..3) go to one half of cbuf while the f32 step reads the
+  // other half (the previous 4 blocks): the tile stores' latency overlaps the vector work.
+  alignas(64) int32_t cbuf[2][4][16 * 16];
+  const size_t tiles = GemmAmxTiles(T);
+  for (size_t g = g_begin; g < g_end; ++g) {
+    const size_t r0 = g * kGemmRows;
+    const size_t nr = w.rows - r0 < kGemmRows ? w.rows - r0 : kGemmRows;
+    const __mmask16 mask = static_cast<__mmask16>((uint32_t{1} << nr) - 1);
+    UnpackGroup(w.data + g * gbytes, nb, w.type, btiles, scales);
+    for (size_t j = 0; j < tiles; ++j) {
+      const uint8_t* pj = panel + j * nb * kBlockBytes;
+      __m512 acc[16];
+#pragma GCC unroll 16
+      for (size_t t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
+      // The VNNI tile's arithmetic: acc = fma(float(S), d_w * d_a, acc), blocks in order.
+      auto f32_step = [&](size_t b0, const int32_t (*c)[16 * 16]) HWY_AMX_ATTR {
+        for (size_t q = 0; q < 4; ++q) {
+          const __m512 dw = _mm512_load_ps(scales + 16 * (b0 + q));
+          const float* da = reinterpret_cast<const float*>(pj + (b0 + q) * kBlockBytes + 16 * 32);
+#pragma GCC unroll 16
+          for (size_t t = 0; t < 16; ++t)
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_load_si512(c[q] + 16 * t)),
+                                     _mm512_mul_ps(dw, _mm512_set1_ps(da[t])), acc[t]);
+        }
+      };
+      for (size_t b0 = 0; b0 < nb; b0 += 4) {  // nb is a multiple of 16 (Kp of whole superblocks)
+        const uint8_t* pb = pj + b0 * kBlockBytes;
+        const uint8_t* bt = btiles + b0 * 512;
+        int32_t(*c)[16 * 16] = cbuf[(b0 / 4) % 2];
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        _tile_loadd(4, pb, 32);
+        _tile_loadd(6, bt, 64);
+        _tile_dpbssd(0, 4, 6);
+        _tile_loadd(5, pb + kBlockBytes, 32);
+        _tile_loadd(7, bt + 512, 64);
+        _tile_dpbssd(1, 5, 7);
+        _tile_loadd(4, pb + 2 * kBlockBytes, 32);
+        _tile_loadd(6, bt + 1024, 64);
+        _tile_dpbssd(2, 4, 6);
+        _tile_loadd(5, pb + 3 * kBlockBytes, 32);
+        _tile_loadd(7, bt + 1536, 64);
+        _tile_dpbssd(3, 5, 7);
+        _tile_stored(0, c[0], 64);
+        _tile_stored(1, c[1], 64);
+        _tile_stored(2, c[2], 64);
+        _tile_stored(3, c[3], 64);
+        if (b0 > 0) f32_step(b0 - 4, cbuf[(b0 / 4 + 1) % 2]);
+      }
+      f32_step(nb - 4, cbuf[(nb / 4 + 1) % 2]);
+      const size_t nt = T - 16 * j < 16 ? T - 16 * j : 16;
+      for (size_t t = 0; t < nt; ++t) _mm512_mask_storeu_ps(y + (16 * j + t) * ldy + r0, mask, acc[t]);
+    }
+  }
+  _tile_release();
+}
+
+#pragma GCC pop_options
+
+}  // namespace tessera::kernels
