@@ -111,7 +111,7 @@ void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y,
   if (T == 0 || g_begin >= g_end) return;
   const size_t nb = w.Kp / kQ8Block;
   const bool i8 = w.type == WType::kI8;
-  const size_t gbytes = nb * ((i8 ? 512 : 256) + kGemmRows * 2);
+  const size_t unit = (i8 ? 512 : 256) + kGemmRows * 2, gbytes = nb * unit;
   uint8_t* scratch = tls_scratch.Get(nb * (512 + 64));
   if (scratch == nullptr) std::abort();
   uint8_t* btiles = scratch;
@@ -175,6 +175,11 @@ void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y,
         _tile_loadd(5, pb + 3 * kBlockBytes, 32);
         _tile_loadd(7, bt + 1536, 64);
         _tile_dpbssd(3, 5, 7);
+        if (j == 0 && g + 1 < g_end) {
+          // The next row group's weights (from memory) arrive in cache while this one computes.
+          const uint8_t* nx = w.data + (g + 1) * gbytes + b0 * unit;
+          for (size_t o = 0; o < 4 * unit; o += 64) _mm_prefetch(reinterpret_cast<const char*>(nx + o), _MM_HINT_T1);
+        }
         _tile_stored(0, c[0], 64);
         _tile_stored(1, c[1], 64);
         _tile_stored(2, c[2], 64);
