@@ -78,9 +78,11 @@ void ThreadPool::ParallelFor(size_t n, size_t min_chunk,
                              const std::function<void(size_t, size_t)>& fn) {
   if (n == 0) return;
   const size_t threads = workers_.size() + 1;
-  // Smallest grab: min_chunk, and at least 1 / (8 threads) of n (about as many grabs as fixed
-  // chunks of n / (4 threads), which decode's ~180 calls per token rely on).
-  const size_t chunk = std::max<size_t>(std::max<size_t>(min_chunk, 1), (n + threads * 8 - 1) / (threads * 8));
+  // Smallest grab: min_chunk, and at least 1 / (64 threads) of n. Decode's ~180 calls per token
+  // are bound by memory bandwidth, and a thread that waits for the other one's last grab leaves
+  // its share of the bandwidth unused: 1.1B int4 decode on 2 threads (Xeon) ran 45.0 tok/s with
+  // a 1 / (8 threads) floor, 45.9 at 1 / 16, 46.4-46.7 at 1 / 64, 45.8 at 1 / 128 (more grabs).
+  const size_t chunk = std::max<size_t>(std::max<size_t>(min_chunk, 1), (n + threads * 64 - 1) / (threads * 64));
   if (workers_.empty() || chunk >= n || (n + threads * 4 - 1) / (threads * 4) >= n) {
     fn(0, n);
     return;
