@@ -3,6 +3,11 @@
 // by the pragma below and only called after GemmAmxAvailable() checked the CPU and the kernel.
 // Everything that is not the kernel (includes, helpers) stays above the pragma, so no inline
 // function of a shared header is compiled for AMX.
+// GCC 12 flags its own _mm512_undefined_ps() (`__m512 __Y = __Y;`) as maybe uninitialized when
+// the intrinsics are inlined under a target pragma at -O2: a false positive in the header.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -70,10 +75,14 @@ bool GemmAmxAvailable() {
   return ok;
 }
 
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma,amx-tile,amx-int8"))), apply_to = function)
+#else
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma,amx-tile,amx-int8")
-// Lambdas do not inherit the pragma's target in every GCC version: say it again.
-#define HWY_AMX_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma,amx-tile,amx-int8")))
+#endif
+// Lambdas do not inherit the pragma's target in every compiler: say it again.
+#define TESSERA_AMX_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma,amx-tile,amx-int8")))
 
 namespace {
 
@@ -145,7 +154,7 @@ void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y,
 #pragma GCC unroll 16
       for (size_t t = 0; t < 16; ++t) acc[t] = _mm512_setzero_ps();
       // The VNNI tile's arithmetic: acc = fma(float(S), d_w * d_a, acc), blocks in order.
-      auto f32_step = [&](size_t b0, const int32_t (*c)[16 * 16]) HWY_AMX_ATTR {
+      auto f32_step = [&](size_t b0, const int32_t (*c)[16 * 16]) TESSERA_AMX_ATTR {
         for (size_t q = 0; q < 4; ++q) {
           const __m512 dw = _mm512_load_ps(scales + 16 * (b0 + q));
           const float* da = reinterpret_cast<const float*>(pj + (b0 + q) * kBlockBytes + 16 * 32);
@@ -194,6 +203,10 @@ void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y,
   _tile_release();
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 }  // namespace tessera::kernels
