@@ -244,6 +244,7 @@ class Model {
   // Copies the f16 / bf16 / f32 matrices of `todo` (read as they are by the f32-activation kernels)
   // from the file mapping into one arena backed by huge pages, and drops the mapped pages.
   static absl::Status CopyPlainToHugePages(const RepackList& todo, Arena* arena);
+  static absl::Status AllocHugePageArena(size_t bytes, const char* what, Arena* arena);
   void Norm(const float* x, const float* w, const float* b, size_t n, float* out) const;
   ActivationObserver observer_;
   bool observer_per_matrix_ = false;
