@@ -187,11 +187,11 @@ bool Int8ActivationsEnabled() {
 }  // namespace
 
 namespace {
-// Whether an int8-activation matrix of this type was repacked into the GEMM layout (gemm.h).
 // From this many tokens on, GEMM-layout matrices go through the AMX tiles where the CPU has them
 // (16 tokens per tile; fewer would leave most of each tile empty).
 constexpr size_t kAmxMinTokens = 16;
 
+// Whether an int8-activation matrix of this type was repacked into the GEMM layout (gemm.h).
 bool GemmLayout(kernels::WType t) {
   return t == kernels::WType::kI4Sym || t == kernels::WType::kI4Nl || t == kernels::WType::kI8;
 }
