@@ -473,6 +473,30 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
   for (size_t i = 0; i < n; ++i) any_gemm = any_gemm || GemmLayout(jobs[i].q8->type);
   // Prefill on AMX-INT8 CPUs: the AMX tiles (bit-identical results, gemm.h).
   const bool amx = any_gemm && T >= kAmxMinTokens && kernels::GemmAmxAvailable();
+  // Lays out the GEMM panel of the quantized activations (AMX: 16-token tiles; VNNI: GemmTiles),
+  // one token tile per task; with `quantize`, each task first quantizes its tile's tokens.
+  auto lay_out_panel = [&](bool quantize) {
+    if (amx) {
+      qa.panel.resize(kernels::GemmAmxPanelSize(T, qa.a.Kp));
+      ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
+        if (quantize)
+          kernels::QuantizeActsQ8(x, ldx, K, qa.a, b * kernels::kGemmAmxTokens, std::min(T, e * kernels::kGemmAmxTokens));
+        kernels::BuildGemmAmxPanel(qa.a, T, b, e, qa.panel.data());
+      });
+      return;
+    }
+    qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
+    ThreadPool::Global().ParallelFor(kernels::GemmTiles(T), 2, [&](size_t b, size_t e) {
+      if (quantize) {
+        size_t t0 = 0, t1;
+        for (size_t i = 0; i < b; ++i) t0 += kernels::GemmTileTokens(T, i, t0);
+        t1 = t0;
+        for (size_t i = b; i < e; ++i) t1 += kernels::GemmTileTokens(T, i, t1);
+        kernels::QuantizeActsQ8(x, ldx, K, qa.a, t0, t1);
+      }
+      kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data());
+    });
+  };
   if (!qa.valid) {
     const size_t Kp = kernels::Q8PaddedK(K);
     qa.q.resize(T * Kp);
@@ -483,26 +507,8 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     qa.a.d = qa.d.data();
     qa.a.sum = qa.sum.data();
     qa.panel.clear();  // rebuilt below for these activations (capacity kept)
-    if (amx) {
-      // One pass over 16-token tiles: quantize a tile's tokens, then lay out its AMX panel.
-      qa.panel.resize(kernels::GemmAmxPanelSize(T, Kp));
-      ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
-        kernels::QuantizeActsQ8(x, ldx, K, qa.a, b * kernels::kGemmAmxTokens,
-                                std::min(T, e * kernels::kGemmAmxTokens));
-        kernels::BuildGemmAmxPanel(qa.a, T, b, e, qa.panel.data());
-      });
-    } else if (any_gemm && T >= 8) {
-      // One pass over token tiles: quantize a tile's tokens, then lay out its panel.
-      qa.panel.resize(kernels::GemmPanelSize(T, Kp));
-      const size_t tiles = kernels::GemmTiles(T);
-      ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) {
-        size_t t0 = 0, t1;
-        for (size_t i = 0; i < b; ++i) t0 += kernels::GemmTileTokens(T, i, t0);
-        t1 = t0;
-        for (size_t i = b; i < e; ++i) t1 += kernels::GemmTileTokens(T, i, t1);
-        kernels::QuantizeActsQ8(x, ldx, K, qa.a, t0, t1);
-        kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data());
-      });
+    if (any_gemm && T >= 8) {
+      lay_out_panel(true);
     } else if (T >= 8) {
       ThreadPool::Global().ParallelFor(T, 4, [&](size_t b, size_t e) { kernels::QuantizeActsQ8(x, ldx, K, qa.a, b, e); });
     } else {
@@ -510,18 +516,7 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     }
     qa.valid = true;
   }
-  if (any_gemm && qa.panel.empty()) {
-    if (amx) {
-      qa.panel.resize(kernels::GemmAmxPanelSize(T, qa.a.Kp));
-      ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
-        kernels::BuildGemmAmxPanel(qa.a, T, b, e, qa.panel.data());
-      });
-    } else {
-      qa.panel.resize(kernels::GemmPanelSize(T, qa.a.Kp));
-      const size_t tiles = kernels::GemmTiles(T);
-      ThreadPool::Global().ParallelFor(tiles, 2, [&](size_t b, size_t e) { kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data()); });
-    }
-  }
+  if (any_gemm && qa.panel.empty()) lay_out_panel(false);
   // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
   // Prefill: GEMM units are pairs of row groups (the GEMM's 32-row tiles; an odd range would run
   // its last group through the 16-row tile).
