@@ -172,8 +172,7 @@ absl::Status Model::Bind() {
   const bool drop = pkg_->memory() == Package::Memory::kMmap;
   TESSERA_RETURN_IF_ERROR(RepackInto(Matrices(layers_.data(), layers_.size(), &head_), &repacked_, true, drop));
   if (drop) TESSERA_RETURN_IF_ERROR(CopyPlainToHugePages(Matrices(layers_.data(), layers_.size(), &head_), &plain_));
-  rows_independent_ = true;
-  for (const auto& [w, q] : Matrices(layers_.data(), layers_.size(), &head_)) rows_independent_ = rows_independent_ && q->data != nullptr;
+  rows_independent_ = ComputeRowsIndependent();
   return absl::OkStatus();
 }
 
@@ -195,6 +194,21 @@ constexpr size_t kAmxMinTokens = 16;
 bool GemmLayout(kernels::WType t) {
   return t == kernels::WType::kI4Sym || t == kernels::WType::kI4Nl || t == kernels::WType::kI8;
 }
+
+}  // namespace
+
+bool Model::ComputeRowsIndependent() {
+  // Every linear on the int8-activation path, and none through the AMX-BF16 tiles, which serve
+  // batches of more than 16 rows with other arithmetic than smaller batches (gemm.h).
+  bool all_q8 = true, any_gemm = false;
+  for (const auto& [w, q] : Matrices(layers_.data(), layers_.size(), &head_)) {
+    all_q8 = all_q8 && q->data != nullptr;
+    any_gemm = any_gemm || (q->data != nullptr && GemmLayout(q->type));
+  }
+  return all_q8 && !(any_gemm && kernels::GemmAmxBf16Available());
+}
+
+namespace {
 
 // Lets the kernel drop the pages of [p, p + n) of a read-only file mapping (a later access
 // simply faults them in again). Never call it on anonymous memory: its contents would be lost.
@@ -497,7 +511,32 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
       kernels::BuildGemmPanel(qa.a, T, b, e, qa.panel.data());
     });
   };
-  if (!qa.valid) {
+  // Long prefill on AMX-BF16 CPUs: the GEMM-layout matrices take the bf16 panel of x (gemm.h; not
+  // bit-identical, so only for batches past the server's bit-identical batch size). Int8
+  // activations are then made only for the MatMulQ8 matrices (I6) among the jobs.
+  const bool bf16 = amx && T > kernels::kGemmAmxExactMaxTokens && kernels::GemmAmxBf16Available();
+  bool any_q8 = false;
+  for (size_t i = 0; i < n; ++i) any_q8 = any_q8 || !GemmLayout(jobs[i].q8->type);
+  if (bf16) {
+    if (!qa.bf16_valid) {
+      const size_t Kp = kernels::Q8PaddedK(K);
+      qa.panel.resize(kernels::GemmAmxBf16PanelSize(T, Kp));
+      ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
+        kernels::BuildGemmAmxBf16Panel(x, ldx, K, Kp, T, b, e, qa.panel.data());
+      });
+      qa.bf16_valid = true;
+    }
+    if (any_q8 && !qa.valid) {
+      const size_t Kp = kernels::Q8PaddedK(K);
+      qa.q.resize(T * Kp);
+      qa.d.resize(T * Kp / kernels::kQ8Block);
+      qa.sum.resize(T * Kp / kernels::kQ8Block);
+      qa.a = {Kp, qa.q.data(), qa.d.data(), qa.sum.data()};
+      ThreadPool::Global().ParallelFor(T, 4, [&](size_t b, size_t e) { kernels::QuantizeActsQ8(x, ldx, K, qa.a, b, e); });
+      qa.valid = true;
+    }
+  }
+  if (!bf16 && !qa.valid) {
     const size_t Kp = kernels::Q8PaddedK(K);
     qa.q.resize(T * Kp);
     qa.d.resize(T * Kp / kernels::kQ8Block);
@@ -516,12 +555,12 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
     }
     qa.valid = true;
   }
-  if (any_gemm && qa.panel.empty()) lay_out_panel(false);
+  if (!bf16 && any_gemm && qa.panel.empty()) lay_out_panel(false);
   // Work units: row groups of 16 (GEMM layout) or row blocks of 4 (MatMulQ8's layout).
   // Prefill: GEMM units are pairs of row groups (the GEMM's 32-row tiles; an odd range would run
   // its last group through the 16-row tile).
   auto gemm = [&](size_t i) { return GemmLayout(jobs[i].q8->type); };
-  const size_t per_unit = !amx && T >= 2 * kernels::kGemmMaxU ? 2 : 1;
+  const size_t per_unit = bf16 || (!amx && T >= 2 * kernels::kGemmMaxU) ? 2 : 1;
   size_t start[4] = {0, 0, 0, 0};
   for (size_t i = 0; i < n; ++i)
     start[i + 1] = start[i] + (gemm(i) ? (kernels::GemmGroups(jobs[i].q8->rows) + per_unit - 1) / per_unit
@@ -532,9 +571,10 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
       if (lo >= hi) continue;
       if (gemm(i)) {
         const size_t groups = kernels::GemmGroups(jobs[i].q8->rows);
-        (amx ? kernels::MatMulGemmAmx : kernels::MatMulGemm)(*jobs[i].q8, qa.panel.data(), T, jobs[i].y,
-                                                             jobs[i].ldy, (lo - start[i]) * per_unit,
-                                                             std::min(groups, (hi - start[i]) * per_unit));
+        (bf16  ? kernels::MatMulGemmAmxBf16
+         : amx ? kernels::MatMulGemmAmx
+               : kernels::MatMulGemm)(*jobs[i].q8, qa.panel.data(), T, jobs[i].y, jobs[i].ldy,
+                                      (lo - start[i]) * per_unit, std::min(groups, (hi - start[i]) * per_unit));
       } else {
         kernels::MatMulQ8(*jobs[i].q8, qa.a, T, jobs[i].y, jobs[i].ldy, lo - start[i], hi - start[i]);
       }
@@ -684,6 +724,7 @@ void Model::RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop
     for (size_t t = b; t < e; ++t) Norm(x + t * H, L.attn_norm, L.attn_norm_b, H, xn + t * ldh);
   });
   p.qa_x.valid = p.qa_att.valid = p.qa_hid.valid = false;
+  p.qa_x.bf16_valid = p.qa_att.bf16_valid = p.qa_hid.bf16_valid = false;
   if (stop == LayerStop::kQkv) {  // the observer calls of the multiplies below
     if (observer_per_matrix_) {
       for (const char* m : {"/attn_q", "/attn_k", "/attn_v"}) Observe(lk + m, xn, T, ldh, H);
@@ -746,7 +787,7 @@ void Model::RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop
     for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
     for (size_t t = b; t < e; ++t) Norm(x + t * H, L.ffn_norm, L.ffn_norm_b, H, xn + t * ldh);
   });
-  p.qa_x.valid = false;  // xn now holds the FFN norm
+  p.qa_x.valid = p.qa_x.bf16_valid = false;  // xn now holds the FFN norm
   if (stop == LayerStop::kFfnUp) {
     if (c.mlp == "gated" && !observer_per_matrix_) {
       Observe(lk + "/ffn_up_gate", xn, T, ldh, H);
@@ -806,7 +847,7 @@ void Model::RunHead(const Head& head, const float* x, const size_t* rows, size_t
     Observe("lm/output", p.xn.data(), n, ldh, H);
     return;
   }
-  p.qa_x.valid = false;
+  p.qa_x.valid = p.qa_x.bf16_valid = false;
   const size_t V = static_cast<size_t>(config().vocab);
   const Q8Job job{&head.output, &head.q8out, nullptr, logits, V};
   LinearMulti("lm/output", &job, 1, p.xn.data(), n, ldh, H, p.qa_x);
@@ -962,9 +1003,7 @@ absl::Status Model::ReplaceBlock(int64_t i, std::unique_ptr<TensorPack> pack) {
   layers_[static_cast<size_t>(i)] = L;
   replaced_packs_[static_cast<size_t>(i)] = std::move(pack);
   replaced_arenas_[static_cast<size_t>(i)] = std::move(arena);
-  rows_independent_ = true;
-  for (const auto& [w, q] : Matrices(layers_.data(), layers_.size(), &head_))
-    rows_independent_ = rows_independent_ && q->data != nullptr;
+  rows_independent_ = ComputeRowsIndependent();
   return absl::OkStatus();
 }
 

@@ -70,8 +70,9 @@ class Model {
     observer_per_matrix_ = observer_ && per_matrix;
   }
   // True when every row of a ForwardBatch gives the same result whatever the batch (all linears
-  // run on the int8-activation path, which quantizes each row alone and sums in integers); when
-  // false, results are row-independent only for batches of at most 16 rows.
+  // run on the int8-activation path, which quantizes each row alone and sums in integers, and the
+  // CPU has no AMX-BF16, whose tiles serve batches of more than 16 rows); when false, results are
+  // row-independent only for batches of at most 16 rows.
   bool RowsIndependent() const { return rows_independent_; }
 
   // One sequence's share of a batched forward pass.
@@ -202,9 +203,10 @@ class Model {
     Scratch<int8_t> q;
     Scratch<float> d;
     Scratch<int32_t> sum;
-    Scratch<uint8_t> panel;  // the same activations re-laid for MatMulGemm (I4 sym / I8)
+    Scratch<uint8_t> panel;  // the same activations re-laid for MatMulGemm (I4 sym / I8), or as bf16
     kernels::Q8Acts a;
-    bool valid = false;
+    bool valid = false;      // q / d / sum hold this input (and panel, unless empty)
+    bool bf16_valid = false;  // panel holds this input's bf16 panel (long prefill on AMX-BF16)
   };
   struct Q8Job {
     const kernels::WeightMatrix* w;
@@ -249,6 +251,7 @@ class Model {
   ActivationObserver observer_;
   bool observer_per_matrix_ = false;
   bool rows_independent_ = false;
+  bool ComputeRowsIndependent();
 
   std::unique_ptr<Package> pkg_;
   std::vector<Layer> layers_;

@@ -87,4 +87,32 @@ void BuildGemmAmxPanel(const Q8Acts& a, size_t T, size_t tile_begin, size_t tile
 void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy, size_t g_begin,
                    size_t g_end);
 
+// ---- AMX-BF16 (long prefill; not bit-identical) --------------------------------------------
+// The integer tiles above must leave every 32-block's int32 sum to an f32 step (a convert, a
+// multiply and an FMA per 16 outputs per block: the scales of weights and activations are per 32),
+// and that step, not the tiles, bounds them. This variant trades exactness for speed: per row group
+// the codes are dequantized once to bf16(code * d) (the f32 product rounded to nearest even), the
+// activations are rounded to bf16 from f32 (no int8 quantization, so no activation scales), and
+// TDPBF16PS accumulates the whole K in f32 inside the tile; the tile is stored straight into y.
+// Rows do not match the integer path bit for bit (the error is of the order of bf16's 2^-9
+// relative rounding of each input, less than int8 activation quantization's), so the runtime uses
+// it only for batches larger than kGemmAmxExactMaxTokens, the batches a row's result may depend on.
+// Whether the CPU also has AMX-BF16 and AVX512-BF16, and TESSERA_AMX is not 0 or "int8".
+bool GemmAmxBf16Available();
+// Batches up to this many tokens stay on the bit-identical kernels (the server's batch invariant).
+constexpr size_t kGemmAmxExactMaxTokens = 16;
+// bf16 panel: token tile j (16 tokens; past T: zeros), block b of 32 elements at byte
+// (j * nb + b) * 1024: bf16 x[16][32] (token u's elements 32 b .. 32 b + 31; past K: zeros).
+inline constexpr size_t GemmAmxBf16PanelBytesPerBlock() { return 16 * 32 * 2; }
+inline size_t GemmAmxBf16PanelSize(size_t T, size_t Kp) {
+  return GemmAmxTiles(T) * (Kp / kQ8Block) * GemmAmxBf16PanelBytesPerBlock();
+}
+// Fills token tiles [tile_begin, tile_end) of the bf16 panel of x (T rows of K floats, stride ldx).
+void BuildGemmAmxBf16Panel(const float* x, size_t ldx, size_t K, size_t Kp, size_t T, size_t tile_begin,
+                           size_t tile_end, uint8_t* panel);
+// y[t * ldy + r] for t < T and the rows of row groups [g_begin, g_end) (taken in pairs): the
+// GEMM-layout weights w times the bf16 panel. Only when GemmAmxBf16Available().
+void MatMulGemmAmxBf16(const Q8Weights& w, const uint8_t* panel, size_t T, float* y, size_t ldy, size_t g_begin,
+                       size_t g_end);
+
 }  // namespace tessera::kernels

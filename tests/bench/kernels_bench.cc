@@ -206,7 +206,8 @@ const ShapeMatrix& GetShape(WType type, size_t rows, size_t cols) {
   return *m;
 }
 
-void BM_Int8Act(benchmark::State& state, WType type, size_t rows, size_t cols, size_t T, bool amx) {
+// amx: 0 VNNI tiles, 1 AMX-INT8, 2 AMX-BF16.
+void BM_Int8Act(benchmark::State& state, WType type, size_t rows, size_t cols, size_t T, int amx) {
   const WeightMatrix& w = GetShape(type, rows, cols).w;
   std::vector<uint8_t> packed(GemmRepackedBytes(w));
   const size_t units = GemmGroups(rows);
@@ -220,10 +221,18 @@ void BM_Int8Act(benchmark::State& state, WType type, size_t rows, size_t cols, s
   std::vector<float> ad(T * q8.Kp / kQ8Block);
   std::vector<int32_t> as(T * q8.Kp / kQ8Block);
   const Q8Acts a{q8.Kp, aq.data(), ad.data(), as.data()};
-  std::vector<uint8_t> panel(amx ? GemmAmxPanelSize(T, q8.Kp) : GemmPanelSize(T, q8.Kp));
+  std::vector<uint8_t> panel(amx == 2 ? GemmAmxBf16PanelSize(T, q8.Kp)
+                             : amx ? GemmAmxPanelSize(T, q8.Kp) : GemmPanelSize(T, q8.Kp));
   std::vector<float> y(T * rows);
-  state.SetLabel(amx ? "AMX" : ActiveTargetName());
+  state.SetLabel(amx == 2 ? "AMX-BF16" : amx ? "AMX" : ActiveTargetName());
   for (auto _ : state) {
+    if (amx == 2) {
+      BuildGemmAmxBf16Panel(x.data(), cols, cols, q8.Kp, T, 0, GemmAmxTiles(T), panel.data());
+      MatMulGemmAmxBf16(q8, panel.data(), T, y.data(), rows, 0, units);
+      benchmark::DoNotOptimize(y.data());
+      benchmark::ClobberMemory();
+      continue;
+    }
     QuantizeActsQ8(x.data(), cols, cols, a, 0, T);
     if (amx) {
       BuildGemmAmxPanel(a, T, 0, GemmAmxTiles(T), panel.data());
@@ -244,14 +253,17 @@ void RegisterInt8Act() {
   // 32000 x 2048 (the output matrix, larger than the L3 cache): decode only.
   const std::pair<size_t, size_t> shapes[] = {{4096, 4096}, {5632, 2048}, {2048, 5632}, {32000, 2048}};
   for (auto [rows, cols] : shapes) {
-    for (size_t T : {size_t{1}, size_t{8}, size_t{64}, size_t{128}}) {
+    for (size_t T : {size_t{1}, size_t{8}, size_t{32}, size_t{64}, size_t{128}}) {
       if (rows == 32000 && T > 1) continue;
       for (WType type : {WType::kI4Sym, WType::kI8}) {
         const std::string name = std::string("Int8Act/gemm/") + (type == WType::kI8 ? "int8/" : "int4/") +
                                  std::to_string(rows) + "x" + std::to_string(cols) + "/T" + std::to_string(T);
-        benchmark::RegisterBenchmark(name.c_str(), BM_Int8Act, type, rows, cols, T, false)->Unit(benchmark::kMillisecond);
+        benchmark::RegisterBenchmark(name.c_str(), BM_Int8Act, type, rows, cols, T, 0)->Unit(benchmark::kMillisecond);
         if (T >= 16 && GemmAmxAvailable())
-          benchmark::RegisterBenchmark((name + "/amx").c_str(), BM_Int8Act, type, rows, cols, T, true)
+          benchmark::RegisterBenchmark((name + "/amx").c_str(), BM_Int8Act, type, rows, cols, T, 1)
+              ->Unit(benchmark::kMillisecond);
+        if (T > kGemmAmxExactMaxTokens && GemmAmxBf16Available())
+          benchmark::RegisterBenchmark((name + "/amxbf16").c_str(), BM_Int8Act, type, rows, cols, T, 2)
               ->Unit(benchmark::kMillisecond);
       }
     }

@@ -3,8 +3,10 @@
 // every target, within the activation-quantization error bound of the f32 double-precision
 // dot, and bit-identical whatever the batch (each token alone == in a batch, T = 1..20, 31, 64,
 // 100), the row-group sub-range and the split of the row groups over two calls.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -195,6 +197,66 @@ TEST(GemmAmx, BitIdenticalToReference) {
       for (size_t t = 0; t < T; ++t)
         for (size_t r = 0; r < ldy; ++r)
           ASSERT_EQ(ktest::Bits(y[t * ldy + r]), ktest::Bits(yref[t * ldy + r])) << what << " t=" << t << " r=" << r;
+    }
+  }
+}
+
+// bf16(v): round to nearest even (finite values).
+float RoundBf16(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
+// The AMX-BF16 prefill GEMM (gemm.h) against double-precision references: the product of the
+// bf16-rounded inputs (bf16(x) and bf16(code * d)) within f32 accumulation error, and the exact
+// f32 product within bf16's input rounding (2^-8 relative to sum |w x|). Every type, partial row
+// groups, odd row-group ranges (pairs and a lone group), partial token tiles, K past the padding.
+TEST(GemmAmxBf16, MatchesBf16ReferenceAndF32Bound) {
+  if (!GemmAmxBf16Available()) GTEST_SKIP() << "no AMX-BF16 on this CPU (or TESSERA_AMX=0/int8)";
+  uint32_t seed = 5000;
+  for (const auto& [type, rows, cols, group] :
+       {std::tuple{WType::kI4Sym, 50, 2048, 32}, std::tuple{WType::kI8, 40, 1536, 64},
+        std::tuple{WType::kI4Nl, 35, 1024, 64}, std::tuple{WType::kI4Sym, 16, 544, 32},
+        std::tuple{WType::kI8, 19, 96, 32}, std::tuple{WType::kI4Nl, 75, 8256, 32}}) {
+    gemmtest::OwnedMatrix m = gemmtest::MakeMatrix(type, rows, cols, group, seed += 7);
+    std::vector<float> wd(static_cast<size_t>(rows) * cols);
+    for (size_t r = 0; r < static_cast<size_t>(rows); ++r) DequantizeRow_ref(m.w, r, wd.data() + r * cols);
+    for (size_t T : {17, 31, 32, 64, 100}) {
+      const size_t ldx = cols + 3, ldy = rows + 2;
+      std::vector<float> x(T * ldx);
+      ktest::FillUniform(x.data(), x.size(), seed += 3, -2.0f, 2.0f);
+      const size_t Kp = Q8PaddedK(cols), tiles = GemmAmxTiles(T);
+      std::vector<uint8_t> panel(GemmAmxBf16PanelSize(T, Kp), 0xEE);
+      BuildGemmAmxBf16Panel(x.data(), ldx, cols, Kp, T, tiles / 2, tiles, panel.data());
+      BuildGemmAmxBf16Panel(x.data(), ldx, cols, Kp, T, 0, tiles / 2, panel.data());
+      const size_t groups = GemmGroups(rows), g0 = 1, r0 = g0 * kGemmRows;
+      std::vector<float> y(T * ldy, -777.0f);
+      // Two calls: groups [g0, 4) (a pair and a lone group when groups > 4) and [4, groups).
+      const size_t split = std::min<size_t>(groups, 4);
+      MatMulGemmAmxBf16(m.q8, panel.data(), T, y.data(), ldy, g0, split);
+      MatMulGemmAmxBf16(m.q8, panel.data(), T, y.data(), ldy, split, groups);
+      const std::string what = ktest::Q8CaseName(type, rows, cols, group, T);
+      for (size_t t = 0; t < T; ++t) {
+        for (size_t r = 0; r < ldy; ++r) {
+          const float got = y[t * ldy + r];
+          if (r < r0 || r >= static_cast<size_t>(rows)) {
+            ASSERT_EQ(got, -777.0f) << what << " wrote t=" << t << " r=" << r;
+            continue;
+          }
+          double exact = 0, rounded = 0, mag = 0;
+          for (size_t k = 0; k < static_cast<size_t>(cols); ++k) {
+            const float w = wd[r * cols + k], a = x[t * ldx + k];
+            exact += double{w} * a;
+            rounded += double{RoundBf16(w)} * RoundBf16(a);
+            mag += std::fabs(double{w} * a);
+          }
+          ASSERT_NEAR(got, rounded, 1e-5 * mag + 1e-6) << what << " t=" << t << " r=" << r;
+          ASSERT_NEAR(got, exact, std::ldexp(mag, -8) + 1e-6) << what << " t=" << t << " r=" << r;
+        }
+      }
     }
   }
 }
