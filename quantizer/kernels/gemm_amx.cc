@@ -264,12 +264,31 @@ void UnpackGroupBf16(const uint8_t* wg, size_t nb, WType type, __m512i lut, uint
   }
 }
 
+// Software prefetch of up to two byte ranges (the next chunk's weights), a few lines per step,
+// so the misses spread over the tile work instead of stalling on full fill buffers in one burst.
+struct Prefetcher {
+  int per_step = 0;  // lines per Step(): the ranges spread evenly over the chunk's block steps
+  const char* p[2] = {nullptr, nullptr};
+  const char* end[2] = {nullptr, nullptr};
+  void Add(const uint8_t* b, size_t n, int i) {
+    p[i] = reinterpret_cast<const char*>(b);
+    end[i] = p[i] + n;
+  }
+  void Step() { Step(per_step); }
+  void Step(int lines) {
+    for (int i = 0; i < 2; ++i) {
+      for (; lines > 0 && p[i] < end[i]; --lines, p[i] += 64) _mm_prefetch(p[i], _MM_HINT_T0);
+    }
+  }
+  void Drain() { Step(1 << 30); }
+};
+
 // Blocks [kc, kc + kb) of token tiles j (and j + 1 with TWO_J) x the row-group pair's B tiles bt0
 // (and bt1 with TWO_G): tiles C 0..3 = (j, g), (j, g+1), (j+1, g), (j+1, g+1), A 4, 5, B 6, 7.
 // The f32 sums live in acc (tile (j, h) at acc + 256 (2 j + h), 64-byte rows) between chunks.
 template <bool TWO_J, bool TWO_G>
 void Bf16Chunk(const uint8_t* panel, size_t nb, size_t j, size_t kc, size_t kb, const uint8_t* bt0,
-               const uint8_t* bt1, float* acc, bool first) {
+               const uint8_t* bt1, float* acc, bool first, Prefetcher& pf) {
   float* c = acc + 512 * j;
   if (first) {
     _tile_zero(0);
@@ -285,6 +304,7 @@ void Bf16Chunk(const uint8_t* panel, size_t nb, size_t j, size_t kc, size_t kb, 
   const uint8_t* a0 = panel + (j * nb + kc) * 1024;
   const uint8_t* a1 = a0 + nb * 1024;
   for (size_t b = 0; b < kb; ++b) {
+    pf.Step();
     _tile_loadd(4, a0 + b * 1024, 64);
     _tile_loadd(6, bt0 + b * 1024, 64);
     _tile_dpbf16ps(0, 4, 6);
@@ -306,10 +326,11 @@ void Bf16Chunk(const uint8_t* panel, size_t nb, size_t j, size_t kc, size_t kb, 
 
 template <bool TWO_G>
 void Bf16ChunkAllTiles(const uint8_t* panel, size_t nb, size_t tiles, size_t kc, size_t kb, const uint8_t* bt0,
-                       const uint8_t* bt1, float* acc, bool first) {
+                       const uint8_t* bt1, float* acc, bool first, Prefetcher& pf) {
   size_t j = 0;
-  for (; j + 2 <= tiles; j += 2) Bf16Chunk<true, TWO_G>(panel, nb, j, kc, kb, bt0, bt1, acc, first);
-  if (j < tiles) Bf16Chunk<false, TWO_G>(panel, nb, j, kc, kb, bt0, bt1, acc, first);
+  for (; j + 2 <= tiles; j += 2) Bf16Chunk<true, TWO_G>(panel, nb, j, kc, kb, bt0, bt1, acc, first, pf);
+  if (j < tiles) Bf16Chunk<false, TWO_G>(panel, nb, j, kc, kb, bt0, bt1, acc, first, pf);
+  pf.Drain();
 }
 
 // Blocks per chunk: a chunk's B tiles of two row groups (2 x 8 KiB) stay in L1 while every token
@@ -365,20 +386,23 @@ void MatMulGemmAmxBf16(const Q8Weights& w, const uint8_t* panel, size_t T, float
     for (size_t kc = 0; kc < nb; kc += kc_max) {
       const size_t kb = nb - kc < kc_max ? nb - kc : kc_max;
       // The next chunk's weights (this pair's, or the next pair's first) are fetched from memory
-      // while this chunk computes (1.1B int8 pp128: +15 %).
+      // while this chunk computes, a few lines per block step (1.1B int8 pp128: +15 % over no
+      // prefetch with the whole chunk at once, +15 % more spread out).
+      Prefetcher pf;
       const size_t kn = kc + kc_max;
       for (size_t h = 0; h < (two_g ? 2u : 1u); ++h) {
         const uint8_t* nx = kn < nb ? w.data + (g + h) * gbytes + kn * unit
                             : g + 2 + h < g_end ? w.data + (g + 2 + h) * gbytes : nullptr;
-        if (nx == nullptr) continue;
-        for (size_t o = 0; o < kb * unit; o += 64) _mm_prefetch(reinterpret_cast<const char*>(nx + o), _MM_HINT_T0);
+        if (nx != nullptr) pf.Add(nx, kb * unit, static_cast<int>(h));
       }
+      const size_t steps = (tiles + 1) / 2 * kb, lines = 2 * kb * unit / 64 + 2;
+      pf.per_step = static_cast<int>((lines + steps - 1) / steps);
       UnpackGroupBf16(w.data + g * gbytes + kc * unit, kb, w.type, lut, i8tile, bt0);
       if (two_g) UnpackGroupBf16(w.data + (g + 1) * gbytes + kc * unit, kb, w.type, lut, i8tile, bt1);
       if (two_g)
-        Bf16ChunkAllTiles<true>(panel, nb, tiles, kc, kb, bt0, bt1, acc, kc == 0);
+        Bf16ChunkAllTiles<true>(panel, nb, tiles, kc, kb, bt0, bt1, acc, kc == 0, pf);
       else
-        Bf16ChunkAllTiles<false>(panel, nb, tiles, kc, kb, bt0, bt1, acc, kc == 0);
+        Bf16ChunkAllTiles<false>(panel, nb, tiles, kc, kb, bt0, bt1, acc, kc == 0, pf);
     }
     for (size_t h = 0; h < (two_g ? 2u : 1u); ++h) {
       const size_t r0 = 16 * (g + h);
