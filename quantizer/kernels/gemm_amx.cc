@@ -104,8 +104,6 @@ bool GemmAmxAvailable() {
 
 namespace {
 
-// Row group g's units -> nb B tiles of signed bytes (8 rows x 64: slice s, byte 4 r + i =
-// element 4 s + i of row r, the unit's own interleaving) followed by nb x 16 float block scales.
 // The nibble -> signed byte table of an int4 type (in each 16-byte lane, for vpshufb).
 __m512i NibbleLut(WType type) {
   alignas(64) int8_t lut_bytes[64];
@@ -114,6 +112,8 @@ __m512i NibbleLut(WType type) {
   return _mm512_load_si512(lut_bytes);
 }
 
+// Row group g's units -> nb B tiles of signed bytes (8 rows x 64: slice s, byte 4 r + i =
+// element 4 s + i of row r, the unit's own interleaving) followed by nb x 16 float block scales.
 void UnpackGroup(const uint8_t* wg, size_t nb, WType type, __m512i lut, uint8_t* tiles, float* scales) {
   const bool i8 = type == WType::kI8;
   const size_t cb = i8 ? 512 : 256, unit = cb + kGemmRows * 2;

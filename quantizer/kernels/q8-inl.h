@@ -140,8 +140,10 @@ __attribute__((target(HWY_TARGET_STR ",avx512vnni"))) static void Q8TileVnni(
   }
   for (size_t sb = 0; sb < nsb; ++sb) {
     const uint8_t* wb = w + sb * kUnit;
+    // Into L2, not L1 (as the GEMM's decode prefetch, gemm-inl.h): 1.1B int4-mixed decode on 2
+    // threads (Xeon) 38.9 -> 44.2 tok/s with both.
     for (size_t o = sb * pf_step; o < (sb + 1) * pf_step && o < pf_bytes; o += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(pf + o), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(pf + o), _MM_HINT_T1);
     __m512i ia[kR][kU][kC];
 #pragma GCC unroll 4
     for (size_t u = 0; u < kU; ++u) {
