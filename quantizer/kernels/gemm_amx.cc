@@ -3,10 +3,11 @@
 // by the pragma below and only called after GemmAmxAvailable() checked the CPU and the kernel.
 // Everything that is not the kernel (includes, helpers) stays above the pragma, so no inline
 // function of a shared header is compiled for AMX.
-// GCC 12 flags its own _mm512_undefined_ps() (`__m512 __Y = __Y;`) as maybe uninitialized when
+// GCC 12 flags its own _mm512_undefined_ps() (`__m512 __Y = __Y;`) as (maybe) uninitialized when
 // the intrinsics are inlined under a target pragma at -O2: a false positive in the header.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 #include <cpuid.h>
 #include <immintrin.h>
