@@ -168,16 +168,20 @@ HWY_BEFORE_TEST(GemmTest);
 HWY_EXPORT_AND_TEST_P(GemmTest, TestGemmAllShapes);
 HWY_EXPORT_AND_TEST_P(GemmTest, TestGemmAllT);
 
+// The AMX tests' matrices (type, rows, cols, group): every type, partial row groups (a lone one
+// and pairs), K from 3 blocks to past 16 superblocks.
+constexpr std::tuple<WType, int, int, int> kAmxCases[] = {
+    {WType::kI4Sym, 50, 2048, 32}, {WType::kI8, 40, 1536, 64}, {WType::kI4Nl, 35, 1024, 64},
+    {WType::kI4Sym, 16, 544, 32},  {WType::kI8, 19, 96, 32},   {WType::kI4Nl, 11, 160, 32},
+    {WType::kI4Nl, 75, 8256, 32}};
+
 // The AMX prefill GEMM (gemm.h) is bit-identical to MatMulGemm_ref: every type, partial row
 // groups, a row-group sub-range, T from 1 (one padded token tile) to several tiles with a partial
 // last one, the panel built in two tile ranges.
 TEST(GemmAmx, BitIdenticalToReference) {
   if (!GemmAmxAvailable()) GTEST_SKIP() << "no AMX-INT8 on this CPU (or TESSERA_AMX=0)";
   uint32_t seed = 4000;
-  for (const auto& [type, rows, cols, group] :
-       {std::tuple{WType::kI4Sym, 50, 2048, 32}, std::tuple{WType::kI8, 40, 1536, 64},
-        std::tuple{WType::kI4Nl, 35, 1024, 64}, std::tuple{WType::kI4Sym, 16, 544, 32},
-        std::tuple{WType::kI8, 19, 96, 32}, std::tuple{WType::kI4Nl, 11, 160, 32}}) {
+  for (const auto& [type, rows, cols, group] : kAmxCases) {
     gemmtest::OwnedMatrix m = gemmtest::MakeMatrix(type, rows, cols, group, seed += 7);
     for (size_t T : {1, 5, 16, 17, 31, 64, 100, 128}) {
       const size_t ldx = cols + 3, ldy = rows + 2;
@@ -217,10 +221,7 @@ float RoundBf16(float v) {
 TEST(GemmAmxBf16, MatchesBf16ReferenceAndF32Bound) {
   if (!GemmAmxBf16Available()) GTEST_SKIP() << "no AMX-BF16 on this CPU (or TESSERA_AMX=0/int8)";
   uint32_t seed = 5000;
-  for (const auto& [type, rows, cols, group] :
-       {std::tuple{WType::kI4Sym, 50, 2048, 32}, std::tuple{WType::kI8, 40, 1536, 64},
-        std::tuple{WType::kI4Nl, 35, 1024, 64}, std::tuple{WType::kI4Sym, 16, 544, 32},
-        std::tuple{WType::kI8, 19, 96, 32}, std::tuple{WType::kI4Nl, 75, 8256, 32}}) {
+  for (const auto& [type, rows, cols, group] : kAmxCases) {
     gemmtest::OwnedMatrix m = gemmtest::MakeMatrix(type, rows, cols, group, seed += 7);
     std::vector<float> wd(static_cast<size_t>(rows) * cols);
     for (size_t r = 0; r < static_cast<size_t>(rows); ++r) DequantizeRow_ref(m.w, r, wd.data() + r * cols);
