@@ -517,36 +517,22 @@ void Model::LinearMulti(const std::string& key, const Q8Job* jobs, size_t n, con
   const bool bf16 = amx && T > kernels::kGemmAmxExactMaxTokens && kernels::GemmAmxBf16Available();
   bool any_q8 = false;
   for (size_t i = 0; i < n; ++i) any_q8 = any_q8 || !GemmLayout(jobs[i].q8->type);
-  if (bf16) {
-    if (!qa.bf16_valid) {
-      const size_t Kp = kernels::Q8PaddedK(K);
-      qa.panel.resize(kernels::GemmAmxBf16PanelSize(T, Kp));
-      ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
-        kernels::BuildGemmAmxBf16Panel(x, ldx, K, Kp, T, b, e, qa.panel.data());
-      });
-      qa.bf16_valid = true;
-    }
-    if (any_q8 && !qa.valid) {
-      const size_t Kp = kernels::Q8PaddedK(K);
-      qa.q.resize(T * Kp);
-      qa.d.resize(T * Kp / kernels::kQ8Block);
-      qa.sum.resize(T * Kp / kernels::kQ8Block);
-      qa.a = {Kp, qa.q.data(), qa.d.data(), qa.sum.data()};
-      ThreadPool::Global().ParallelFor(T, 4, [&](size_t b, size_t e) { kernels::QuantizeActsQ8(x, ldx, K, qa.a, b, e); });
-      qa.valid = true;
-    }
+  if (bf16 && !qa.bf16_valid) {
+    const size_t Kp = kernels::Q8PaddedK(K);
+    qa.panel.resize(kernels::GemmAmxBf16PanelSize(T, Kp));
+    ThreadPool::Global().ParallelFor(kernels::GemmAmxTiles(T), 1, [&](size_t b, size_t e) {
+      kernels::BuildGemmAmxBf16Panel(x, ldx, K, Kp, T, b, e, qa.panel.data());
+    });
+    qa.bf16_valid = true;
   }
-  if (!bf16 && !qa.valid) {
+  if ((!bf16 || any_q8) && !qa.valid) {
     const size_t Kp = kernels::Q8PaddedK(K);
     qa.q.resize(T * Kp);
     qa.d.resize(T * Kp / kernels::kQ8Block);
     qa.sum.resize(T * Kp / kernels::kQ8Block);
-    qa.a.Kp = Kp;
-    qa.a.q = qa.q.data();
-    qa.a.d = qa.d.data();
-    qa.a.sum = qa.sum.data();
-    qa.panel.clear();  // rebuilt below for these activations (capacity kept)
-    if (any_gemm && T >= 8) {
+    qa.a = {Kp, qa.q.data(), qa.d.data(), qa.sum.data()};
+    if (!bf16) qa.panel.clear();  // rebuilt below for these activations (capacity kept)
+    if (!bf16 && any_gemm && T >= 8) {
       lay_out_panel(true);
     } else if (T >= 8) {
       ThreadPool::Global().ParallelFor(T, 4, [&](size_t b, size_t e) { kernels::QuantizeActsQ8(x, ldx, K, qa.a, b, e); });
@@ -723,8 +709,9 @@ void Model::RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop
   pool.ParallelFor(T, kTokenChunk, [&](size_t b, size_t e) {
     for (size_t t = b; t < e; ++t) Norm(x + t * H, L.attn_norm, L.attn_norm_b, H, xn + t * ldh);
   });
-  p.qa_x.valid = p.qa_att.valid = p.qa_hid.valid = false;
-  p.qa_x.bf16_valid = p.qa_att.bf16_valid = p.qa_hid.bf16_valid = false;
+  p.qa_x.Invalidate();
+  p.qa_att.Invalidate();
+  p.qa_hid.Invalidate();
   if (stop == LayerStop::kQkv) {  // the observer calls of the multiplies below
     if (observer_per_matrix_) {
       for (const char* m : {"/attn_q", "/attn_k", "/attn_v"}) Observe(lk + m, xn, T, ldh, H);
@@ -787,7 +774,7 @@ void Model::RunLayer(const Layer& L, size_t l, Pass& p, float* x, LayerStop stop
     for (size_t i = b * H; i < e * H; ++i) x[i] += proj[i];
     for (size_t t = b; t < e; ++t) Norm(x + t * H, L.ffn_norm, L.ffn_norm_b, H, xn + t * ldh);
   });
-  p.qa_x.valid = p.qa_x.bf16_valid = false;  // xn now holds the FFN norm
+  p.qa_x.Invalidate();  // xn now holds the FFN norm
   if (stop == LayerStop::kFfnUp) {
     if (c.mlp == "gated" && !observer_per_matrix_) {
       Observe(lk + "/ffn_up_gate", xn, T, ldh, H);
@@ -847,7 +834,7 @@ void Model::RunHead(const Head& head, const float* x, const size_t* rows, size_t
     Observe("lm/output", p.xn.data(), n, ldh, H);
     return;
   }
-  p.qa_x.valid = p.qa_x.bf16_valid = false;
+  p.qa_x.Invalidate();
   const size_t V = static_cast<size_t>(config().vocab);
   const Q8Job job{&head.output, &head.q8out, nullptr, logits, V};
   LinearMulti("lm/output", &job, 1, p.xn.data(), n, ldh, H, p.qa_x);

@@ -207,6 +207,7 @@ class Model {
     kernels::Q8Acts a;
     bool valid = false;      // q / d / sum hold this input (and panel, unless empty)
     bool bf16_valid = false;  // panel holds this input's bf16 panel (long prefill on AMX-BF16)
+    void Invalidate() { valid = bf16_valid = false; }  // the input changed
   };
   struct Q8Job {
     const kernels::WeightMatrix* w;

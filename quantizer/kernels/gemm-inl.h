@@ -22,9 +22,6 @@
 HWY_BEFORE_NAMESPACE();
 namespace tessera::kernels::HWY_NAMESPACE {
 
-// Bytes of the codes of one (row group, block) unit, and of the whole unit.
-HWY_INLINE constexpr size_t GemmCodeBytes(bool i8) { return i8 ? 512 : 256; }
-HWY_INLINE constexpr size_t GemmUnitBytes(bool i8) { return GemmCodeBytes(i8) + kGemmRows * 2; }
 // Decode prefetch distance in bytes (kernels_bench Int8Act 32000x2048 T1, weights from memory:
 // 1-2 KiB no faster than the hardware prefetcher alone, 8-16 KiB about 1.3x), into L2 (T1), not
 // L1: 1.1B int4 decode on 2 threads (Xeon) 46.3 -> 50.9 tok/s; T2 the same as T1, 16 KiB the same

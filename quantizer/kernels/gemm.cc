@@ -71,19 +71,14 @@ bool GemmSupported(const WeightMatrix& w) {
   return (w.type == WType::kI4Sym || w.type == WType::kI4Nl || w.type == WType::kI8) && Q8Supported(w);
 }
 
-namespace {
-size_t CodeBytes(WType t) { return t == WType::kI8 ? 512 : 256; }
-size_t UnitBytes(WType t) { return CodeBytes(t) + kGemmRows * 2; }
-}  // namespace
-
 size_t GemmRepackedBytes(const WeightMatrix& w) {
-  return GemmGroups(w.rows) * (Q8PaddedK(w.cols) / kQ8Block) * UnitBytes(w.type);
+  return GemmGroups(w.rows) * (Q8PaddedK(w.cols) / kQ8Block) * GemmUnitBytes(w.type == WType::kI8);
 }
 
 void RepackGemm(const WeightMatrix& w, size_t g_begin, size_t g_end, uint8_t* out) {
   const bool i8 = w.type == WType::kI8;
   const size_t K = w.cols, G = w.group, ng = K / G, nb = Q8PaddedK(K) / kQ8Block;
-  const size_t cb = CodeBytes(w.type), unit = UnitBytes(w.type);
+  const size_t cb = GemmCodeBytes(i8), unit = GemmUnitBytes(i8);
   const uint8_t* codes = static_cast<const uint8_t*>(w.data);
   auto code = [&](size_t r, size_t k) { return Q8UnsignedCode(w, r, k); };
   for (size_t gi = g_begin; gi < g_end; ++gi) {

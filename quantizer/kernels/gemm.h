@@ -45,6 +45,10 @@ constexpr size_t kGemmMaxU = 8;
 // I4 sym / I4 nl / I8 with group % 32 == 0.
 bool GemmSupported(const WeightMatrix& w);
 inline size_t GemmGroups(size_t rows) { return (rows + kGemmRows - 1) / kGemmRows; }
+// Bytes of the codes of one (row group, block) unit (I8: 8 x 64, I4 sym / I4 nl: 4 x 64), and of
+// the whole unit (the codes, then the 16 rows' f16 scales).
+constexpr size_t GemmCodeBytes(bool i8) { return i8 ? 512 : 256; }
+constexpr size_t GemmUnitBytes(bool i8) { return GemmCodeBytes(i8) + kGemmRows * 2; }
 size_t GemmRepackedBytes(const WeightMatrix& w);
 // Repacks row groups [g_begin, g_end) of w into out (GemmRepackedBytes(w) bytes in total).
 void RepackGemm(const WeightMatrix& w, size_t g_begin, size_t g_end, uint8_t* out);

@@ -94,14 +94,17 @@ bool GemmAmxAvailable() {
   return ok;
 }
 
+#define TESSERA_AMX_TARGET "avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma,amx-tile,amx-int8,amx-bf16"
+// Lambdas do not inherit the pragma's target in every compiler: say it again.
+#define TESSERA_AMX_ATTR __attribute__((target(TESSERA_AMX_TARGET)))
+#define TESSERA_AMX_PRAGMA_(x) _Pragma(#x)
+#define TESSERA_AMX_PRAGMA(x) TESSERA_AMX_PRAGMA_(x)  // expands TESSERA_AMX_TARGET first
 #if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma,amx-tile,amx-int8,amx-bf16"))), apply_to = function)
+TESSERA_AMX_PRAGMA(clang attribute push(TESSERA_AMX_ATTR, apply_to = function))
 #else
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma,amx-tile,amx-int8,amx-bf16")
+TESSERA_AMX_PRAGMA(GCC target(TESSERA_AMX_TARGET))
 #endif
-// Lambdas do not inherit the pragma's target in every compiler: say it again.
-#define TESSERA_AMX_ATTR __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,f16c,fma,amx-tile,amx-int8,amx-bf16")))
 
 namespace {
 
@@ -117,7 +120,7 @@ __m512i NibbleLut(WType type) {
 // element 4 s + i of row r, the unit's own interleaving) followed by nb x 16 float block scales.
 void UnpackGroup(const uint8_t* wg, size_t nb, WType type, __m512i lut, uint8_t* tiles, float* scales) {
   const bool i8 = type == WType::kI8;
-  const size_t cb = i8 ? 512 : 256, unit = cb + kGemmRows * 2;
+  const size_t cb = GemmCodeBytes(i8), unit = GemmUnitBytes(i8);
   const __m512i m4 = _mm512_set1_epi8(0x0F), flip = _mm512_set1_epi8(static_cast<char>(0x80));
   for (size_t b = 0; b < nb; ++b) {
     const uint8_t* u = wg + b * unit;
@@ -144,7 +147,7 @@ void MatMulGemmAmx(const Q8Weights& w, const uint8_t* panel, size_t T, float* y,
   if (T == 0 || g_begin >= g_end) return;
   const size_t nb = w.Kp / kQ8Block;
   const bool i8 = w.type == WType::kI8;
-  const size_t unit = (i8 ? 512 : 256) + kGemmRows * 2, gbytes = nb * unit;
+  const size_t unit = GemmUnitBytes(i8), gbytes = nb * unit;
   uint8_t* scratch = tls_scratch.Get(nb * (512 + 64));
   if (scratch == nullptr) std::abort();
   uint8_t* btiles = scratch;
@@ -233,7 +236,7 @@ namespace {
 // Row group g's units -> nb B tiles of bf16 (block b at byte 1024 b: tile row p = elements 2 p,
 // 2 p + 1 of block b, 4 bytes per row n: bf16(code * d) of row n). `i8tile`: 512 bytes of scratch.
 void UnpackGroupBf16(const uint8_t* wg, size_t nb, WType type, __m512i lut, uint8_t* i8tile, uint8_t* tiles) {
-  const size_t unit = (type == WType::kI8 ? 512 : 256) + kGemmRows * 2;
+  const size_t unit = GemmUnitBytes(type == WType::kI8);
   alignas(64) float sc[16];
   const __m512i rep0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
   const __m512i four = _mm512_set1_epi32(4);
@@ -368,7 +371,7 @@ void MatMulGemmAmxBf16(const Q8Weights& w, const uint8_t* panel, size_t T, float
                        size_t g_end) {
   if (T == 0 || g_begin >= g_end) return;
   const size_t nb = w.Kp / kQ8Block, tiles = GemmAmxTiles(T), kc_max = kBf16ChunkBlocks;
-  const size_t unit = (w.type == WType::kI8 ? 512 : 256) + kGemmRows * 2, gbytes = nb * unit;
+  const size_t unit = GemmUnitBytes(w.type == WType::kI8), gbytes = nb * unit;
   uint8_t* scratch = tls_scratch.Get(512 + 2 * kc_max * 1024 + (tiles + 1) / 2 * 4096);
   if (scratch == nullptr) std::abort();
   uint8_t* i8tile = scratch;

@@ -6,13 +6,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <string>
 #include <tuple>
 #include <vector>
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "tests/kernels/gemm_test.cc"
+#include "core/half.h"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 #include "hwy/tests/hwy_gtest.h"
@@ -205,14 +205,8 @@ TEST(GemmAmx, BitIdenticalToReference) {
   }
 }
 
-// bf16(v): round to nearest even (finite values).
-float RoundBf16(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
-  std::memcpy(&v, &u, 4);
-  return v;
-}
+// bf16(v): round to nearest even.
+float RoundBf16(float v) { return tessera::BF16ToF32(tessera::F32ToBF16(v)); }
 
 // The AMX-BF16 prefill GEMM (gemm.h) against double-precision references: the product of the
 // bf16-rounded inputs (bf16(x) and bf16(code * d)) within f32 accumulation error, and the exact
